@@ -1,0 +1,21 @@
+"""edgec: compile, quantize and profile models for edge boards.
+
+    import edgec
+    build = edgec.compile("model.onnx", target="intel-cpu", calibration="samples.npz")
+    print(build.profile().table())
+
+Importing edgec needs only onnx; each backend imports its SDK when used.
+"""
+from ._version import __version__
+from .calibration import CalibrationSet
+from .errors import BackendUnavailable, BuildError, ConfigError, EdgecError, PassError
+from .model import Model, load_model
+from .pipeline import Build, compile, profile
+from .profile import LatencyStats, LayerRow, Profile
+from .target import Target, list_targets, load_target
+
+__all__ = [
+    "__version__", "compile", "profile", "load_target", "list_targets", "load_model", "Build", "Model", "Target",
+    "Profile", "LayerRow", "LatencyStats", "CalibrationSet", "EdgecError", "ConfigError", "BackendUnavailable",
+    "BuildError", "PassError",
+]

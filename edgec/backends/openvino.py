@@ -1,0 +1,160 @@
+"""OpenVINO backend: ONNX -> IR (model.xml/.bin) for Intel/AMD x86 CPUs; profiles with PERF_COUNT."""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailable, BuildError, ConfigError
+from ..model import Model, _short
+from ..profile import LatencyStats, LayerRow, Profile, with_shares
+from ..target import Target
+from .base import Artifact, Runner
+
+# OpenVINO's CPU plugin runs "fp32" models in bf16 on CPUs that have it: ask for the precision explicitly.
+_INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_INSTALL_HINT = "OpenVINO is not installed: pip install 'edgec[openvino]'"
+
+
+class OpenVINOBackend:
+    name = "openvino"
+    precisions = ("fp32", "bf16")
+
+    def _ov(self):
+        try:
+            import openvino
+        except ImportError as e:
+            raise BackendUnavailable(_INSTALL_HINT) from e
+        return openvino
+
+    def versions(self) -> dict[str, str]:
+        return {"openvino": self._ov().get_version().split("-")[0]}
+
+    def can_run_here(self, target: Target) -> bool:
+        import platform
+
+        return target.arch == platform.machine()
+
+    def build(self, model: Model, target: Target, precision: str, out_dir: Path) -> Artifact:
+        ov = self._ov()
+        device = target.options.get("device", "CPU")
+        if precision == "bf16":
+            caps = ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+            if "BF16" not in caps:
+                raise ConfigError(f"This {device} has no bf16 support (capabilities: {', '.join(caps)}). "
+                                  "Use --precision fp32.")
+        try:
+            ov_model = ov.convert_model(str(out_dir / "model.onnx"))
+            ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        except Exception as e:
+            raise BuildError(f"OpenVINO could not convert the model: {_short(e)}") from e
+        config = {"device": device, "compile_config": {"INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision]}}
+        return Artifact(self.name, precision, ["model.xml", "model.bin"], config)
+
+    def _compile(self, out_dir: Path, manifest: dict[str, Any], extra: dict[str, Any] | None = None):
+        ov = self._ov()
+        cfg = manifest["artifact"]["config"]
+        device = cfg.get("device", "CPU")
+        try:
+            return ov.Core().compile_model(str(out_dir / "model.xml"), device,
+                                           {**cfg.get("compile_config", {}), **(extra or {})})
+        except Exception as e:
+            raise BuildError(f"OpenVINO could not load {out_dir / 'model.xml'} on {device}: {_short(e)}") from e
+
+    def runner(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
+        compiled = self._compile(out_dir, manifest)
+        request = compiled.create_infer_request()
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            result = request.infer(feeds)
+            return [np.array(result[out]) for out in compiled.outputs]
+
+        return run
+
+    def profile(self, out_dir: Path, manifest: dict[str, Any], device: str, runs: int, warmup: int) -> Profile:
+        if device != "local":
+            raise ConfigError(f"OpenVINO artifacts are profiled on the machine that runs them: use --device local "
+                              f"(got '{device}'). Copy the output folder to that machine and run edgec profile there.")
+        feeds = _timing_feeds(manifest)
+        rss_before = _peak_rss_mb()
+        # Latency without per-layer counters (they add overhead), then a second compile with them.
+        compiled = self._compile(out_dir, manifest, {"PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        for _ in range(warmup):
+            request.infer(feeds)
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            request.infer(feeds)
+            samples.append((time.perf_counter() - t0) * 1000.0)
+        layers = self._layers(out_dir, manifest, feeds, max(5, min(runs, 30)), warmup)
+        cfg = manifest["artifact"]["config"]
+        return Profile(
+            backend=self.name, device=f"{cfg.get('device', 'CPU')} ({self._cpu_name(cfg.get('device', 'CPU'))})",
+            target=manifest["target"]["name"], precision=manifest["precision"], batch=_batch(manifest),
+            runs=runs, warmup=warmup, latency_ms=LatencyStats.from_samples(samples), layers=layers,
+            memory={"weights_bytes": (out_dir / "model.bin").stat().st_size,
+                    "peak_rss_mb": round(max(_peak_rss_mb(), rss_before), 1)},
+            extra={"runtime": {"openvino": self.versions()["openvino"],
+                               "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                               "threads": int(compiled.get_property("INFERENCE_NUM_THREADS"))}},
+        )
+
+    def _cpu_name(self, device: str) -> str:
+        return str(self._ov().Core().get_property(device, "FULL_DEVICE_NAME"))
+
+    def _layers(self, out_dir: Path, manifest: dict[str, Any], feeds: dict[str, np.ndarray],
+                runs: int, warmup: int) -> list[LayerRow]:
+        compiled = self._compile(out_dir, manifest, {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        for _ in range(warmup):
+            request.infer(feeds)
+        totals: dict[str, float] = {}
+        info: dict[str, Any] = {}
+        for _ in range(runs):
+            request.infer(feeds)
+            for p in request.get_profiling_info():
+                if p.status.name != "EXECUTED":
+                    continue
+                totals[p.node_name] = totals.get(p.node_name, 0.0) + p.real_time.total_seconds() * 1000.0
+                info[p.node_name] = p
+        originals = _original_layers(compiled)
+        rows = []
+        for name, total in totals.items():
+            p = info[name]
+            rows.append(LayerRow(layer=name, op=p.node_type, exec=p.exec_type, precision=_precision_of(p.exec_type),
+                                 time_ms=round(total / runs, 5), share=0.0, onnx_nodes=tuple(originals.get(name, ()))))
+        return with_shares(rows)
+
+
+def _original_layers(compiled: Any) -> dict[str, list[str]]:
+    """Runtime (fused) layer -> names of the ops it came from, which are the ONNX node or output names."""
+    out = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        names = rt["originalLayersNames"].astype(str) if "originalLayersNames" in rt else ""
+        out[op.get_friendly_name()] = [n for n in names.split(",") if n]
+    return out
+
+
+def _precision_of(exec_type: str) -> str:
+    suffix = exec_type.rsplit("_", 1)[-1].lower()
+    return {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8", "i32": "int32"}.get(suffix, suffix)
+
+
+def _timing_feeds(manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Seeded uniform [0, 1) inputs (zeros for integer inputs): deterministic and valid."""
+    rng = np.random.default_rng(0)
+    return {s["name"]: (rng.random(s["shape"]) if s["dtype"].startswith("float") else np.zeros(s["shape"]))
+            .astype(s["dtype"]) for s in manifest["inputs"]}
+
+
+def _batch(manifest: dict[str, Any]) -> int:
+    return int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -1,0 +1,174 @@
+"""edgec command line: parse, call the Python API, print. Exceptions become exit codes here, and only here."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from typing import Any, Sequence
+
+from .errors import EdgecError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # run cleanup (staging dirs) on kill, like Ctrl-C
+    try:
+        return args.func(args) or EXIT_OK
+    except EdgecError as e:
+        print(f"edgec: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgec: interrupted; the output folder was left as it was.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug in edgec or an SDK: one line, the traceback only on request
+        if os.environ.get("EDGEC_DEBUG"):
+            raise
+        print(f"edgec: internal error: {type(e).__name__}: {e}. Set EDGEC_DEBUG=1 for the traceback and "
+              "please report it.", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgec", description="Compile, quantize and profile models for edge boards.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile a model for a target board")
+    c.add_argument("model", help="path to an .onnx file")
+    c.add_argument("--target", "-t", default="intel-cpu", help="target name, alias or .toml path (edgec targets)")
+    c.add_argument("--precision", "-p", help="fp32 | fp16 | bf16 | int8 | mixed (default: the target's)")
+    c.add_argument("--calib", metavar="PATH", help=".npz/.npy file or folder: calibration and validation samples")
+    c.add_argument("--calib-samples", type=int, metavar="N", help="use N samples (seeded random subset)")
+    c.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="fix an input's shape (repeatable)")
+    c.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/<model>-<target>-<precision>)")
+    c.add_argument("--runs", type=int, default=100, help="timed runs for the built-in profile (default 100)")
+    c.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    c.set_defaults(func=_compile)
+
+    pr = sub.add_parser("profile", help="profile a compiled output folder")
+    pr.add_argument("out", metavar="OUT", help="folder written by edgec compile")
+    pr.add_argument("--device", default="local", help="local (default)")
+    pr.add_argument("--runs", type=int, default=100)
+    pr.add_argument("--warmup", type=int, default=10)
+    pr.add_argument("--json", action="store_true", help="print edgec.profile/1 JSON")
+    pr.set_defaults(func=_profile)
+
+    t = sub.add_parser("targets", help="list targets, or `targets show NAME`")
+    t.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    t.add_argument("name", nargs="?")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_targets)
+
+    i = sub.add_parser("inspect", help="show a model's inputs, outputs, ops and provenance")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_inspect)
+    return p
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from .calibration import CalibrationSet
+    from .frontend import parse_input_shapes
+    from .pipeline import compile
+
+    calib = CalibrationSet(args.calib, limit=args.calib_samples) if args.calib else None
+    build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
+                    input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
+                    profile_runs=args.runs, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(build.summary(), indent=2))
+        return EXIT_OK
+    from .profile import Profile
+
+    if build.report.get("profile"):
+        print(Profile.from_json(build.report["profile"]).table())
+        print()
+    acc = build.report.get("accuracy") or {}
+    if "cosine_mean" in acc:
+        line = f"accuracy vs fp32 reference: cosine {acc['cosine_mean']:.6f}, max abs {acc['max_abs_error']:.3g}"
+        if "top1_agreement" in acc:
+            line += f", top-1 agreement {100 * acc['top1_agreement']:.2f}%"
+        if "labelled" in acc:
+            line += f", labelled accuracy {100 * acc['labelled']['accuracy']:.2f}%"
+        print(line + f" ({acc['data']})")
+    elif "skipped" in acc:
+        print(f"accuracy: {acc['skipped']}")
+    print(f"wrote {build.output_dir}/ (report: {build.output_dir / 'report.html'})")
+    return EXIT_OK
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .pipeline import profile
+
+    prof = profile(args.out, device=args.device, runs=args.runs, warmup=args.warmup)
+    print(json.dumps(prof.to_json(), indent=2) if args.json else prof.table())
+    return EXIT_OK
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from .target import list_targets, load_target
+
+    if args.action == "show":
+        if not args.name:
+            raise _usage("edgec targets show NAME")
+        t = load_target(args.name)
+        print(json.dumps(t.to_json(), indent=2))
+        return EXIT_OK
+    targets = list_targets()
+    if args.json:
+        print(json.dumps([t.to_json() for t in targets], indent=2))
+        return EXIT_OK
+    rows = [(t.name, t.backend, t.arch, ",".join(t.precisions), ",".join(t.aliases)) for t in targets]
+    header = ("target", "backend", "arch", "precisions", "aliases")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .model import load_model, node_sources
+
+    model = load_model(args.model)
+    ops = Counter(n.op_type for n in model.proto.graph.node)
+    sources = node_sources(model.proto)
+    with_module = sum(1 for n in model.proto.graph.node if sources[n.name if n.name else n.output[0]].module is not None)
+    info = {"model": args.model, "opset": {o.domain or "ai.onnx": o.version for o in model.proto.opset_import},
+            "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
+            "inputs": [s.to_json() for s in model.inputs], "outputs": [s.to_json() for s in model.outputs],
+            "nodes": len(model.proto.graph.node), "ops": dict(ops.most_common()),
+            "nodes_with_module_path": with_module, "sha256": model.provenance["sha256"]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    for k in ("model", "producer", "opset", "nodes", "nodes_with_module_path", "sha256"):
+        print(f"{k:24} {info[k]}")
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:
+            print(f"{kind[:-1]:24} {s['name']} {s['dtype']}[{'x'.join(map(str, s['shape']))}]")
+    print("ops".ljust(24), ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+    return EXIT_OK
+
+
+def _usage(msg: str) -> EdgecError:
+    from .errors import ConfigError
+
+    return ConfigError(f"usage: {msg}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

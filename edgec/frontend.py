@@ -1,0 +1,153 @@
+"""Front end: nn.Module / ExportedProgram / ONNX file -> Model with static input shapes."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from .errors import ConfigError
+from .model import Model, check_model, load_model, _short
+
+ONNX_OPSET = 18
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse CLI `NAME=1x3x224x224` specs."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"Bad --input-shape '{spec}': write NAME=DIMxDIMx..., e.g. input=1x3x224x224.") from None
+        shapes[name] = shape
+    return shapes
+
+
+def to_model(source: Any, example_inputs: Sequence[Any] | None = None,
+             input_shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
+    """Turn what the user has into a checked Model whose inputs all have static shapes."""
+    if isinstance(source, (str, os.PathLike)):
+        model = load_model(Path(source))
+    elif type(source).__name__ == "ModelProto":
+        check_model(source, "the given ModelProto")
+        model = Model(source, {"source": "<ModelProto>", "kind": "onnx"})
+    elif _is_torch(source):
+        model = export_torch(source, example_inputs)
+    else:
+        raise ConfigError(f"Can't compile a {type(source).__name__}: pass an .onnx path, an onnx.ModelProto, "
+                          "a torch.nn.Module (with example_inputs) or a torch.export.ExportedProgram.")
+    return set_input_shapes(model, dict(input_shapes or {}))
+
+
+def _is_torch(obj: Any) -> bool:
+    return any(c.__module__.startswith("torch") and c.__name__ in ("Module", "ExportedProgram")
+               for c in type(obj).__mro__)
+
+
+def export_torch(module: Any, example_inputs: Sequence[Any] | None) -> Model:
+    """Export with the dynamo exporter: every node keeps its module path and source line."""
+    import torch
+
+    if example_inputs is None and not isinstance(module, torch.export.ExportedProgram):
+        raise ConfigError("Exporting a torch.nn.Module needs example inputs: "
+                          "edgec.compile(module, example_inputs=(torch.randn(1, 3, 224, 224),), ...)")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    t0 = time.perf_counter()
+    try:
+        if isinstance(module, torch.nn.Module):
+            module = module.eval()
+        with _quiet_exporter():
+            program = torch.onnx.export(module, tuple(example_inputs or ()), dynamo=True,
+                                        opset_version=ONNX_OPSET, verbose=False)
+    except Exception as e:
+        raise ConfigError(f"torch.onnx.export could not export {type(module).__name__}: {_short(e)}. "
+                          "Check that the model runs on the example inputs and uses exportable ops.") from e
+    proto = program.model_proto
+    check_model(proto, f"export of {type(module).__name__}")
+    return Model(proto, {"source": type(module).__qualname__, "kind": "torch", "exporter": "torch.onnx dynamo",
+                         "export_seconds": round(time.perf_counter() - t0, 2)})
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter warns about torchvision ops and deprecated pytree APIs on every call: noise for users."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def set_input_shapes(model: Model, shapes: dict[str, Sequence[int]]) -> Model:
+    """Fix input dims from `shapes`; a remaining dynamic leading (batch) dim becomes 1."""
+    import onnx
+
+    graph = model.proto.graph
+    by_name = {spec.name: spec for spec in model.inputs}
+    unknown = sorted(set(shapes) - set(by_name))
+    if unknown:
+        raise ConfigError(f"--input-shape names {', '.join(unknown)}, but the model's inputs are: "
+                          f"{', '.join(by_name)}.")
+    notes = []
+    for value in graph.input:
+        if value.name not in by_name:
+            continue
+        spec = by_name[value.name]
+        wanted = shapes.get(value.name)
+        if wanted is not None:
+            wanted = tuple(int(d) for d in wanted)
+            if len(wanted) != len(spec.shape):
+                raise ConfigError(f"Input '{spec.name}' has rank {len(spec.shape)} {_fmt(spec.shape)}, but "
+                                  f"--input-shape gives rank {len(wanted)} {_fmt(wanted)}.")
+            clash = [i for i, (have, want) in enumerate(zip(spec.shape, wanted)) if isinstance(have, int) and have != want]
+            if clash:
+                raise ConfigError(f"Input '{spec.name}' is fixed at {_fmt(spec.shape)}; --input-shape "
+                                  f"{_fmt(wanted)} does not match it at dim {clash[0]}.")
+        else:
+            dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int)]
+            if not dynamic:
+                continue
+            if dynamic != [0]:
+                raise ConfigError(f"Input '{spec.name}' has dynamic dims {_fmt(spec.shape)}. Give a concrete "
+                                  f"shape: --input-shape {spec.name}=" + "x".join(
+                                      "1" if not isinstance(d, int) else str(d) for d in spec.shape))
+            wanted = (1,) + tuple(spec.shape[1:])
+            notes.append(f"dynamic batch dim of '{spec.name}' set to 1 (use --input-shape to change it)")
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, wanted):
+            dim.Clear()
+            dim.dim_value = size
+    # Outputs and intermediate shapes may still carry the old symbols: drop them and re-infer.
+    del graph.value_info[:]
+    for out in graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    try:
+        proto = onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:
+        given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
+        raise ConfigError(f"The input shapes {given} do not fit the model: {_short(e)}") from e
+    provenance = dict(model.provenance)
+    if notes:
+        provenance["notes"] = provenance.get("notes", []) + notes
+    return Model(proto, provenance)
+
+
+def _fmt(shape: Sequence[Any]) -> str:
+    return "x".join(str(d) for d in shape)

@@ -1,0 +1,48 @@
+"""Cleanup: constant folding and dead-code removal (onnxscript's optimizer), unique node names."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import PassError
+from ..model import Model, _short
+
+
+@dataclass(frozen=True)
+class CleanupPass:
+    """Fold constants, drop dead nodes, give every node a unique name (profiles map layers by name)."""
+
+    fold_constants: bool = True
+    name: str = "cleanup"
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def run(self, model: Model) -> Model:
+        proto = model.proto
+        if self.fold_constants:
+            import onnxscript.optimizer
+
+            try:
+                proto = onnxscript.optimizer.optimize(proto)
+            except Exception as e:
+                raise PassError(f"cleanup: onnxscript's optimizer failed on {model.provenance.get('source')}: "
+                                f"{_short(e)}. Retry with fold_constants=False.") from e
+        name_nodes(proto)
+        return Model(proto, model.provenance)
+
+
+def name_nodes(proto: Any) -> None:
+    """Give unnamed or duplicate-named nodes unique names `<OpType>_<i>`; the first of a name keeps it."""
+    taken = {n.name for n in proto.graph.node if n.name}
+    kept: set[str] = set()
+    counter = 0
+    for node in proto.graph.node:
+        if node.name and node.name not in kept:
+            kept.add(node.name)
+            continue
+        while f"{node.op_type}_{counter}" in taken:
+            counter += 1
+        node.name = f"{node.op_type}_{counter}"
+        taken.add(node.name)
+        kept.add(node.name)

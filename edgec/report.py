@@ -1,0 +1,107 @@
+"""report.html: what a person reads. Per-layer and per-module bar charts, accuracy, sizes; no JavaScript."""
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any, Mapping
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
+table{border-collapse:collapse;width:100%}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;
+vertical-align:top}th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.bar{background:#4a7fd6;height:12px;display:inline-block;vertical-align:middle}
+.ok{color:#137333}.bad{color:#c5221f;font-weight:bold}code{font-size:12px;color:#555}
+.kv td:first-child{color:#666;width:16em}
+"""
+
+
+def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
+    target = manifest["target"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgec report: {escape(target['name'])}</title>",
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>edgec: {escape(str(report['model'].get('source')))} &rarr; {escape(target['name'])} "
+             f"({escape(report['precision'])})</h1>", _summary(report, manifest), _accuracy(report.get("accuracy"))]
+    prof = report.get("profile")
+    if prof:
+        parts += [_modules(prof), _layers(prof)]
+    else:
+        parts.append("<h2>Profile</h2><p>Not profiled on this machine: run <code>edgec profile OUT</code> on the "
+                     "device.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _kv(rows: list[tuple[str, str]]) -> str:
+    return "<table class='kv'>" + "".join(f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _summary(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
+    t = manifest["target"]
+    rows = [("target", f"{escape(t['name'])} &mdash; {escape(t.get('description', ''))}"),
+            ("backend", escape(t["backend"])), ("precision", escape(manifest["precision"])),
+            ("inputs", escape(", ".join(f"{i['name']} {i['dtype']}[{'x'.join(map(str, i['shape']))}]"
+                                        for i in manifest["inputs"]))),
+            ("SDK versions", escape(", ".join(f"{k} {v}" for k, v in manifest["sdk"].items()))),
+            ("files", escape(", ".join(f"{f} ({n / 1e6:.2f} MB)" for f, n in report.get("size", {}).items())))]
+    prof = report.get("profile")
+    if prof:
+        lat = prof["latency_ms"]
+        rows.insert(3, ("latency", f"<b>p50 {lat['p50']:.3f} ms</b>, p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f} "
+                                   f"(n={prof['runs']}), {prof['throughput']:.1f} inferences/s on "
+                                   f"{escape(prof['device'])}"))
+    for note in manifest.get("notes", []):
+        rows.append(("note", escape(note)))
+    return "<h2>Summary</h2>" + _kv(rows)
+
+
+def _accuracy(acc: Mapping[str, Any] | None) -> str:
+    if not acc:
+        return ""
+    if "skipped" in acc:
+        return f"<h2>Accuracy</h2><p>{escape(acc['skipped'])}</p>"
+    rows = [("data", escape(acc.get("data", ""))),
+            ("cosine vs fp32 (mean / min)", f"{acc['cosine_mean']:.6f} / {acc['cosine_min']:.6f}"),
+            ("max abs error", f"{acc['max_abs_error']:.3g}"), ("relative L2 error", f"{acc['rel_l2_error']:.3g}")]
+    if "top1_agreement" in acc:
+        rows.append(("top-1 agreement with fp32", f"{100 * acc['top1_agreement']:.2f}%"))
+    if "labelled" in acc:
+        lab = acc["labelled"]
+        rows.append(("labelled accuracy", f"{100 * lab['accuracy']:.2f}% (fp32 reference "
+                                          f"{100 * lab['reference_accuracy']:.2f}%, drop {lab['drop_points']:.2f} points)"))
+    if "ok" in acc:
+        cls, word = ("ok", "pass") if acc["ok"] else ("bad", "FAIL")
+        rows.append(("check", f"<span class='{cls}'>{word}</span>: {escape(acc['criterion'])}"))
+    return "<h2>Accuracy</h2>" + _kv(rows)
+
+
+def _bar(share: float) -> str:
+    return f"<span class='bar' style='width:{max(1, round(300 * share))}px'></span> {100 * share:.1f}%"
+
+
+def _modules(prof: Mapping[str, Any]) -> str:
+    by_module: dict[str, float] = {}
+    for row in prof["layers"]:
+        key = row["module"] if row["module"] is not None else "(unmapped)"
+        by_module[key or "(top-level)"] = by_module.get(key or "(top-level)", 0.0) + row["share"]
+    rows = "".join(f"<tr><td><code>{escape(m)}</code></td><td>{_bar(s)}</td></tr>"
+                   for m, s in sorted(by_module.items(), key=lambda kv: -kv[1]))
+    mapped = prof.get("mapped", {})
+    return (f"<h2>Where the time goes, by PyTorch module</h2><p>{100 * mapped.get('module', 0):.1f}% of layer time "
+            f"maps to a module, {100 * mapped.get('onnx_nodes', 0):.1f}% to ONNX nodes.</p>"
+            f"<table><tr><th>module</th><th>share of layer time</th></tr>{rows}</table>")
+
+
+def _layers(prof: Mapping[str, Any]) -> str:
+    rows = []
+    for r in sorted(prof["layers"], key=lambda r: -r["time_ms"]):
+        where = escape(f"{Path(r['where'].rpartition(':')[0]).name}:{r['where'].rpartition(':')[2]}") if r["where"] else "-"
+        rows.append(f"<tr><td><code>{escape(r['layer'])}</code></td><td>{escape(r['op'])}</td>"
+                    f"<td><code>{escape(r['exec'])}</code></td><td>{escape(r['precision'])}</td>"
+                    f"<td class='num'>{r['time_ms']:.4f}</td><td>{_bar(r['share'])}</td>"
+                    f"<td><code>{escape(r['module'] if r['module'] is not None else '-')}</code></td>"
+                    f"<td><code title='{escape(r['where'] or '')}'>{where}</code></td>"
+                    f"<td><code>{escape(', '.join(r['onnx_nodes']))}</code></td></tr>")
+    return ("<h2>Per-layer profile</h2><table><tr><th>layer</th><th>op</th><th>kernel</th><th>precision</th>"
+            "<th>ms</th><th>share</th><th>PyTorch module</th><th>source</th><th>ONNX nodes</th></tr>"
+            + "".join(rows) + "</table>")
