@@ -143,10 +143,28 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[int]]) -> Model:
     except Exception as e:
         given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
         raise ConfigError(f"The input shapes {given} do not fit the model: {_short(e)}") from e
+    if shapes:
+        _dry_run(proto)
     provenance = dict(model.provenance)
     if notes:
         provenance["notes"] = provenance.get("notes", []) + notes
     return Model(proto, provenance)
+
+
+def _dry_run(proto: Any) -> None:
+    """Run once on zeros: shape inference misses some clashes (e.g. Conv channels), the runtime does not."""
+    import numpy as np
+    import onnxruntime as ort
+
+    inputs = Model(proto).inputs
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session.run(None, {s.name: np.zeros(s.shape, dtype=s.dtype) for s in inputs})
+    except Exception as e:
+        given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in inputs)
+        raise ConfigError(f"The input shapes {given} do not fit the model: {_short(e)}") from e
 
 
 def _fmt(shape: Sequence[Any]) -> str:

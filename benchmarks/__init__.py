@@ -1,0 +1,1 @@
+"""Benchmark models and data for edgec (not part of the installed package)."""

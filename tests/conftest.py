@@ -1,0 +1,38 @@
+"""Hardware and SDK by markers: a test marked requires_X is skipped, with the install hint, where X is missing."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+_REQUIREMENTS = {
+    "requires_torch": (lambda: importlib.util.find_spec("torch") is not None,
+                       "PyTorch is not installed: pip install 'edgec[torch]'"),
+    "requires_openvino": (lambda: importlib.util.find_spec("openvino") is not None,
+                          "OpenVINO is not installed: pip install 'edgec[openvino]'"),
+    "requires_tvm": (lambda: importlib.util.find_spec("tvm") is not None,
+                     "Apache TVM is not installed: pip install 'edgec[tvm]'"),
+    "requires_tensorrt": (lambda: importlib.util.find_spec("tensorrt") is not None,
+                          "TensorRT is not installed (it ships with JetPack on a Jetson, or from NVIDIA's index)"),
+    "requires_arm_board": (lambda: shutil.which("qemu-aarch64-static") is not None,
+                           "the emulated ARM board needs qemu-user-static: scripts/arm_board.sh setup"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    available = {name: check() for name, (check, _) in _REQUIREMENTS.items()}
+    for item in items:
+        for name, (_, hint) in _REQUIREMENTS.items():
+            if name in item.keywords and not available[name]:
+                item.add_marker(pytest.mark.skip(reason=hint))
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path: Path) -> Path:
+    from models import tiny_conv_onnx
+
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(tiny_conv_onnx().SerializeToString())
+    return path

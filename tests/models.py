@@ -1,0 +1,65 @@
+"""Tiny models built in code for tests: ONNX graphs via onnx.helper (no torch needed) and small nn.Modules."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def tiny_conv_onnx(batch: int | str = 1, channels: int = 3, size: int = 16, classes: int = 5,
+                   seed: int = 0) -> onnx.ModelProto:
+    """x[N,C,H,W] -> Conv(8) -> Relu -> Conv(8) -> Add(residual) -> GlobalAveragePool -> Flatten -> Gemm."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, channels, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (8, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b2"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (classes, 8)).astype(np.float32), "wf"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "bf"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
+    onnx.checker.check_model(model)
+    return model
+
+
+def tiny_torch_model():
+    """A small residual CNN with named submodules, for provenance tests."""
+    import torch
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, padding=1)
+            self.bn = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)) + x)
+
+    class TinyNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.block = Block(8)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.block(torch.relu(self.stem(x)))
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    return TinyNet().eval()
