@@ -258,11 +258,18 @@ def build_probe(cache_dir: Path = DEFAULT_CACHE_DIR, resolution: int = 64, train
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = {k: p.with_name(p.name + f".{os.getpid()}.tmp") for k, p in paths.items()}
         model = model.eval()
+        import logging
         import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prog = torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), dynamo=True,
-                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+        reg_log = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+        saved_level = reg_log.level
+        reg_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prog = torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), dynamo=True,
+                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+        finally:
+            reg_log.setLevel(saved_level)
         prog.save(str(tmp["onnx_path"]))
         lap("export_onnx")
 

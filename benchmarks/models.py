@@ -277,7 +277,8 @@ def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
 def resnet18_like(seed: int = 0, *, num_classes: int = 1000, calibrate_bn: bool = True) -> ResNet18:
     """Randomly initialised (seeded) ResNet-18 in eval mode; BN stats calibrated on random data by default.
 
-    The calibration runs 4 batches of 8x3x224x224 in train mode (about 5 s on 2 shared cores).
+    The calibration runs 4 batches of 8x3x224x224 in train mode (under 1 s on 2 cores; ~5 s on the first call in a
+    process, while oneDNN warms up).
     """
     model = _seeded(lambda: ResNet18(num_classes=num_classes), seed)
     if calibrate_bn:

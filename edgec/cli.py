@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", "-p", help="fp32 | fp16 | bf16 | int8 | mixed (default: the target's)")
     c.add_argument("--calib", metavar="PATH", help=".npz/.npy file or folder: calibration and validation samples")
     c.add_argument("--calib-samples", type=int, metavar="N", help="use N samples (seeded random subset)")
+    c.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="activation range estimator for int8 (default percentile 99.99)")
+    c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                   help="mixed: accuracy budget in points (labelled accuracy, else top-1 agreement with fp32)")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
                    help="fix an input's shape (repeatable)")
     c.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/<model>-<target>-<precision>)")
@@ -88,6 +92,7 @@ def _compile(args: argparse.Namespace) -> int:
     calib = CalibrationSet(args.calib, limit=args.calib_samples) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
+                    max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
                     profile_runs=args.runs, progress=not args.quiet)
     if args.json:
         print(json.dumps(build.summary(), indent=2))
@@ -107,6 +112,17 @@ def _compile(args: argparse.Namespace) -> int:
         print(line + f" ({acc['data']})")
     elif "skipped" in acc:
         print(f"accuracy: {acc['skipped']}")
+    for name, variant in (build.report.get("comparison") or {}).items():
+        lab = variant["accuracy"].get("labelled")
+        score = f"accuracy {100 * lab['accuracy']:.2f}%" if lab else \
+            f"top-1 agreement {100 * variant['accuracy'].get('top1_agreement', float('nan')):.2f}%"
+        print(f"{name:6} {score}, latency p50 {variant['latency_ms_p50']:.3f} ms, artifact "
+              f"{variant['artifact_bytes'] / 1e6:.2f} MB")
+    mixed = build.report.get("mixed_precision")
+    if mixed:
+        print(f"mixed: {len(mixed['float_layers'])} layers kept in float, {mixed['int8_layers']} in int8; budget "
+              f"{'met' if mixed['met'] else 'NOT met'} ({mixed['metric']}: fp32 {mixed['fp32']:.2f}, "
+              f"int8 {mixed['int8']:.2f}, mixed {mixed['mixed']:.2f})")
     print(f"wrote {build.output_dir}/ (report: {build.output_dir / 'report.html'})")
     return EXIT_OK
 

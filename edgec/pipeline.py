@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from . import accuracy
 from ._version import __version__
 from .backends import get_backend
@@ -28,6 +30,7 @@ from .target import Target, load_target
 MANIFEST_SCHEMA = "edgec.manifest/1"
 REPORT_SCHEMA = "edgec.report/1"
 VALIDATION_SAMPLES = 1000
+SEARCH_SAMPLES = 500  # held-out samples the mixed-precision search scores candidates on
 # Agreement with the fp32 reference below which a float build is reported as wrong.
 _COSINE_FLOOR = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98}
 
@@ -73,10 +76,13 @@ class Steps:
 def compile(model: Any, target: str | Target = "intel-cpu", precision: str | None = None,
             calibration: Any = None, *, example_inputs: Sequence[Any] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None, output_dir: str | Path | None = None,
+            max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
             profile_runs: int = 100, progress: bool = True) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
-    Writes `output_dir` atomically: on any failure or interrupt the previous folder (or nothing) remains.
+    int8 and mixed need `calibration` data. `max_accuracy_drop` (points of labelled accuracy, or of top-1
+    agreement with fp32 without labels) is the budget for `mixed`. Writes `output_dir` atomically: on
+    any failure or interrupt the previous folder (or nothing) remains.
     """
     tgt = load_target(target)
     precision = precision or tgt.default_precision
@@ -87,6 +93,11 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         raise ConfigError(f"Precision '{precision}' on {tgt.name} ({backend.name}) is not available in this edgec "
                           f"release; available: {', '.join(backend.precisions)}.")
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
+    if precision in ("int8", "mixed") and calib is None:
+        raise ConfigError(f"--precision {precision} needs calibration data: --calib PATH (.npz/.npy file or "
+                          "folder), or calibration=... in Python.")
+    if precision == "mixed" and max_accuracy_drop is None:
+        raise ConfigError("--precision mixed needs a budget: --max-accuracy-drop POINTS (e.g. 0.5).")
 
     steps = Steps(progress)
     with steps.step("loading the model"):
@@ -96,44 +107,21 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     if model_in.provenance.get("kind") == "torch":
         import torch
         versions["torch"] = torch.__version__
+    job = _Job(tgt, backend, calib, steps, profile_runs, versions, model_in)
     staging = make_staging_dir(out)
     try:
-        passes = [CleanupPass()]
-        pass_log = []
-        current = model_in
-        for p in passes:
-            t0 = time.perf_counter()
-            with steps.step(f"pass {p.name}"):
-                current = p.run(current)
-            pass_log.append({"name": p.name, "config": p.config(), "seconds": round(time.perf_counter() - t0, 3)})
-        current.save(staging / "model.onnx")
-        with steps.step(f"building for {tgt.name} with {backend.name} ({precision})"):
-            artifact = backend.build(current, tgt, precision, staging)
-        manifest = {
-            "schema": MANIFEST_SCHEMA, "edgec": __version__, "sdk": versions,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": {"machine": platform.machine(), "python": platform.python_version()},
-            "target": tgt.to_json(), "precision": precision,
-            "input": {k: v for k, v in model_in.provenance.items() if k != "notes"},
-            "notes": model_in.provenance.get("notes", []),
-            "passes": pass_log,
-            "inputs": [s.to_json() for s in current.inputs], "outputs": [s.to_json() for s in current.outputs],
-            "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
-                         "layer_map": artifact.layer_map},
-        }
-        report: dict[str, Any] = {"schema": REPORT_SCHEMA, "model": manifest["input"], "target": tgt.name,
-                                  "precision": precision, "accuracy": None, "profile": None}
-        if backend.can_run_here(tgt):
-            with steps.step("checking accuracy against the fp32 ONNX Runtime reference"):
-                report["accuracy"] = _verify(current, backend.runner(staging, manifest), calib, precision)
-            with steps.step(f"profiling ({profile_runs} runs)"):
-                prof = _profile_folder(staging, manifest, "local", profile_runs, warmup=10)
-            write_json_atomic(staging / "profile.json", prof.to_json())
-            report["profile"] = prof.to_json()
-        else:
-            report["accuracy"] = {"skipped": f"{backend.name} artifacts for {tgt.arch} do not run on this "
-                                             f"{platform.machine()} machine; run edgec profile on the device"}
-        report["size"] = {f: (staging / f).stat().st_size for f in ["model.onnx", *artifact.files]}
+        fp32 = job.run_pass(CleanupPass(), model_in)
+        comparison: dict[str, Any] = {}
+        final = fp32
+        if precision in ("int8", "mixed"):
+            final = job.quantize(fp32, precision, staging, comparison, calibration_method, max_accuracy_drop)
+        manifest, report = job.build_and_check(final, fp32, precision, staging, profile_runs)
+        if comparison:
+            comparison[precision] = _summarize(report, staging, manifest["artifact"]["files"])
+            report["comparison"] = comparison
+        if job.mixed is not None:
+            report["mixed_precision"] = job.mixed
+        report["size"] = {f: (staging / f).stat().st_size for f in ["model.onnx", *manifest["artifact"]["files"]]}
         report["timings_s"] = steps.timings
         write_json_atomic(staging / "report.json", report)
         write_text_atomic(staging / "report.html", render_html(report, manifest))
@@ -145,6 +133,125 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Build(out, manifest, report)
+
+
+class _Job:
+    """One compile's state: runs passes, builds variants into folders, checks and profiles them."""
+
+    def __init__(self, tgt: Target, backend: Any, calib: CalibrationSet | None, steps: Steps, runs: int,
+                 versions: dict[str, str], model_in: Model):
+        self.tgt, self.backend, self.calib, self.steps, self.runs = tgt, backend, calib, steps, runs
+        self.versions, self.model_in = versions, model_in
+        self.pass_log: list[dict[str, Any]] = []
+        self.mixed: dict[str, Any] | None = None
+
+    def run_pass(self, p: Any, model: Model) -> Model:
+        t0 = time.perf_counter()
+        with self.steps.step(f"pass {p.name}"):
+            result = p.run(model)
+        self.pass_log.append({"name": p.name, "config": p.config(), "seconds": round(time.perf_counter() - t0, 3)})
+        return result
+
+    def build_and_check(self, model: Model, fp32: Model, precision: str, folder: Path,
+                        runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Build `model` into `folder`; when it runs here, check it against fp32 and profile it."""
+        folder.mkdir(exist_ok=True)
+        model.save(folder / "model.onnx")
+        with self.steps.step(f"building for {self.tgt.name} with {self.backend.name} ({precision})"):
+            artifact = self.backend.build(model, self.tgt, precision, folder)
+        manifest = {
+            "schema": MANIFEST_SCHEMA, "edgec": __version__, "sdk": self.versions,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": {"machine": platform.machine(), "python": platform.python_version()},
+            "target": self.tgt.to_json(), "precision": precision,
+            "input": {k: v for k, v in self.model_in.provenance.items() if k != "notes"},
+            "notes": self.model_in.provenance.get("notes", []),
+            "passes": list(self.pass_log),
+            "quantization": model.provenance.get("quantization"),
+            "inputs": [s.to_json() for s in model.inputs], "outputs": [s.to_json() for s in model.outputs],
+            "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
+                         "layer_map": artifact.layer_map},
+        }
+        report: dict[str, Any] = {"schema": REPORT_SCHEMA, "model": manifest["input"], "target": self.tgt.name,
+                                  "precision": precision, "accuracy": None, "profile": None}
+        if not self.backend.can_run_here(self.tgt):
+            report["accuracy"] = {"skipped": f"{self.backend.name} artifacts for {self.tgt.arch} do not run on this "
+                                             f"{platform.machine()} machine; run edgec profile on the device"}
+            return manifest, report
+        with self.steps.step(f"checking {precision} accuracy against the fp32 ONNX Runtime reference"):
+            report["accuracy"] = _verify(fp32, self.backend.runner(folder, manifest), self.calib, precision)
+        with self.steps.step(f"profiling {precision} ({runs} runs)"):
+            prof = _profile_folder(folder, manifest, "local", runs, warmup=10)
+        write_json_atomic(folder / "profile.json", prof.to_json())
+        report["profile"] = prof.to_json()
+        return manifest, report
+
+    def quantize(self, fp32: Model, precision: str, staging: Path, comparison: dict[str, Any], method: str,
+                 max_drop: float | None) -> Model:
+        """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
+        from .passes.mixed import layer_times, make_evaluator, search_mixed
+        from .passes.quantize import calibrate
+
+        runs = max(20, self.runs // 2)
+        baseline = None
+        if self.backend.can_run_here(self.tgt):
+            baseline = self._variant(fp32, fp32, "fp32", staging / ".fp32", runs)
+            comparison["fp32"] = baseline
+        placement = getattr(self.backend, "qdq_placement", self.backend.name)
+        t0 = time.perf_counter()
+        with self.steps.step(f"calibrating int8 ranges ({method}) for {placement}"):
+            calibrated = calibrate(fp32, self.calib, placement, method)
+        self.pass_log.append({"name": "calibrate", "config": {"method": method, "placement": placement,
+                                                              "bias_correction": True, "data": calibrated.samples},
+                              "seconds": round(time.perf_counter() - t0, 3)})
+        int8 = calibrated.quantized()
+        self.pass_log.append({"name": "quantize-int8", "config": {"int8_nodes": len(calibrated.plan.nodes)},
+                              "seconds": 0.0})
+        if precision == "int8":
+            return int8
+        gains = None
+        if baseline is not None:
+            int8_summary = self._variant(int8, fp32, "int8", staging / ".int8", runs)
+            comparison["int8"] = int8_summary
+            t32 = layer_times(baseline.pop("_layers"), calibrated.plan.nodes)
+            t8 = layer_times(int8_summary.pop("_layers"), calibrated.plan.nodes)
+            gains = {n: t32[n] - t8.get(n, 0.0) for n in t32}
+        samples = _validation_samples(fp32, self.calib, limit=SEARCH_SAMPLES)
+        reference = accuracy.collect(accuracy.onnx_runtime_runner(fp32.proto), samples)[0].astype(np.float64)
+        evaluate = make_evaluator(samples, reference)
+        fp32_score = evaluate(fp32).score
+        metric = "labelled accuracy %" if samples.labels is not None else "top-1 agreement with fp32 %"
+        t0 = time.perf_counter()
+        with self.steps.step(f"mixed precision: searching layers to keep in float (budget {max_drop} points)"):
+            result = search_mixed(calibrated, evaluate, fp32_score, float(max_drop), gains, metric)
+        self.pass_log.append({"name": "mixed-precision", "config": {"max_accuracy_drop": max_drop, "metric": metric,
+                                                                    "search_data": samples.description},
+                              "seconds": round(time.perf_counter() - t0, 3)})
+        self.mixed = {"metric": metric, "search_data": samples.description, "budget_points": max_drop,
+                      "met": result.met, "fp32": result.fp32_score, "int8": result.int8_score,
+                      "mixed": result.final_score, "float_layers": result.decisions,
+                      "int8_layers": len(calibrated.plan.nodes) - len(result.keep_float),
+                      "evaluations": result.evaluations}
+        if not result.met:
+            print(f"edgec: WARNING: mixed precision could not meet the {max_drop}-point budget on the search data "
+                  f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
+        return calibrated.quantized(result.keep_float)
+
+    def _variant(self, model: Model, fp32: Model, precision: str, folder: Path, runs: int) -> dict[str, Any]:
+        manifest, report = self.build_and_check(model, fp32, precision, folder, runs)
+        summary = _summarize(report, folder, manifest["artifact"]["files"])
+        summary["_layers"] = report["profile"]["layers"]
+        shutil.rmtree(folder, ignore_errors=True)
+        return summary
+
+
+def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) -> dict[str, Any]:
+    acc = report.get("accuracy") or {}
+    prof = report.get("profile") or {}
+    return {"accuracy": {k: acc[k] for k in ("top1_agreement", "cosine_mean", "max_abs_error", "labelled")
+                         if k in acc},
+            "latency_ms_p50": prof.get("latency_ms", {}).get("p50"),
+            "artifact_bytes": sum((folder / f).stat().st_size for f in files)}
 
 
 def profile(output_dir: str | Path, device: str = "local", runs: int = 100, warmup: int = 10,
@@ -196,10 +303,10 @@ def _verify(model: Model, runner: accuracy.Runner, calib: CalibrationSet | None,
     return result
 
 
-def _validation_samples(model: Model, calib: CalibrationSet | None) -> Samples:
+def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int = 0) -> Samples:
     if calib is None:
         return synthetic_samples(model.inputs)
-    limited = CalibrationSet(calib.source, limit=calib.limit or VALIDATION_SAMPLES, seed=calib.seed)
+    limited = CalibrationSet(calib.source, limit=limit or calib.limit or VALIDATION_SAMPLES, seed=calib.seed)
     return (limited.load(model.inputs, "validation") or limited.load(model.inputs, "calibration")
             or synthetic_samples(model.inputs))
 
@@ -230,5 +337,3 @@ def _base_versions() -> dict[str, str]:
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def sdk_versions_text(manifest: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in manifest.get("sdk", {}).items())

@@ -1,0 +1,117 @@
+"""Mixed precision: keep the fewest layers in float that bring int8 within an accuracy budget.
+
+1. Score the full int8 model and the fp32 reference on held-out samples.
+2. Sensitivity: for each int8 layer alone back in float, how much of int8's output error (MSE of the
+   outputs against fp32) disappears. A continuous measure ranks layers far more reliably than a
+   few hundred labelled samples can.
+3. Prefer layers whose int8 speed-up on the target is small: rank by sensitivity per millisecond
+   of int8 gain (measured per layer from the target's own profiles, when given).
+4. Greedily return layers to float in that order until the budget metric (labelled accuracy, or
+   top-1 agreement with fp32 without labels) is within `max_drop` points of fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..calibration import Samples
+from ..errors import ConfigError
+from ..model import Model
+from .quantize import Calibrated
+
+_MIN_GAIN_MS = 1e-4
+
+
+@dataclass
+class Evaluation:
+    score: float        # labelled accuracy % or top-1 agreement with fp32 %
+    error: float        # mean squared error of the first output vs fp32
+
+
+@dataclass
+class MixedResult:
+    keep_float: list[str]
+    met: bool
+    fp32_score: float
+    int8_score: float
+    final_score: float
+    metric: str
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[[Model], Evaluation]:
+    """Score a model with ONNX Runtime on `samples` against fp32 outputs (and labels when present)."""
+    import onnxruntime as ort
+
+    def evaluate(model: Model) -> Evaluation:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        out = np.concatenate([session.run(None, feed)[0] for feed in samples.feeds])
+        error = float(np.mean((out.astype(np.float64) - reference_outputs) ** 2))
+        top = out.reshape(len(out), -1).argmax(1)
+        if samples.labels is not None:
+            score = 100.0 * float((top == samples.labels).mean())
+        else:
+            score = 100.0 * float((top == reference_outputs.reshape(len(out), -1).argmax(1)).mean())
+        return Evaluation(score, error)
+
+    return evaluate
+
+
+def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation], fp32_score: float,
+                 max_drop: float, gains_ms: Mapping[str, float] | None = None, metric: str = "") -> MixedResult:
+    if max_drop < 0:
+        raise ConfigError(f"--max-accuracy-drop must be >= 0 points (got {max_drop}).")
+    int8 = evaluate(calibrated.quantized())
+    count = 1
+    result = MixedResult([], fp32_score - int8.score <= max_drop, fp32_score, int8.score, int8.score, metric)
+    if result.met:
+        result.evaluations = count
+        return result
+    gains = dict(gains_ms or {})
+    ranked = []
+    for node in calibrated.plan.nodes:
+        alone = evaluate(calibrated.quantized([node]))
+        count += 1
+        recovered = (int8.error - alone.error) / int8.error if int8.error > 0 else 0.0
+        gain = gains.get(node)
+        priority = recovered / max(gain, _MIN_GAIN_MS) if gain is not None else recovered
+        ranked.append((priority, node, recovered, gain))
+    ranked.sort(reverse=True)
+    keep: list[str] = []
+    final = int8
+    for priority, node, recovered, gain in ranked:
+        if recovered <= 0:
+            break
+        keep.append(node)
+        final = evaluate(calibrated.quantized(keep))
+        count += 1
+        result.decisions.append({
+            "node": node, "error_recovered": round(recovered, 4),
+            "int8_gain_ms": None if gain is None else round(gain, 5),
+            "score_after": round(final.score, 3),
+            "reason": f"alone in float it removes {100 * recovered:.1f}% of int8's output error"
+                      + (f", and int8 saves only {gain:.4f} ms on it" if gain is not None else ""),
+        })
+        if fp32_score - final.score <= max_drop:
+            break
+    result.keep_float = keep
+    result.final_score = final.score
+    result.met = fp32_score - final.score <= max_drop
+    result.evaluations = count
+    return result
+
+
+def layer_times(layers: Sequence[Mapping[str, Any]], nodes: Sequence[str]) -> dict[str, float]:
+    """Per-node time (ms) from profile rows: a row's time is split evenly among the given nodes it covers."""
+    wanted = set(nodes)
+    times: dict[str, float] = {}
+    for row in layers:
+        covered = [n for n in row["onnx_nodes"] if n in wanted]
+        for n in covered:
+            times[n] = times.get(n, 0.0) + row["time_ms"] / len(covered)
+    return times
