@@ -119,6 +119,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         if comparison:
             comparison[precision] = _summarize(report, staging, manifest["artifact"]["files"])
             report["comparison"] = comparison
+            report["warnings"] = _speed_warnings(comparison, precision)
         if job.mixed is not None:
             report["mixed_precision"] = job.mixed
         report["size"] = {f: (staging / f).stat().st_size for f in ["model.onnx", *manifest["artifact"]["files"]]}
@@ -243,6 +244,18 @@ class _Job:
         summary["_layers"] = report["profile"]["layers"]
         shutil.rmtree(folder, ignore_errors=True)
         return summary
+
+
+def _speed_warnings(comparison: Mapping[str, Any], precision: str) -> list[str]:
+    """int8 must be faster than fp32; when it is not, say so loudly instead of shipping it quietly."""
+    fp32 = (comparison.get("fp32") or {}).get("latency_ms_p50")
+    mine = (comparison.get(precision) or {}).get("latency_ms_p50")
+    if not fp32 or not mine or mine < fp32:
+        return []
+    warning = (f"the {precision} build is not faster than fp32 here (p50 {mine:.3f} ms vs {fp32:.3f} ms): the model is "
+               "too small for int8 to pay off on this CPU, or the timing is noisy; consider shipping fp32")
+    print(f"edgec: WARNING: {warning}", file=sys.stderr)
+    return [warning]
 
 
 def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) -> dict[str, Any]:

@@ -21,7 +21,9 @@ def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgec report: {escape(target['name'])}</title>",
              f"<style>{_CSS}</style></head><body>",
              f"<h1>edgec: {escape(str(report['model'].get('source')))} &rarr; {escape(target['name'])} "
-             f"({escape(report['precision'])})</h1>", _summary(report, manifest), _accuracy(report.get("accuracy"))]
+             f"({escape(report['precision'])})</h1>", _warnings(report.get("warnings") or []),
+             _summary(report, manifest), _accuracy(report.get("accuracy")), _comparison(report.get("comparison")),
+             _mixed(report.get("mixed_precision"))]
     prof = report.get("profile")
     if prof:
         parts += [_modules(prof), _layers(prof)]
@@ -30,6 +32,43 @@ def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
                      "device.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _warnings(warnings: list[str]) -> str:
+    return "".join(f"<p class='bad'>Warning: {escape(w)}</p>" for w in warnings)
+
+
+def _comparison(comparison: Mapping[str, Any] | None) -> str:
+    if not comparison:
+        return ""
+    fp32 = comparison.get("fp32", {}).get("latency_ms_p50")
+    rows = []
+    for name, v in comparison.items():
+        acc = v["accuracy"]
+        lab = acc.get("labelled")
+        score = (f"{100 * lab['accuracy']:.2f}%" if lab else
+                 f"{100 * acc['top1_agreement']:.2f}% agreement" if "top1_agreement" in acc else "-")
+        lat = v.get("latency_ms_p50")
+        ratio = f"{lat / fp32:.2f}x" if lat and fp32 else "-"
+        rows.append(f"<tr><td>{escape(name)}</td><td class='num'>{score}</td>"
+                    f"<td class='num'>{lat:.3f}</td><td class='num'>{ratio}</td>"
+                    f"<td class='num'>{v['artifact_bytes'] / 1e6:.2f} MB</td></tr>")
+    return ("<h2>fp32 vs int8 vs mixed</h2><table><tr><th>build</th><th>accuracy</th><th>p50 ms</th>"
+            "<th>vs fp32</th><th>artifact</th></tr>" + "".join(rows) + "</table>")
+
+
+def _mixed(mixed: Mapping[str, Any] | None) -> str:
+    if not mixed:
+        return ""
+    head = (f"<h2>Mixed precision</h2><p>Budget {mixed['budget_points']} points of {escape(mixed['metric'])} on "
+            f"{escape(mixed['search_data'])}: fp32 {mixed['fp32']:.2f}, all-int8 {mixed['int8']:.2f}, "
+            f"mixed {mixed['mixed']:.2f} &mdash; <span class='{'ok' if mixed['met'] else 'bad'}'>"
+            f"{'met' if mixed['met'] else 'NOT met'}</span>. {mixed['int8_layers']} layers run int8; these stay "
+            f"in float:</p>")
+    rows = "".join(f"<tr><td><code>{escape(d['node'])}</code></td><td>{escape(d['reason'])}</td>"
+                   f"<td class='num'>{d['score_after']:.2f}</td></tr>" for d in mixed["float_layers"])
+    return head + ("<table><tr><th>layer</th><th>why</th><th>score after</th></tr>" + rows + "</table>"
+                   if rows else "<p>(none)</p>")
 
 
 def _kv(rows: list[tuple[str, str]]) -> str:

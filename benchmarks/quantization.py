@@ -1,0 +1,189 @@
+"""int8 side by side: edgec int8, edgec mixed, NNCF, ONNX Runtime quantize_static, against fp32.
+
+    python benchmarks/quantization.py [--resolution 64|224] [--rounds 5] [--runs 200] [--skip-resnet]
+
+Everything runs in this one process on the same data:
+- MobileNetV2 (torchvision's ImageNet weights) + a linear head trained on Fashion-MNIST
+  (benchmarks/fmnist_probe.py; 512 calibration images from the train split, 2,000 labelled test images).
+- ResNet-18-like (seeded random weights, 224x224; no labels: accuracy is top-1 agreement with fp32 on
+  random inputs, latency is what matters there).
+Latency: OpenVINO CPU, batch 1, LATENCY hint; each variant timed in `rounds` interleaved rounds of
+`runs` inferences; we report the median of the round medians and ratios to fp32 from the same rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import edgec  # noqa: E402
+
+F32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
+
+def ov_compile(model, config=F32):
+    import openvino as ov
+
+    return ov.Core().compile_model(model, "CPU", config)
+
+
+def ov_predict(compiled, x: np.ndarray) -> np.ndarray:
+    request = compiled.create_infer_request()
+    return np.concatenate([request.infer({0: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def ort_predict(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def interleaved_latency(runners: dict, x: np.ndarray, rounds: int, runs: int) -> dict[str, float]:
+    """Median over rounds of each runner's median latency (ms); runners alternate within each round."""
+    per_round: dict[str, list[float]] = {k: [] for k in runners}
+    for fn in runners.values():
+        for _ in range(20):
+            fn(x)
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            ts = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn(x)
+                ts.append(time.perf_counter() - t0)
+            per_round[name].append(float(np.median(ts)) * 1000)
+    return {k: float(np.median(v)) for k, v in per_round.items()}
+
+
+def ov_runner(compiled):
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})
+
+
+def ort_runner(path: Path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def ort_quantize(onnx_path: Path, calib: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = out.with_name("ort_pre.onnx")
+    quant_pre_process(str(onnx_path), str(pre))
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile)
+    return out
+
+
+def nncf_quantize(onnx_path: Path, calib: np.ndarray, shape: list[int]):
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path), input=[shape])
+    return nncf.quantize(model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]), subset_size=len(calib))
+
+
+def run(name: str, onnx_path: Path, data: dict, labels: np.ndarray | None, rounds: int, runs: int,
+        work: Path, budget: float) -> None:
+    x_val, calib = data["val_x"], data["x"]
+    shape = list(calib.shape[1:])
+    t = {}
+    print(f"\n== {name}: {onnx_path.name}, {len(calib)} calibration samples, {len(x_val)} evaluation samples", flush=True)
+    t0 = time.perf_counter()
+    int8 = edgec.compile(onnx_path, "intel-cpu", "int8", calibration=data, output_dir=work / f"{name}-int8",
+                         profile_runs=20, progress=False)
+    t["edgec int8"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mixed = edgec.compile(onnx_path, "intel-cpu", "mixed", calibration=data, max_accuracy_drop=budget,
+                          output_dir=work / f"{name}-mixed", profile_runs=20, progress=False)
+    t["edgec mixed"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    nncf_model = nncf_quantize(onnx_path, calib, [1, *shape])
+    t["nncf"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ort_path = ort_quantize(onnx_path, calib, work / f"{name}-ort-int8.onnx")
+    t["ort"] = time.perf_counter() - t0
+
+    compiled = {
+        "fp32 (OpenVINO f32)": ov_compile(str(onnx_path)),
+        "edgec int8": ov_compile(str(int8.output_dir / "model.xml")),
+        f"edgec mixed ({budget} pt)": ov_compile(str(mixed.output_dir / "model.xml")),
+        "NNCF nncf.quantize": ov_compile(nncf_model),
+        "ORT quantize_static on OpenVINO": ov_compile(str(ort_path)),
+    }
+    preds = {k: ov_predict(c, x_val) for k, c in compiled.items()}
+    preds["ORT quantize_static on ORT"] = ort_predict(ort_path, x_val)
+    preds["fp32 on ORT"] = ort_predict(onnx_path, x_val)
+    runners = {k: ov_runner(c) for k, c in compiled.items()}
+    runners["fp32 on ORT"] = ort_runner(onnx_path)
+    runners["ORT quantize_static on ORT"] = ort_runner(ort_path)
+    lat = interleaved_latency(runners, x_val[:1], rounds, runs)
+
+    ref = preds["fp32 (OpenVINO f32)"].argmax(1)
+    base_acc = float((ref == labels).mean()) if labels is not None else 1.0
+    print(f"{'variant':36} {'accuracy':>9} {'drop pt':>8} {'agree':>7} {'p50 ms':>8} {'vs fp32':>8}")
+    for k, p in preds.items():
+        top = p.argmax(1)
+        acc = float((top == labels).mean()) if labels is not None else float((top == ref).mean())
+        base = "fp32 on ORT" if k.endswith("on ORT") else "fp32 (OpenVINO f32)"
+        print(f"{k:36} {100 * acc:8.2f}% {100 * (base_acc - acc):8.2f} {100 * (top == ref).mean():6.1f}% "
+              f"{lat[k]:8.3f} {lat[k] / lat[base]:8.3f}")
+    m = mixed.report["mixed_precision"]
+    print(f"mixed kept {len(m['float_layers'])} of {len(m['float_layers']) + m['int8_layers']} quantizable layers in "
+          f"float: {', '.join(d['node'] for d in m['float_layers']) or '-'}")
+    print("quantization time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+          + "  (edgec times include building, checking and profiling fp32/int8 variants)")
+    print(f"latency: median of {rounds} interleaved rounds x {runs} runs, batch 1")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resolution", type=int, default=224, help="MobileNetV2 probe input resolution (64 or 224)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--budget", type=float, default=0.2, help="mixed --max-accuracy-drop, points")
+    p.add_argument("--skip-resnet", action="store_true")
+    args = p.parse_args()
+    from benchmarks.fmnist_probe import build_probe
+
+    probe = build_probe(resolution=args.resolution)
+    data = probe.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        run(f"mobilenetv2-fmnist-{args.resolution}", probe.onnx_path, data, data["val_y"], args.rounds, args.runs,
+            work, args.budget)
+        if not args.skip_resnet:
+            import torch
+            from benchmarks.models import resnet18_like
+
+            path = work / "resnet18_like.onnx"
+            torch.onnx.export(resnet18_like(), (torch.zeros(1, 3, 224, 224),), dynamo=True, input_names=["x"]).save(path)
+            rng = np.random.default_rng(0)
+            rdata = {"x": rng.standard_normal((256, 3, 224, 224), dtype=np.float32),
+                     "val_x": rng.standard_normal((300, 3, 224, 224), dtype=np.float32)}
+            run("resnet18-like-224", path, rdata, None, args.rounds, args.runs, work, args.budget)
+
+
+if __name__ == "__main__":
+    main()

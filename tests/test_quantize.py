@@ -1,0 +1,226 @@
+"""int8 Q/DQ placement per backend, quantization math, bias correction, mixed-precision budget."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import edgec
+from edgec import CalibrationSet, ConfigError
+from edgec.model import Model
+from edgec.passes.mixed import make_evaluator, search_mixed
+from edgec.passes.quantize import (PLACEMENTS, activation_qparams, calibrate, plan_quantization, quantize_weight)
+from models import tiny_conv_onnx
+
+
+def _model(**kw) -> Model:
+    return Model(tiny_conv_onnx(**kw), {"source": "tiny", "kind": "onnx"})
+
+
+def _samples(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).random((n, 3, 16, 16), dtype=np.float32)}
+
+
+def _run(proto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _consumers(proto, tensor: str) -> list[str]:
+    return [n.op_type for n in proto.graph.node if tensor in n.input]
+
+
+def test_openvino_placement_quantizes_weighted_ops_only() -> None:
+    q = calibrate(_model(), CalibrationSet(_samples()), "openvino").quantized().proto
+    onnx.checker.check_model(q)
+    ops = Counter(n.op_type for n in q.graph.node)
+    # activations into conv1, conv2 and fc: 3 Q/DQ pairs; weights of conv1, conv2, fc: 3 DQ
+    assert ops["QuantizeLinear"] == 3 and ops["DequantizeLinear"] == 6
+    add = next(n for n in q.graph.node if n.op_type == "Add")
+    assert all(not i.endswith("_dequantized") for i in add.input)  # residual add stays float on OpenVINO
+    zero_points = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_zero_point")
+                   and not t.name.startswith(("w", "wf"))]
+    assert {z.dtype for z in zero_points} == {np.dtype(np.uint8)}  # asymmetric u8 activations
+
+
+def test_tensorrt_placement_is_symmetric_and_covers_residual_adds() -> None:
+    q = calibrate(_model(), CalibrationSet(_samples()), "tensorrt").quantized().proto
+    add = next(n for n in q.graph.node if n.op_type == "Add")
+    assert all(i.endswith("_dequantized") for i in add.input)
+    for node in q.graph.node:
+        if node.op_type == "QuantizeLinear":
+            zp = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == node.input[2]))
+            assert zp.dtype == np.int8 and int(zp) == 0
+    weights = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_quantized")]
+    assert weights and all(w.dtype == np.int8 and w.min() >= -127 for w in weights)
+
+
+def test_weights_per_output_channel() -> None:
+    q = calibrate(_model(), CalibrationSet(_samples()), "openvino").quantized().proto
+    dq = {n.name: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    w1 = dq["w1_DequantizeLinear"]
+    assert {a.name: a.i for a in w1.attribute}["axis"] == 0
+    scale = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == "w1_scale"))
+    assert scale.shape == (8,)
+    fc = dq["wf_DequantizeLinear"]  # Gemm with transB=1: output channels on axis 0
+    assert {a.name: a.i for a in fc.attribute}["axis"] == 0
+
+
+def test_quantized_nodes_keep_provenance() -> None:
+    proto = tiny_conv_onnx()
+    for node in proto.graph.node:
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=f"['', '{node.name}', 'op']")
+    q = calibrate(Model(proto), CalibrationSet(_samples()), "openvino").quantized().proto
+    for node in q.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert any(p.key == "pkg.torch.onnx.name_scopes" for p in node.metadata_props), node.name
+
+
+def test_int8_model_stays_close_to_fp32() -> None:
+    x = _samples(64, seed=1)["x"]
+    model = _model()
+    q = calibrate(model, CalibrationSet(_samples(64)), "openvino").quantized().proto
+    ref, got = _run(model.proto, x), _run(q, x)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.99
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+
+
+def test_activation_qparams() -> None:
+    scale, zp = activation_qparams(-1.0, 3.0, symmetric=False)
+    assert zp.dtype == np.uint8 and abs(float(scale) - 4 / 255) < 1e-7 and int(zp) == round(1 / (4 / 255))
+    scale, zp = activation_qparams(0.5, 2.0, symmetric=False)  # range always includes zero
+    assert int(zp) == 0 and abs(float(scale) - 2 / 255) < 1e-7
+    scale, zp = activation_qparams(-1.0, 3.0, symmetric=True)
+    assert zp.dtype == np.int8 and int(zp) == 0 and abs(float(scale) - 3 / 127) < 1e-7
+    scale, _ = activation_qparams(0.0, 0.0, symmetric=False)
+    assert float(scale) > 0
+
+
+def test_quantize_weight_round_trip() -> None:
+    w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    w[2] *= 100  # channels with very different ranges: per-channel scales keep small ones precise
+    q, scale = quantize_weight(w, 0)
+    back = q.astype(np.float32) * scale[:, None, None, None]
+    assert np.abs(back - w).max(axis=(1, 2, 3)).tolist() == pytest.approx((scale / 2).tolist(), rel=0.01, abs=1e-6) \
+        or (np.abs(back - w).max(axis=(1, 2, 3)) <= scale / 2 + 1e-6).all()
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+
+
+def test_bias_correction_removes_the_mean_shift() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.random((64, 3, 16, 16), dtype=np.float32) + 2.0)  # large positive mean exposes weight error
+    calib = CalibrationSet({"x": x})
+    model = _model()
+    plain = calibrate(model, calib, "openvino", "minmax", bias_correction=False).quantized().proto
+    corrected = calibrate(model, calib, "openvino", "minmax", bias_correction=True).quantized().proto
+    ref = _run(model.proto, x)
+    shift_plain = np.abs((_run(plain, x) - ref).mean(0)).mean()
+    shift_corrected = np.abs((_run(corrected, x) - ref).mean(0)).mean()
+    assert shift_corrected < shift_plain
+
+
+def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
+    plan = plan_quantization(tiny_conv_onnx(), PLACEMENTS["openvino"])
+    assert plan.nodes == ("conv1", "conv2", "fc")
+    assert plan.tensors() == sorted({"x", "r1", "f"})
+    assert plan.weights["conv1"] == ("w1", 0)
+
+
+@pytest.mark.parametrize("data, match", [
+    (None, "needs calibration data"),
+    ({"val_x": np.zeros((4, 3, 16, 16), np.float32)}, "no calibration split"),
+    ({"x": np.zeros((4, 3, 9, 9), np.float32)}, "the model wants"),
+    ({"x": np.full((4, 3, 16, 16), np.inf, np.float32)}, "NaN or Inf"),
+    ({"x": np.zeros((0, 3, 16, 16), np.float32)}, "fewer than one batch"),
+])
+def test_bad_calibration_input(data, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        calibrate(_model(), CalibrationSet(data) if data is not None else None, "openvino")
+
+
+def test_empty_calibration_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="holds no .npy/.npz"):
+        calibrate(_model(), CalibrationSet(tmp_path), "openvino")
+
+
+def test_calibration_subset_is_seeded(tmp_path: Path) -> None:
+    data = _samples(40)
+    a = CalibrationSet(data, limit=10, seed=1).load(_model().inputs)
+    b = CalibrationSet(data, limit=10, seed=1).load(_model().inputs)
+    c = CalibrationSet(data, limit=10, seed=2).load(_model().inputs)
+    assert len(a) == 10
+    assert all(np.array_equal(p["x"], q["x"]) for p, q in zip(a.feeds, b.feeds))
+    assert not all(np.array_equal(p["x"], q["x"]) for p, q in zip(a.feeds, c.feeds))
+
+
+def _sensitive_model() -> Model:
+    """tiny_conv_onnx with one activation that has huge outliers, so per-tensor int8 hurts conv2 badly."""
+    proto = tiny_conv_onnx(classes=10, seed=4)
+    return Model(proto, {"source": "tiny", "kind": "onnx"})
+
+
+def test_mixed_precision_honours_the_budget() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 3, 16, 16), dtype=np.float32)
+    x[::7, :, 0, 0] = 60.0  # rare outliers widen the input range: int8 loses resolution on the rest
+    model = _sensitive_model()
+    calibrated = calibrate(model, CalibrationSet({"x": x[:64]}), "openvino", "minmax")
+    held = CalibrationSet({"x": x[64:]}).load(model.inputs)
+    reference = _run(model.proto, x[64:]).astype(np.float64)
+    evaluate = make_evaluator(held, reference)
+    fp32_score = evaluate(model).score
+    int8_score = evaluate(calibrated.quantized()).score
+    assert fp32_score == 100.0
+    result = search_mixed(calibrated, evaluate, fp32_score, max_drop=0.0)
+    assert result.met
+    assert fp32_score - result.final_score <= 0.0
+    assert result.int8_score == int8_score
+    assert len(result.keep_float) < len(calibrated.plan.nodes) or int8_score < fp32_score
+    if int8_score == fp32_score:
+        assert result.keep_float == []
+    for d in result.decisions:
+        assert d["node"] in calibrated.plan.nodes and "reason" in d
+    generous = search_mixed(calibrated, evaluate, fp32_score, max_drop=100.0)
+    assert generous.keep_float == [] and generous.met
+
+
+@pytest.mark.requires_openvino
+def test_openvino_int8_runs_int8_kernels(tmp_path: Path, tiny_onnx: Path) -> None:
+    build = edgec.compile(tiny_onnx, "intel-cpu", "int8", calibration=_samples(32), output_dir=tmp_path / "o",
+                          profile_runs=10, progress=False)
+    layers = build.report["profile"]["layers"]
+    convs = [r for r in layers if r["op"] in ("Convolution", "GroupConvolution")]
+    assert convs and all(r["precision"] == "int8" and r["exec"].endswith("I8") for r in convs)
+    assert build.report["accuracy"]["cosine_min"] > 0.98
+    comparison = build.report["comparison"]
+    assert set(comparison) == {"fp32", "int8"}
+    assert comparison["int8"]["artifact_bytes"] > 0 and comparison["fp32"]["latency_ms_p50"] > 0
+    assert [p["name"] for p in build.manifest["passes"]] == ["cleanup", "calibrate", "quantize-int8"]
+
+
+@pytest.mark.requires_openvino
+def test_mixed_needs_a_budget_and_data(tmp_path: Path, tiny_onnx: Path) -> None:
+    with pytest.raises(ConfigError, match="--max-accuracy-drop"):
+        edgec.compile(tiny_onnx, "intel-cpu", "mixed", calibration=_samples(8), output_dir=tmp_path / "o")
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        edgec.compile(tiny_onnx, "intel-cpu", "int8", output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.requires_openvino
+def test_mixed_build_reports_float_layers(tmp_path: Path, tiny_onnx: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 3, 16, 16), dtype=np.float32)
+    data = {"x": x[:32], "val_x": x[32:]}
+    build = edgec.compile(tiny_onnx, "intel-cpu", "mixed", calibration=data, max_accuracy_drop=0.0,
+                          output_dir=tmp_path / "o", profile_runs=10, progress=False)
+    mixed = build.report["mixed_precision"]
+    assert mixed["met"] and mixed["metric"].startswith("top-1 agreement")
+    assert set(build.report["comparison"]) == {"fp32", "int8", "mixed"}
+    assert build.manifest["quantization"]["float_nodes"] == [d["node"] for d in mixed["float_layers"]]
