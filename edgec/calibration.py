@@ -1,4 +1,9 @@
-"""Sample data for calibration and accuracy checks: .npz / .npy files, folders of them, Python iterables.
+"""Sample data for calibration and accuracy checks: image folders, .npz / .npy files, Python iterables.
+
+Image folders: every image under the folder (recursively, sorted), turned into model inputs by a recipe
+(`edgec/recipes/*.toml`: colour, resize, crop, scale, mean/std, layout). Images in class subfolders
+(`dog/1.jpg`, `cat/2.jpg`) are labelled by the sorted subfolder names, as torchvision's ImageFolder does.
+Images are decoded one at a time when a sample is used, so memory stays bounded however many there are.
 
 .npz layout: an array per model input (named after the input, or `x` for a single-input model), leading
 dim = samples; optional `y` (or `labels`) with integer class labels. Keys prefixed `val_` (`val_x`,
@@ -6,9 +11,11 @@ dim = samples; optional `y` (or `labels`) with integer class labels. Keys prefix
 """
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -16,13 +23,15 @@ from .errors import ConfigError
 from .model import TensorSpec
 
 _LABEL_KEYS = ("y", "labels")
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 @dataclass(frozen=True)
 class Samples:
     """Model-ready feeds (one dict per inference) and labels per feed, if known."""
 
-    feeds: list[dict[str, np.ndarray]]
+    feeds: Sequence[dict[str, np.ndarray]]
     labels: np.ndarray | None
     description: str
 
@@ -37,9 +46,16 @@ class CalibrationSet:
     source: Any
     limit: int | None = None
     seed: int = 0
+    recipe: str | None = None  # image folders only: a name in edgec/recipes or a .toml path; default "unit"
 
     def load(self, inputs: Sequence[TensorSpec], split: str = "calibration") -> Samples | None:
         """Samples for `split` ('calibration' or 'validation'); None if the source has no such split."""
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--calib-samples must be at least 1 (got {self.limit}).")
+        if isinstance(self.source, (str, Path)) and _is_image_folder(Path(self.source)):
+            if split != "calibration":
+                return None
+            return _image_samples(Path(self.source), inputs, load_recipe(self.recipe or "unit"), self.limit, self.seed)
         arrays, where = _read_source(self.source)
         prefix = "val_" if split == "validation" else ""
         chosen = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -137,3 +153,113 @@ def synthetic_samples(inputs: Sequence[TensorSpec], count: int = 16, seed: int =
     feeds = [{s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype) for s in inputs} for _ in range(count)]
     return Samples(feeds, None, f"{count} synthetic random samples (no data given: agreement on noise says "
                                 "little about real accuracy; pass --calib)")
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an image becomes a model input."""
+
+    name: str
+    description: str = ""
+    color: str = "auto"          # "RGB", "L" (grey) or "auto" (from the input's channel count)
+    resize: int | None = None    # shorter side; None: straight to the input's H x W
+    crop: int | None = None      # centre crop (square); None: no crop
+    scale: float = 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "NCHW"
+
+    def apply(self, path: Path, spec: TensorSpec) -> np.ndarray:
+        from PIL import Image
+
+        channel_axis = 1 if self.layout == "NCHW" else 3
+        if len(spec.shape) != 4:
+            raise ConfigError(f"Image calibration needs a 4-D image input; '{spec.name}' is {list(spec.shape)}.")
+        channels = spec.shape[channel_axis]
+        height, width = (spec.shape[2], spec.shape[3]) if self.layout == "NCHW" else (spec.shape[1], spec.shape[2])
+        mode = self.color if self.color != "auto" else ("L" if channels == 1 else "RGB")
+        try:
+            with Image.open(path) as im:
+                im = im.convert(mode)
+                if self.resize:
+                    w, h = im.size
+                    k = self.resize / min(w, h)
+                    im = im.resize((max(1, round(w * k)), max(1, round(h * k))), Image.BILINEAR)
+                else:
+                    im = im.resize((width, height), Image.BILINEAR)
+                if self.crop:
+                    w, h = im.size
+                    left, top = (w - self.crop) // 2, (h - self.crop) // 2
+                    im = im.crop((left, top, left + self.crop, top + self.crop))
+                a = np.asarray(im, dtype=np.float32)
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, ValueError, DecompressionBombError...
+            raise ConfigError(f"Could not read image '{path}': {e}. Remove it from the calibration folder.") from e
+        a = a[..., None] if a.ndim == 2 else a
+        a = (a / self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        a = a.transpose(2, 0, 1) if self.layout == "NCHW" else a
+        want = tuple(spec.shape[1:])
+        if a.shape != want:
+            raise ConfigError(f"Recipe '{self.name}' turns '{path.name}' into {list(a.shape)}, but input '{spec.name}' "
+                              f"wants {list(want)}. Choose a recipe whose crop/resize/colour fit the model "
+                              f"(--calib-recipe; recipes in {RECIPES_DIR}).")
+        return a[None].astype(spec.dtype)
+
+
+def load_recipe(name: str | Path) -> Recipe:
+    path = Path(name)
+    if path.suffix != ".toml":
+        path = RECIPES_DIR / f"{name}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+        raise ConfigError(f"Calibration recipe '{name}' not found. Choose from: {', '.join(names)}, "
+                          "or give a .toml path.")
+    try:
+        data = tomllib.loads(path.read_text())
+        return Recipe(name=path.stem, description=data.get("description", ""), color=data.get("color", "auto"),
+                      resize=data.get("resize"), crop=data.get("crop"), scale=float(data.get("scale", 255.0)),
+                      mean=tuple(data.get("mean", (0.0,))), std=tuple(data.get("std", (1.0,))),
+                      layout=data.get("layout", "NCHW"))
+    except (tomllib.TOMLDecodeError, TypeError, ValueError) as e:
+        raise ConfigError(f"Calibration recipe '{path}' is not valid: {e}") from e
+
+
+def _is_image_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file())
+
+
+class _LazyFeeds(SequenceABC):
+    """Feeds decoded on access: a calibration pass holds one image at a time."""
+
+    def __init__(self, files: Sequence[Path], make: Callable[[Path], dict[str, np.ndarray]]):
+        self.files, self.make = list(files), make
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return _LazyFeeds(self.files[i], self.make)
+        return self.make(self.files[i])
+
+
+def _image_samples(folder: Path, inputs: Sequence[TensorSpec], recipe: Recipe, limit: int | None,
+                   seed: int) -> Samples:
+    if len(inputs) != 1:
+        raise ConfigError(f"An image folder can calibrate a single-input model; this one has {len(inputs)} inputs. "
+                          "Use an .npz with one array per input.")
+    spec = inputs[0]
+    if isinstance(spec.shape[0], int) and spec.shape[0] != 1:
+        raise ConfigError(f"Image folders feed batch 1; input '{spec.name}' has batch {spec.shape[0]}. "
+                          f"Compile with --input-shape {spec.name}=1x... or use an .npz.")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    if limit is not None and limit < len(files):
+        files = [files[i] for i in np.sort(np.random.default_rng(seed).choice(len(files), limit, replace=False))]
+    classes = sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
+    labelled = bool(classes) and all(len(p.relative_to(folder).parts) > 1 for p in files)
+    labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files]) if labelled else None
+    feeds = _LazyFeeds(files, lambda p: {spec.name: recipe.apply(p, spec)})
+    feeds[0]  # decode one now: a recipe that does not fit the model fails before any work is done
+    what = f"{len(files)} images from {folder} (recipe '{recipe.name}'" + (f", {len(classes)} classes)" if labelled else ")")
+    return Samples(feeds, labels, what)

@@ -48,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a model for a target board")
     c.add_argument("model", help="path to an .onnx file")
     c.add_argument("--target", "-t", default="intel-cpu", help="target name, alias or .toml path (edgec targets)")
-    c.add_argument("--precision", "-p", help="fp32 | fp16 | bf16 | int8 | mixed (default: the target's)")
+    c.add_argument("--precision", "-p", help="fp32 | fp16 | bf16 | int8 | mixed | int8-weights (default: the target's)")
     c.add_argument("--calib", metavar="PATH", help=".npz/.npy file or folder: calibration and validation samples")
     c.add_argument("--calib-samples", type=int, metavar="N", help="use N samples (seeded random subset)")
+    c.add_argument("--calib-recipe", metavar="NAME|TOML", help="image folders: preprocessing recipe (unit, imagenet, fashion-mnist, or a .toml; default unit)")
     c.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
                    help="activation range estimator for int8 (default percentile 99.99)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
@@ -89,7 +90,7 @@ def _compile(args: argparse.Namespace) -> int:
     from .frontend import parse_input_shapes
     from .pipeline import compile
 
-    calib = CalibrationSet(args.calib, limit=args.calib_samples) if args.calib else None
+    calib = CalibrationSet(args.calib, limit=args.calib_samples, recipe=args.calib_recipe) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,

@@ -1,6 +1,7 @@
 """compile(): frontend -> passes -> build -> verify -> profile -> report, into an atomically swapped folder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -23,6 +24,7 @@ from .fileio import make_staging_dir, replace_dir, write_json_atomic, write_text
 from .frontend import to_model
 from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
+from .passes.quantize import WeightOnlyInt8Pass
 from .profile import Profile, attach_sources
 from .report import render_html
 from .target import Target, load_target
@@ -32,7 +34,7 @@ REPORT_SCHEMA = "edgec.report/1"
 VALIDATION_SAMPLES = 1000
 SEARCH_SAMPLES = 500  # held-out samples the mixed-precision search scores candidates on
 # Agreement with the fp32 reference below which a float build is reported as wrong.
-_COSINE_FLOOR = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98}
+_COSINE_FLOOR = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98, "int8-weights": 0.98}
 
 
 @dataclass
@@ -115,9 +117,15 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         final = fp32
         if precision in ("int8", "mixed"):
             final = job.quantize(fp32, precision, staging, comparison, calibration_method, max_accuracy_drop)
+        elif precision == "int8-weights":
+            if job.backend.can_run_here(tgt):
+                comparison["fp32"] = job.variant(fp32, fp32, "fp32", staging / ".fp32", max(20, profile_runs // 2))
+            final = job.run_pass(WeightOnlyInt8Pass(), fp32)
         manifest, report = job.build_and_check(final, fp32, precision, staging, profile_runs)
         if comparison:
             comparison[precision] = _summarize(report, staging, manifest["artifact"]["files"])
+            for summary in comparison.values():
+                summary.pop("_layers", None)
             report["comparison"] = comparison
             report["warnings"] = _speed_warnings(comparison, precision)
         if job.mixed is not None:
@@ -196,7 +204,7 @@ class _Job:
         runs = max(20, self.runs // 2)
         baseline = None
         if self.backend.can_run_here(self.tgt):
-            baseline = self._variant(fp32, fp32, "fp32", staging / ".fp32", runs)
+            baseline = self.variant(fp32, fp32, "fp32", staging / ".fp32", runs)
             comparison["fp32"] = baseline
         placement = getattr(self.backend, "qdq_placement", self.backend.name)
         t0 = time.perf_counter()
@@ -212,7 +220,7 @@ class _Job:
             return int8
         gains = None
         if baseline is not None:
-            int8_summary = self._variant(int8, fp32, "int8", staging / ".int8", runs)
+            int8_summary = self.variant(int8, fp32, "int8", staging / ".int8", runs)
             comparison["int8"] = int8_summary
             t32 = layer_times(baseline.pop("_layers"), calibrated.plan.nodes)
             t8 = layer_times(int8_summary.pop("_layers"), calibrated.plan.nodes)
@@ -238,7 +246,8 @@ class _Job:
                   f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
         return calibrated.quantized(result.keep_float)
 
-    def _variant(self, model: Model, fp32: Model, precision: str, folder: Path, runs: int) -> dict[str, Any]:
+    def variant(self, model: Model, fp32: Model, precision: str, folder: Path, runs: int) -> dict[str, Any]:
+        """Build, check and profile a comparison build in `folder`, then remove it; returns its summary."""
         manifest, report = self.build_and_check(model, fp32, precision, folder, runs)
         summary = _summarize(report, folder, manifest["artifact"]["files"])
         summary["_layers"] = report["profile"]["layers"]
@@ -319,7 +328,7 @@ def _verify(model: Model, runner: accuracy.Runner, calib: CalibrationSet | None,
 def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int = 0) -> Samples:
     if calib is None:
         return synthetic_samples(model.inputs)
-    limited = CalibrationSet(calib.source, limit=limit or calib.limit or VALIDATION_SAMPLES, seed=calib.seed)
+    limited = dataclasses.replace(calib, limit=limit or calib.limit or VALIDATION_SAMPLES)
     return (limited.load(model.inputs, "validation") or limited.load(model.inputs, "calibration")
             or synthetic_samples(model.inputs))
 

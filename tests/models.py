@@ -63,3 +63,19 @@ def tiny_torch_model():
 
     torch.manual_seed(0)
     return TinyNet().eval()
+
+
+def tiny_mlp_onnx(tokens: int = 16, dim: int = 64, hidden: int = 256, seed: int = 0) -> onnx.ModelProto:
+    """A Transformer-style MLP block: x[1,T,D] -> MatMul -> Relu -> MatMul -> + x."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.1, (dim, hidden)).astype(np.float32), "w_up"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (hidden, dim)).astype(np.float32), "w_down")]
+    nodes = [helper.make_node("MatMul", ["x", "w_up"], ["h"], name="up"),
+             helper.make_node("Relu", ["h"], ["a"], name="act"),
+             helper.make_node("MatMul", ["a", "w_down"], ["d"], name="down"),
+             helper.make_node("Add", ["d", "x"], ["y"], name="residual")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(model)
+    return model

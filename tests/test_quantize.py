@@ -224,3 +224,34 @@ def test_mixed_build_reports_float_layers(tmp_path: Path, tiny_onnx: Path) -> No
     assert mixed["met"] and mixed["metric"].startswith("top-1 agreement")
     assert set(build.report["comparison"]) == {"fp32", "int8", "mixed"}
     assert build.manifest["quantization"]["float_nodes"] == [d["node"] for d in mixed["float_layers"]]
+
+
+def test_weight_only_int8_keeps_activations_float() -> None:
+    from edgec.passes.quantize import WeightOnlyInt8Pass
+    from models import tiny_mlp_onnx
+
+    model = Model(tiny_mlp_onnx())
+    q = WeightOnlyInt8Pass().run(model).proto
+    ops = Counter(n.op_type for n in q.graph.node)
+    assert ops["QuantizeLinear"] == 0 and ops["DequantizeLinear"] == 2
+    dq = {n.name: {a.name: a.i for a in n.attribute} for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    assert dq["w_up_DequantizeLinear"]["axis"] == 1  # MatMul [K, N]: per output column
+    x = np.random.default_rng(0).normal(size=(1, 16, 64)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    ref, got = run(model.proto), run(q)
+    assert np.abs(ref - got).max() / np.abs(ref).max() < 0.02
+    with pytest.raises(ConfigError, match="no MatMul"):
+        WeightOnlyInt8Pass(ops=("Gemm",)).run(model)
+
+
+@pytest.mark.requires_openvino
+def test_openvino_int8_weights_build(tmp_path: Path) -> None:
+    from models import tiny_mlp_onnx
+
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(tiny_mlp_onnx(dim=128, hidden=512).SerializeToString())
+    build = edgec.compile(path, "intel-cpu", "int8-weights", output_dir=tmp_path / "o", profile_runs=10, progress=False)
+    assert build.report["accuracy"]["ok"]
+    sizes = build.report["comparison"]
+    assert sizes["int8-weights"]["artifact_bytes"] < 0.5 * sizes["fp32"]["artifact_bytes"]
+    assert [p["name"] for p in build.manifest["passes"]] == ["cleanup", "quantize-int8-weights"]

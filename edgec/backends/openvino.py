@@ -16,13 +16,13 @@ from .base import Artifact, Runner
 
 # OpenVINO's CPU plugin runs "fp32" models in bf16 on CPUs that have it: ask for the precision explicitly.
 # int8/mixed: Q/DQ layers run int8; everything else stays true f32 (not bf16).
-_INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "mixed": "f32"}
+_INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "mixed": "f32", "int8-weights": "f32"}
 _INSTALL_HINT = "OpenVINO is not installed: pip install 'edgec[openvino]'"
 
 
 class OpenVINOBackend:
     name = "openvino"
-    precisions = ("fp32", "bf16", "int8", "mixed")
+    precisions = ("fp32", "bf16", "int8", "mixed", "int8-weights")
     qdq_placement = "openvino"
 
     def _ov(self):

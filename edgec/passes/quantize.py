@@ -327,3 +327,27 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     return Calibrated(model, plan, ranges, means if bias_correction else None, PLACEMENTS[placement],
                       samples.description, round(time.perf_counter() - t0, 3))
 
+
+
+@dataclass(frozen=True)
+class WeightOnlyInt8Pass:
+    """int8 weights, float activations: for models whose activations do not quantize statically
+    (LSTM/Transformer MatMuls). Weights are stored int8 (per output channel) behind a DequantizeLinear;
+    the runtime decompresses them (OpenVINO keeps MatMul weights compressed). Needs no calibration data.
+    """
+
+    ops: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    name: str = "quantize-int8-weights"
+
+    def config(self) -> dict[str, Any]:
+        return {"ops": list(self.ops)}
+
+    def run(self, model: Model) -> Model:
+        placement = Placement("weights-only", self.ops, residual_add=False, symmetric_activations=True)
+        full = plan_quantization(model.proto, placement)
+        plan = QuantPlan(tuple(n for n in full.nodes if n in full.weights), {}, full.weights)
+        if not plan.nodes:
+            raise ConfigError("int8-weights: the model has no MatMul, Gemm or Conv with float weight initializers.")
+        proto = insert_qdq(model.proto, plan, {}, placement)
+        return Model(proto, {**model.provenance, "quantization": {"placement": "weights-only",
+                                                                  "int8_nodes": len(plan.nodes), "float_nodes": []}})
