@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", "-p", help="fp32 | fp16 | bf16 | int8 | mixed | int8-weights (default: the target's)")
     c.add_argument("--calib", metavar="PATH", help=".npz/.npy file or folder: calibration and validation samples")
     c.add_argument("--calib-samples", type=int, metavar="N", help="use N samples (seeded random subset)")
+    c.add_argument("--calib-seed", type=int, default=0, help="seed of the --calib-samples subset (default 0)")
     c.add_argument("--calib-recipe", metavar="NAME|TOML", help="image folders: preprocessing recipe (unit, imagenet, fashion-mnist, or a .toml; default unit)")
     c.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
                    help="activation range estimator for int8 (default percentile 99.99)")
@@ -90,7 +91,8 @@ def _compile(args: argparse.Namespace) -> int:
     from .frontend import parse_input_shapes
     from .pipeline import compile
 
-    calib = CalibrationSet(args.calib, limit=args.calib_samples, recipe=args.calib_recipe) if args.calib else None
+    calib = CalibrationSet(args.calib, limit=args.calib_samples, seed=args.calib_seed,
+                                   recipe=args.calib_recipe) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,

@@ -138,6 +138,7 @@ def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
     ({"x": np.zeros((4, 3, 9, 9), np.float32)}, "the model wants"),
     ({"x": np.full((4, 3, 16, 16), np.inf, np.float32)}, "NaN or Inf"),
     ({"x": np.zeros((0, 3, 16, 16), np.float32)}, "fewer than one batch"),
+    ({"x": np.zeros((3, 3, 16, 16), np.float32)}, "at least 8 samples"),
 ])
 def test_bad_calibration_input(data, match) -> None:
     with pytest.raises(ConfigError, match=match):

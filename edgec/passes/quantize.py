@@ -21,6 +21,7 @@ from ..errors import ConfigError, PassError
 from ..model import Model
 
 _WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+MIN_CALIBRATION_SAMPLES = 8  # below this, activation ranges are guesses
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,9 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     if samples is None:
         raise ConfigError(f"The calibration data has no calibration split (only val_ arrays): add arrays named "
                           f"after the inputs ({', '.join(s.name for s in model.inputs)}) or 'x'.")
+    if len(samples) < MIN_CALIBRATION_SAMPLES:
+        raise ConfigError(f"int8 calibration needs at least {MIN_CALIBRATION_SAMPLES} samples; {samples.description} "
+                          "has fewer. A few hundred representative inputs are typical.")
     plan = plan_quantization(model.proto, PLACEMENTS[placement])
     if not plan.nodes:
         raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights.")
