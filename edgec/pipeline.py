@@ -119,13 +119,11 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             final = job.quantize(fp32, precision, staging, comparison, calibration_method, max_accuracy_drop)
         elif precision == "int8-weights":
             if job.backend.can_run_here(tgt):
-                comparison["fp32"] = job.variant(fp32, fp32, "fp32", staging / ".fp32", max(20, profile_runs // 2))
+                comparison["fp32"], _ = job.variant(fp32, fp32, "fp32", staging / ".fp32", max(20, profile_runs // 2))
             final = job.run_pass(WeightOnlyInt8Pass(), fp32)
         manifest, report = job.build_and_check(final, fp32, precision, staging, profile_runs)
         if comparison:
             comparison[precision] = _summarize(report, staging, manifest["artifact"]["files"])
-            for summary in comparison.values():
-                summary.pop("_layers", None)
             report["comparison"] = comparison
             report["warnings"] = _speed_warnings(comparison, precision)
         if job.mixed is not None:
@@ -202,10 +200,9 @@ class _Job:
         from .passes.quantize import calibrate
 
         runs = max(20, self.runs // 2)
-        baseline = None
+        fp32_layers = None
         if self.backend.can_run_here(self.tgt):
-            baseline = self.variant(fp32, fp32, "fp32", staging / ".fp32", runs)
-            comparison["fp32"] = baseline
+            comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32", runs)
         placement = getattr(self.backend, "qdq_placement", self.backend.name)
         t0 = time.perf_counter()
         with self.steps.step(f"calibrating int8 ranges ({method}) for {placement}"):
@@ -219,11 +216,10 @@ class _Job:
         if precision == "int8":
             return int8
         gains = None
-        if baseline is not None:
-            int8_summary = self.variant(int8, fp32, "int8", staging / ".int8", runs)
-            comparison["int8"] = int8_summary
-            t32 = layer_times(baseline.pop("_layers"), calibrated.plan.nodes)
-            t8 = layer_times(int8_summary.pop("_layers"), calibrated.plan.nodes)
+        if fp32_layers is not None:
+            comparison["int8"], int8_layers = self.variant(int8, fp32, "int8", staging / ".int8", runs)
+            t32 = layer_times(fp32_layers, calibrated.plan.nodes)
+            t8 = layer_times(int8_layers, calibrated.plan.nodes)
             gains = {n: t32[n] - t8.get(n, 0.0) for n in t32}
         samples = _validation_samples(fp32, self.calib, limit=SEARCH_SAMPLES)
         reference = accuracy.collect(accuracy.onnx_runtime_runner(fp32.proto), samples)[0].astype(np.float64)
@@ -246,13 +242,13 @@ class _Job:
                   f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
         return calibrated.quantized(result.keep_float)
 
-    def variant(self, model: Model, fp32: Model, precision: str, folder: Path, runs: int) -> dict[str, Any]:
-        """Build, check and profile a comparison build in `folder`, then remove it; returns its summary."""
+    def variant(self, model: Model, fp32: Model, precision: str, folder: Path,
+                runs: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Build, check and profile a comparison build in `folder`, then remove it: (summary, layer rows)."""
         manifest, report = self.build_and_check(model, fp32, precision, folder, runs)
         summary = _summarize(report, folder, manifest["artifact"]["files"])
-        summary["_layers"] = report["profile"]["layers"]
         shutil.rmtree(folder, ignore_errors=True)
-        return summary
+        return summary, report["profile"]["layers"]
 
 
 def _speed_warnings(comparison: Mapping[str, Any], precision: str) -> list[str]:
