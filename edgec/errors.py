@@ -26,3 +26,9 @@ class PassError(EdgecError):
 
 class BuildError(EdgecError):
     """A backend failed to build or run the model. Exit code 1."""
+
+
+def brief(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to `limit` characters, for wrapping in an EdgecError."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."

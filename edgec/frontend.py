@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import ConfigError
-from .model import Model, check_model, load_model, _short
+from .errors import ConfigError, brief
+from .model import Model, check_model, load_model
 
 ONNX_OPSET = 18
 
@@ -70,7 +70,7 @@ def export_torch(module: Any, example_inputs: Sequence[Any] | None) -> Model:
             program = torch.onnx.export(module, tuple(example_inputs or ()), dynamo=True,
                                         opset_version=ONNX_OPSET, verbose=False)
     except Exception as e:
-        raise ConfigError(f"torch.onnx.export could not export {type(module).__name__}: {_short(e)}. "
+        raise ConfigError(f"torch.onnx.export could not export {type(module).__name__}: {brief(e)}. "
                           "Check that the model runs on the example inputs and uses exportable ops.") from e
     proto = program.model_proto
     check_model(proto, f"export of {type(module).__name__}")
@@ -142,7 +142,7 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[int]]) -> Model:
         proto = onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:
         given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
-        raise ConfigError(f"The input shapes {given} do not fit the model: {_short(e)}") from e
+        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
     if shapes:
         _dry_run(proto)
     provenance = dict(model.provenance)
@@ -164,7 +164,7 @@ def _dry_run(proto: Any) -> None:
         session.run(None, {s.name: np.zeros(s.shape, dtype=s.dtype) for s in inputs})
     except Exception as e:
         given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in inputs)
-        raise ConfigError(f"The input shapes {given} do not fit the model: {_short(e)}") from e
+        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
 
 
 def _fmt(shape: Sequence[Any]) -> str:

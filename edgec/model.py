@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 from .fileio import write_bytes_atomic
 
 # Protobuf cannot serialise a message over 2 GiB; bigger models keep their weights as external data.
@@ -118,7 +118,7 @@ def load_model(path: str | os.PathLike) -> Model:
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning, ValueError...
-        raise ConfigError(f"'{path}' is not a readable ONNX model ({type(e).__name__}: {_short(e)}). "
+        raise ConfigError(f"'{path}' is not a readable ONNX model ({type(e).__name__}: {brief(e)}). "
                           "It may be truncated or corrupt: re-export it.") from e
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ConfigError(f"'{path}' holds no ONNX graph (no nodes). Is it really an .onnx model?")
@@ -132,7 +132,7 @@ def load_model(path: str | os.PathLike) -> Model:
 
             load_external_data_for_model(proto, str(base))
         except Exception as e:
-            raise ConfigError(f"Could not read external data of '{path}': {_short(e)}. "
+            raise ConfigError(f"Could not read external data of '{path}': {brief(e)}. "
                               "Keep the .data file next to the .onnx file.") from e
     check_model(proto, str(path))
     return Model(proto, {"source": str(path), "kind": "onnx", "sha256": file_sha256(path)})
@@ -154,12 +154,7 @@ def check_model(proto: Any, where: str) -> None:
         if proto.ByteSize() < _PROTO_LIMIT:
             onnx.checker.check_model(proto)
     except Exception as e:
-        raise ConfigError(f"'{where}' is not a valid ONNX model: {_short(e)}") from e
-
-
-def _short(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit] + "..."
+        raise ConfigError(f"'{where}' is not a valid ONNX model: {brief(e)}") from e
 
 
 # --- provenance: ONNX node -> PyTorch module and source line -------------------------------------

@@ -19,7 +19,7 @@ from . import accuracy
 from ._version import __version__
 from .backends import get_backend
 from .calibration import CalibrationSet, Samples, synthetic_samples
-from .errors import ConfigError, EdgecError
+from .errors import ConfigError
 from .fileio import make_staging_dir, replace_dir, write_json_atomic, write_text_atomic
 from .frontend import to_model
 from .model import Model, file_sha256, load_model, node_sources

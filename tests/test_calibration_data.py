@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edgec
 from edgec import CalibrationSet, ConfigError
 from edgec.calibration import load_recipe
 from edgec.model import TensorSpec

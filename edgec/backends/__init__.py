@@ -8,11 +8,11 @@ from .base import Artifact, Backend
 
 BACKENDS = {
     "openvino": "edgec.backends.openvino:OpenVINOBackend",
+    "tvm": "edgec.backends.tvm:TVMBackend",
 }
 
 # Backends that targets name but this release does not ship yet: say so instead of failing obscurely.
 _PLANNED = {
-    "tvm": "the TVM backend for ARM boards",
     "tensorrt": "the TensorRT backend for NVIDIA Jetson",
 }
 

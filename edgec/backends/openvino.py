@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, BuildError, ConfigError
-from ..model import Model, _short
+from ..errors import BackendUnavailable, BuildError, ConfigError, brief
+from ..model import Model
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
 from .base import Artifact, Runner
@@ -52,7 +52,7 @@ class OpenVINOBackend:
             ov_model = ov.convert_model(str(out_dir / "model.onnx"))
             ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         except Exception as e:
-            raise BuildError(f"OpenVINO could not convert the model: {_short(e)}") from e
+            raise BuildError(f"OpenVINO could not convert the model: {brief(e)}") from e
         config = {"device": device, "compile_config": {"INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision]}}
         return Artifact(self.name, precision, ["model.xml", "model.bin"], config)
 
@@ -64,7 +64,7 @@ class OpenVINOBackend:
             return ov.Core().compile_model(str(out_dir / "model.xml"), device,
                                            {**cfg.get("compile_config", {}), **(extra or {})})
         except Exception as e:
-            raise BuildError(f"OpenVINO could not load {out_dir / 'model.xml'} on {device}: {_short(e)}") from e
+            raise BuildError(f"OpenVINO could not load {out_dir / 'model.xml'} on {device}: {brief(e)}") from e
 
     def runner(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
         compiled = self._compile(out_dir, manifest)

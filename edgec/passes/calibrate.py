@@ -40,8 +40,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, PassError
-from ..model import _short
+from ..errors import ConfigError, PassError, brief
 
 __all__ = [
     "MinMaxObserver", "HistogramObserver", "PercentileObserver", "EntropyObserver", "MSEObserver",
@@ -269,7 +268,7 @@ def make_observer(method: str, **kw: Any) -> _Observer:
     try:
         return cls(**kw)
     except TypeError as e:
-        raise ConfigError(f"Bad options {sorted(kw)} for calibration method '{method}': {_short(e)}.") from e
+        raise ConfigError(f"Bad options {sorted(kw)} for calibration method '{method}': {brief(e)}.") from e
 
 
 # --- histogram math -----------------------------------------------------------------------------------
@@ -454,7 +453,7 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise PassError(f"calibrate: ONNX Runtime could not load the model with {len(names)} calibration "
-                        f"outputs added: {_short(e)}. Check that the model runs in fp32 first.") from e
+                        f"outputs added: {brief(e)}. Check that the model runs in fp32 first.") from e
 
     seen = 0
     for i, feed in enumerate(feeds):
@@ -463,7 +462,7 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
         except Exception as e:
             keys = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feed.items()) if isinstance(feed, dict) else "?"
             raise PassError(f"calibrate: ONNX Runtime failed on calibration sample #{i} ({keys}): "
-                            f"{_short(e)}. Check the sample's input names, shapes and dtypes.") from e
+                            f"{brief(e)}. Check the sample's input names, shapes and dtypes.") from e
         for name, value in zip(names, values):
             try:
                 if name in observers:

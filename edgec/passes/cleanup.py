@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import PassError
-from ..model import Model, _short
+from ..errors import PassError, brief
+from ..model import Model
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class CleanupPass:
                 proto = onnxscript.optimizer.optimize(proto)
             except Exception as e:
                 raise PassError(f"cleanup: onnxscript's optimizer failed on {model.provenance.get('source')}: "
-                                f"{_short(e)}. Retry with fold_constants=False.") from e
+                                f"{brief(e)}. Retry with fold_constants=False.") from e
         name_nodes(proto)
         return Model(proto, model.provenance)
 

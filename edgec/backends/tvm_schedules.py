@@ -1,0 +1,308 @@
+"""Default CPU schedules for TVM 0.27 Relax kernels, without tuning.
+
+TVM's default CPU pipeline leaves every kernel as a plain loop nest (36-40x slower than ONNX Runtime), and
+dlight's CPU rules cover only GEMV and softmax-like reductions. These rules cover what CNNs spend their time
+in, once the graph is in NHWC/HWIO layout (ConvertLayout before legalization):
+
+- conv2d_nhwc / group_conv2d_nhwc (with its fused epilogue): a register-blocked micro-kernel, `tw` output
+  pixels x `tc` output channels accumulated in registers, channels vectorized (weights are contiguous in
+  HWIO), pixels unrolled, outer tiles parallel, epilogue (bias, residual, ReLU) applied per tile;
+- single reductions (pooling, mean, matmul/dense): the innermost output axis vectorized under the reduction;
+- injective kernels (elementwise, pad, transpose): fused, vectorized, parallel when large.
+
+Imports TVM at call time only (edgec's convention: `import edgec` needs no SDK). Every rule returns None
+when the kernel does not match, and `schedule_module` leaves such kernels as they are and says which.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_PARALLEL_MIN = 16384  # elements: below this, a parallel loop costs more in thread wake-ups than it saves
+
+
+@dataclass(frozen=True)
+class CPUInfo:
+    """What the schedules need to know of the target CPU."""
+
+    lanes: int           # fp32 lanes of one vector register
+    registers: int       # vector registers (32 on AArch64 and AVX-512, 16 on AVX2/SSE)
+
+    @property
+    def max_accumulators(self) -> int:
+        # Leave room for the weight vectors and the broadcast input.
+        return 24 if self.registers >= 32 else 12
+
+
+def cpu_info(target: Any) -> CPUInfo:
+    from tvm.target.codegen import llvm_get_vector_width
+
+    try:
+        bits = int(llvm_get_vector_width(target))
+    except Exception:  # noqa: BLE001 - an unknown CPU: assume 128-bit vectors (NEON, SSE)
+        bits = 128
+    bits = bits if bits > 0 else 128
+    triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
+    registers = 32 if bits >= 512 or triple.startswith("aarch64") or triple.startswith("arm64") else 16
+    return CPUInfo(lanes=max(bits // 32, 1), registers=registers)
+
+
+def schedule_module(mod: Any, target: Any) -> tuple[Any, dict[str, str]]:
+    """Schedule every PrimFunc of `mod` for `target`. Returns the module and {kernel: rule or 'unscheduled'}."""
+    from tvm import tirx
+
+    info = cpu_info(target)
+    rules = {}
+    updated = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        name = gv.name_hint
+        applied = "unscheduled"
+        for rule_name, rule in (("conv2d-nhwc", _conv_nhwc), ("reduction", _single_reduction),
+                                ("injective", _injective), ("dlight", _dlight)):
+            try:
+                sch = rule(func, info, target)
+            except Exception:  # noqa: BLE001 - a schedule primitive refused: the rule does not fit this kernel
+                sch = None
+            if sch is not None:
+                updated[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                applied = rule_name
+                break
+        rules[name] = applied
+    for gv, func in updated.items():
+        mod[gv] = func
+    return mod, rules
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _rule(fn):
+    """Turn `fn(sch, info, target) -> bool` into `rule(func, info, target) -> Schedule | None`."""
+    def rule(func: Any, info: CPUInfo, target: Any) -> Any:
+        from tvm import s_tir
+
+        sch = s_tir.Schedule(func)
+        return sch if fn(sch, info, target) else None
+
+    rule.__name__ = fn.__name__
+    rule.__doc__ = fn.__doc__
+    return rule
+
+
+def _extent(sch: Any, loop: Any) -> int | None:
+    from tvm import tirx
+
+    ext = sch.get(loop).extent
+    return int(ext.value) if isinstance(ext, tirx.IntImm) else None
+
+
+def _blocks(sch: Any) -> list[Any]:
+    from tvm.s_tir.dlight import normalize_prim_func
+
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        raise ValueError("not a normal-form PrimFunc")
+    return infos
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _vector_split(extent: int, lanes: int, max_vectors: int = 1) -> int:
+    """The largest factor of `extent` that is a multiple of `lanes` and at most `max_vectors` vectors,
+    else the largest factor of `extent` up to `lanes` (a short vector)."""
+    for v in range(max_vectors, 0, -1):
+        if extent % (v * lanes) == 0:
+            return v * lanes
+    half = lanes // 2
+    while half >= 4:  # half or quarter vectors (e.g. 1000 channels: 8 lanes, not 10)
+        if extent % half == 0:
+            return half
+        half //= 2
+    return max(d for d in _divisors(extent) if d <= max(lanes, 1))
+
+
+def _vectorize_innermost(sch: Any, block: Any, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    ext = _extent(sch, inner)
+    if ext is None or ext < 2:
+        return
+    factor = _vector_split(ext, lanes)
+    if factor < 2:
+        return
+    if factor < ext:
+        _, inner = sch.split(inner, factors=[None, factor])
+    sch.vectorize(inner)
+
+
+def _output_is_param(sch: Any, block: Any) -> bool:
+    buf = sch.get(block).writes[0].buffer
+    return any(b.same_as(buf) for b in sch.mod["main"].buffer_map.values())
+
+
+# --------------------------------------------------------------------------------------------------- conv
+def conv_tile(out_w: int, out_c: int, info: CPUInfo) -> tuple[int, int]:
+    """(tw, tc): output pixels x output channels accumulated in registers per micro-kernel step."""
+    lanes = info.lanes
+    if out_c % lanes == 0:
+        vec_options = [v for v in (4, 3, 2, 1) if (out_c // lanes) % v == 0]
+    else:
+        vec_options = [0]  # channels not a multiple of the vector: one short vector of all of them (or a divisor)
+    best, best_score = (1, _vector_split(out_c, lanes)), -1.0
+    for v in vec_options:
+        tc = v * lanes if v else _vector_split(out_c, lanes)
+        nvec = v or 1
+        for tw in _divisors(out_w):
+            if tw > 8 or tw * nvec > info.max_accumulators:
+                continue
+            # Most accumulators first; then loads per FMA: (tw broadcasts + nvec weight loads) / (tw * nvec).
+            score = tw * nvec - (tw + nvec) / (tw * nvec) / 10
+            if score > best_score:
+                best, best_score = (tw, tc), score
+    return best
+
+
+@_rule
+def _conv_nhwc(sch: Any, info: CPUInfo, target: Any) -> bool:
+    infos = _blocks(sch)
+    convs = [b for b in infos if b.name in ("conv2d_nhwc", "group_conv2d_nhwc")]
+    if len(convs) != 1 or convs[0].dom_kind() != "SSSSRRR":
+        return False
+    conv = convs[0]
+    idx = infos.index(conv)
+    before, after = infos[:idx], infos[idx + 1:]
+    if any(not b.is_injective() for b in before + after):
+        return False
+    # Epilogue: inline all but the last consumer into it (bias add, BN, residual add, ReLU).
+    for b in after[:-1]:
+        sch.compute_inline(b.block_rv)
+    epilogue = after[-1].block_rv if after else None
+    block = conv.block_rv
+    n, h, w, c, rh, rw, rc = sch.get_loops(block)
+    out_w, out_c = _extent(sch, w), _extent(sch, c)
+    if out_w is None or out_c is None:
+        return False
+    tw, tc = conv_tile(out_w, out_c, info)
+    wo, wi = sch.split(w, factors=[None, tw])
+    co, ci = sch.split(c, factors=[None, tc])
+    sch.reorder(n, co, h, wo, rh, rw, rc, wi, ci)
+    outer = sch.fuse(n, co, h)
+    sch.parallel(outer)
+    # Accumulate the tile in registers; write it back (through the epilogue) once per tile.
+    if epilogue is not None:
+        sch.set_scope(block, 0, "local")
+        sch.reverse_compute_at(epilogue, wo)
+        writer = epilogue
+    elif _output_is_param(sch, block):
+        writer = sch.cache_write(block, 0, "local")  # the write-back block; `block` now writes the cache
+        sch.reverse_compute_at(writer, wo)
+    else:
+        return False
+    init = sch.decompose_reduction(block, rh)
+    sch.unroll(wi)
+    sch.vectorize(ci)
+    _vectorize_innermost(sch, init, info.lanes)
+    _vectorize_innermost(sch, writer, info.lanes)
+    # Producers (the zero padding): their own parallel, vectorized loop nest.
+    for b in before:
+        _schedule_injective_block(sch, b.block_rv, info)
+    return True
+
+
+# ------------------------------------------------------------------------------------------- reductions
+@_rule
+def _single_reduction(sch: Any, info: CPUInfo, target: Any) -> bool:
+    """One reduction block (pool, mean, matmul) with injective producers/consumers around it."""
+    from tvm.s_tir.dlight import try_inline_contiguous_spatial
+
+    infos = try_inline_contiguous_spatial(sch, _blocks(sch))
+    reductions = [b for b in infos if not b.is_injective()]
+    if len(reductions) != 1:
+        return False
+    red = reductions[0]
+    kinds = red.dom_kind()
+    if "O" in kinds or "R" not in kinds or not kinds.startswith("S"):
+        return False
+    idx = infos.index(red)
+    before, after = infos[:idx], infos[idx + 1:]
+    if len(after) > 1:
+        return False
+    loops = sch.get_loops(red.block_rv)
+    spatial = [lp for lp, k in zip(loops, kinds) if k == "S"]
+    reduce = [lp for lp, k in zip(loops, kinds) if k == "R"]
+    inner_ext = _extent(sch, spatial[-1])
+    if inner_ext is None:
+        return False
+    factor = _vector_split(inner_ext, info.lanes, max_vectors=2) if inner_ext > 1 else 1
+    vec_outer, vec_inner = sch.split(spatial[-1], factors=[None, factor])
+    sch.reorder(*spatial[:-1], vec_outer, *reduce, vec_inner)
+    outer_loops = [*spatial[:-1], vec_outer]
+    outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    total = 1
+    for e in red.dom():
+        total *= int(e) if hasattr(e, "__int__") else 1
+    if total >= _PARALLEL_MIN and (_extent(sch, outer) or 1) > 1:
+        sch.parallel(outer)
+    if after:
+        sch.set_scope(red.block_rv, 0, "local")
+        sch.reverse_compute_at(after[0].block_rv, outer)
+        _vectorize_innermost(sch, after[0].block_rv, info.lanes)
+    init = sch.decompose_reduction(red.block_rv, reduce[0])
+    if factor > 1:
+        sch.vectorize(vec_inner)
+        _vectorize_innermost(sch, init, info.lanes)
+    for b in before:
+        _schedule_injective_block(sch, b.block_rv, info)
+    return True
+
+
+def _dlight(func: Any, info: CPUInfo, target: Any) -> Any:
+    """dlight's own CPU rules (GEMV; softmax/norm-like reductions)."""
+    from tvm.s_tir import dlight as dl
+
+    for rule in (dl.cpu.GEMV(), dl.cpu.Reduction()):
+        result = rule.apply(func, target, False)
+        if result is not None:
+            return result[0] if isinstance(result, list) else result
+    return None
+
+
+# ------------------------------------------------------------------------------------------- injective
+@_rule
+def _injective(sch: Any, info: CPUInfo, target: Any) -> bool:
+    from tvm.s_tir.dlight import try_inline_contiguous_spatial
+
+    infos = try_inline_contiguous_spatial(sch, _blocks(sch))
+    if not infos or any(not b.is_injective() for b in infos):
+        return False
+    for b in infos:
+        _schedule_injective_block(sch, b.block_rv, info)
+    return True
+
+
+def _schedule_injective_block(sch: Any, block: Any, info: CPUInfo) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    extents = [_extent(sch, lp) for lp in loops]
+    if any(e is None for e in extents):
+        return
+    total = 1
+    for e in extents:
+        total *= e
+    inner_ext = extents[-1]
+    factor = _vector_split(inner_ext, info.lanes, max_vectors=4) if inner_ext > 1 else 1
+    if factor > 1:
+        outer_inner, vec = sch.split(loops[-1], factors=[None, factor])
+        outer_loops = [*loops[:-1], outer_inner]
+    else:
+        vec, outer_loops = None, list(loops)
+    outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    if total >= _PARALLEL_MIN and (_extent(sch, outer) or 1) > 1:
+        sch.parallel(outer)
+    if vec is not None:
+        sch.vectorize(vec)
