@@ -137,7 +137,7 @@ def _match_inputs(arrays: dict[str, np.ndarray], inputs: Sequence[TensorSpec], w
         want = tuple(spec.shape[1:])
         if a.shape == want:
             a = a[None]  # a single sample without its batch dim
-        if tuple(a.shape[1:]) != want:
+        if len(a.shape) != len(spec.shape) or any(isinstance(w, int) and w != h for w, h in zip(want, a.shape[1:])):
             raise ConfigError(f"{where}: array '{spec.name}' has shape {list(a.shape)}; the model wants "
                               f"[N, {', '.join(map(str, want))}] for input '{spec.name}'.")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -150,7 +150,9 @@ def _match_inputs(arrays: dict[str, np.ndarray], inputs: Sequence[TensorSpec], w
 def synthetic_samples(inputs: Sequence[TensorSpec], count: int = 16, seed: int = 0) -> Samples:
     """Seeded uniform [0, 1) inputs, for checks when the user gave no data. Says so in its description."""
     rng = np.random.default_rng(seed)
-    feeds = [{s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype) for s in inputs} for _ in range(count)]
+    shapes = {s.name: tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in inputs}  # dynamic dims: 1
+    feeds = [{s.name: rng.random(shapes[s.name], dtype=np.float32).astype(s.dtype) for s in inputs}
+             for _ in range(count)]
     return Samples(feeds, None, f"{count} synthetic random samples (no data given: agreement on noise says "
                                 "little about real accuracy; pass --calib)")
 

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print edgec.profile/1 JSON")
     pr.set_defaults(func=_profile)
 
+    b = sub.add_parser("build", help="on the device: build the TensorRT engine of a compiled bundle")
+    b.add_argument("out", metavar="OUT", help="folder written by edgec compile --target jetson...")
+    b.set_defaults(func=_build)
+
     t = sub.add_parser("targets", help="list targets, or `targets show NAME`")
     t.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     t.add_argument("name", nargs="?")
@@ -135,6 +139,13 @@ def _profile(args: argparse.Namespace) -> int:
 
     prof = profile(args.out, device=args.device, runs=args.runs, warmup=args.warmup)
     print(json.dumps(prof.to_json(), indent=2) if args.json else prof.table())
+    return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .pipeline import build_engine
+
+    print(f"wrote {build_engine(args.out)}")
     return EXIT_OK
 
 

@@ -15,21 +15,35 @@ from .model import Model, check_model, load_model
 ONNX_OPSET = 18
 
 
-def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Parse CLI `NAME=1x3x224x224` specs."""
-    shapes: dict[str, tuple[int, ...]] = {}
+Dim = int | tuple[int, int, int]  # a size, or (min, opt, max) for a dynamic dim (TensorRT optimization profiles)
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[Dim, ...]]:
+    """Parse CLI `NAME=1x3x224x224` specs; a dim `MIN:OPT:MAX` stays dynamic (e.g. x=1:4:8x3x224x224)."""
+    shapes: dict[str, tuple[Dim, ...]] = {}
     for spec in specs:
         name, sep, dims = spec.partition("=")
         try:
             if not sep or not name:
                 raise ValueError
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-            if any(d <= 0 for d in shape):
-                raise ValueError
+            shape = tuple(_parse_dim(d) for d in dims.lower().split("x"))
         except ValueError:
-            raise ConfigError(f"Bad --input-shape '{spec}': write NAME=DIMxDIMx..., e.g. input=1x3x224x224.") from None
+            raise ConfigError(f"Bad --input-shape '{spec}': write NAME=DIMxDIMx..., e.g. input=1x3x224x224, "
+                              "or MIN:OPT:MAX for a dynamic dim (input=1:4:8x3x224x224).") from None
         shapes[name] = shape
     return shapes
+
+
+def _parse_dim(text: str) -> Dim:
+    if ":" in text:
+        lo, opt, hi = (int(v) for v in text.split(":"))
+        if not 0 < lo <= opt <= hi:
+            raise ValueError
+        return (lo, opt, hi)
+    value = int(text)
+    if value <= 0:
+        raise ValueError
+    return value
 
 
 def to_model(source: Any, example_inputs: Sequence[Any] | None = None,
@@ -93,8 +107,11 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def set_input_shapes(model: Model, shapes: dict[str, Sequence[int]]) -> Model:
-    """Fix input dims from `shapes`; a remaining dynamic leading (batch) dim becomes 1."""
+def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]]) -> Model:
+    """Fix input dims from `shapes`; a remaining dynamic leading (batch) dim becomes 1.
+
+    A (min, opt, max) dim stays symbolic; its range is kept in provenance["dynamic_shapes"].
+    """
     import onnx
 
     graph = model.proto.graph
@@ -104,17 +121,20 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[int]]) -> Model:
         raise ConfigError(f"--input-shape names {', '.join(unknown)}, but the model's inputs are: "
                           f"{', '.join(by_name)}.")
     notes = []
+    dynamic_shapes: dict[str, dict[str, list[int]]] = {}
+    opt_shapes: dict[str, tuple[int, ...]] = {}
     for value in graph.input:
         if value.name not in by_name:
             continue
         spec = by_name[value.name]
         wanted = shapes.get(value.name)
         if wanted is not None:
-            wanted = tuple(int(d) for d in wanted)
+            wanted = tuple(tuple(int(v) for v in d) if isinstance(d, tuple) else int(d) for d in wanted)
             if len(wanted) != len(spec.shape):
                 raise ConfigError(f"Input '{spec.name}' has rank {len(spec.shape)} {_fmt(spec.shape)}, but "
                                   f"--input-shape gives rank {len(wanted)} {_fmt(wanted)}.")
-            clash = [i for i, (have, want) in enumerate(zip(spec.shape, wanted)) if isinstance(have, int) and have != want]
+            clash = [i for i, (have, want) in enumerate(zip(spec.shape, wanted))
+                     if isinstance(have, int) and (have != want if isinstance(want, int) else {have} != set(want))]
             if clash:
                 raise ConfigError(f"Input '{spec.name}' is fixed at {_fmt(spec.shape)}; --input-shape "
                                   f"{_fmt(wanted)} does not match it at dim {clash[0]}.")
@@ -129,9 +149,16 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[int]]) -> Model:
             wanted = (1,) + tuple(spec.shape[1:])
             notes.append(f"dynamic batch dim of '{spec.name}' set to 1 (use --input-shape to change it)")
         dims = value.type.tensor_type.shape.dim
-        for dim, size in zip(dims, wanted):
+        for i, (dim, size) in enumerate(zip(dims, wanted)):
             dim.Clear()
-            dim.dim_value = size
+            if isinstance(size, tuple):
+                dim.dim_param = f"{spec.name}_dim{i}"
+            else:
+                dim.dim_value = size
+        if any(isinstance(d, tuple) for d in wanted):
+            dynamic_shapes[spec.name] = {key: [d[k] if isinstance(d, tuple) else d for d in wanted]
+                                         for k, key in enumerate(("min", "opt", "max"))}
+        opt_shapes[spec.name] = tuple(d[1] if isinstance(d, tuple) else d for d in wanted)
     # Outputs and intermediate shapes may still carry the old symbols: drop them and re-infer.
     del graph.value_info[:]
     for out in graph.output:
@@ -144,14 +171,16 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[int]]) -> Model:
         given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
         raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
     if shapes:
-        _dry_run(proto)
+        _dry_run(proto, opt_shapes)
     provenance = dict(model.provenance)
     if notes:
         provenance["notes"] = provenance.get("notes", []) + notes
+    if dynamic_shapes:
+        provenance["dynamic_shapes"] = dynamic_shapes
     return Model(proto, provenance)
 
 
-def _dry_run(proto: Any) -> None:
+def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Run once on zeros: shape inference misses some clashes (e.g. Conv channels), the runtime does not."""
     import numpy as np
     import onnxruntime as ort
@@ -161,11 +190,11 @@ def _dry_run(proto: Any) -> None:
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
         session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        session.run(None, {s.name: np.zeros(s.shape, dtype=s.dtype) for s in inputs})
+        session.run(None, {s.name: np.zeros(shapes.get(s.name, s.shape), dtype=s.dtype) for s in inputs})
     except Exception as e:
         given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in inputs)
         raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
 
 
 def _fmt(shape: Sequence[Any]) -> str:
-    return "x".join(str(d) for d in shape)
+    return "x".join(":".join(map(str, d)) if isinstance(d, tuple) else str(d) for d in shape)

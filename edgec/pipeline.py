@@ -104,6 +104,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes)
+    if model_in.provenance.get("dynamic_shapes") and not getattr(backend, "dynamic_shapes", False):
+        raise ConfigError(f"Dynamic input dims (MIN:OPT:MAX) are for TensorRT targets; {tgt.name} ({backend.name}) "
+                          "builds static shapes: give plain sizes in --input-shape.")
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{precision}"
     _check_output_dir(out)
     if model_in.provenance.get("kind") == "torch":
@@ -175,6 +178,7 @@ class _Job:
             "notes": self.model_in.provenance.get("notes", []),
             "passes": list(self.pass_log),
             "quantization": model.provenance.get("quantization"),
+            "dynamic_shapes": model.provenance.get("dynamic_shapes"),
             "inputs": [s.to_json() for s in model.inputs], "outputs": [s.to_json() for s in model.outputs],
             "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
                          "layer_map": artifact.layer_map},
@@ -182,8 +186,14 @@ class _Job:
         report: dict[str, Any] = {"schema": REPORT_SCHEMA, "model": manifest["input"], "target": self.tgt.name,
                                   "precision": precision, "accuracy": None, "profile": None}
         if not self.backend.can_run_here(self.tgt):
-            report["accuracy"] = {"skipped": f"{self.backend.name} artifacts for {self.tgt.arch} do not run on this "
-                                             f"{platform.machine()} machine; run edgec profile on the device"}
+            if getattr(self.backend, "onnx_fidelity", False):
+                with self.steps.step(f"checking {precision} model.onnx with ONNX Runtime (the device runs this function)"):
+                    report["accuracy"] = _verify(fp32, accuracy.onnx_runtime_runner(model.proto), self.calib, precision)
+                report["accuracy"]["runtime"] = (f"onnxruntime on this {platform.machine()} machine, executing the "
+                                                 f"bundle's model.onnx; {self.backend.name} itself runs on the device")
+            else:
+                report["accuracy"] = {"skipped": f"{self.backend.name} artifacts for {self.tgt.arch} do not run on this "
+                                                 f"{platform.machine()} machine; run edgec profile on the device"}
             return manifest, report
         with self.steps.step(f"checking {precision} accuracy against the fp32 ONNX Runtime reference"):
             report["accuracy"] = _verify(fp32, self.backend.runner(folder, manifest), self.calib, precision)
@@ -281,6 +291,17 @@ def profile(output_dir: str | Path, device: str = "local", runs: int = 100, warm
     if write:
         write_json_atomic(out / "profile.json", prof.to_json())
     return prof
+
+
+def build_engine(output_dir: str | Path) -> Path:
+    """On the device: turn a TensorRT bundle into model.engine (edgec build OUT)."""
+    out = Path(output_dir)
+    manifest = read_manifest(out)
+    backend = get_backend(manifest["artifact"]["backend"])
+    if not hasattr(backend, "build_engine"):
+        raise ConfigError(f"'{out}' is a {backend.name} build: it is ready to run as it is; edgec build is for "
+                          "TensorRT bundles.")
+    return backend.build_engine(out, manifest)
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

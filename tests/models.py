@@ -79,3 +79,50 @@ def tiny_mlp_onnx(tokens: int = 16, dim: int = 64, hidden: int = 256, seed: int 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     onnx.checker.check_model(model)
     return model
+
+
+def tiny_resnet_and_mobilenet():
+    """(ResNet-like, MobileNetV2-like) nn.Modules: a basic residual block and an inverted residual block."""
+    import torch
+    import torch.nn as nn
+
+    class Basic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
+
+    class ResNetLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.layer1 = nn.Sequential(Basic(), Basic())
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.layer1(torch.relu(self.stem(x))).mean((2, 3)))
+
+    class Inverted(nn.Module):
+        def __init__(self, c=8, e=4):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(c, c * e, 1), nn.ReLU6(), nn.Conv2d(c * e, c * e, 3, padding=1, groups=c * e),
+                                      nn.ReLU6(), nn.Conv2d(c * e, c, 1))
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    class MobileNetLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU6())
+            self.blocks = nn.Sequential(Inverted(), Inverted())
+            self.classifier = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.classifier(self.blocks(self.stem(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    return ResNetLike().eval(), MobileNetLike().eval()

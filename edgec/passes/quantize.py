@@ -37,8 +37,8 @@ class Placement:
 PLACEMENTS = {
     # OpenVINO's low-precision transformations fuse FakeQuantize into u8 x i8 kernels (brgconv_*_I8).
     "openvino": Placement("openvino", _WEIGHTED_OPS, residual_add=False, symmetric_activations=False),
-    # TensorRT explicit quantization: symmetric int8 everywhere; Q/DQ on residual Add inputs lets the
-    # add fuse into the preceding convolution's int8 epilogue.
+    # TensorRT explicit quantization: symmetric int8 everywhere; Q/DQ on the residual input of an Add lets
+    # the add fuse into the preceding convolution's int8 epilogue (TensorRT's Q/DQ placement guide).
     "tensorrt": Placement("tensorrt", _WEIGHTED_OPS, residual_add=True, symmetric_activations=True),
     "tvm": Placement("tvm", _WEIGHTED_OPS, residual_add=False, symmetric_activations=False),
 }
@@ -60,6 +60,7 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
     constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    producers = {o: n.op_type for n in graph.node for o in n.output}
     nodes, activations, weights = [], {}, {}
     for node in graph.node:
         if node.op_type in placement.ops:
@@ -73,8 +74,11 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
         elif node.op_type == "Add" and placement.residual_add:
             acts = [i for i in node.input if i not in constants]
             if len(acts) == 2:
+                # TensorRT fuses Conv + Add when the add's *other* (residual) input is quantized: quantize the
+                # inputs that do not come straight from a weighted op; if both or neither do, quantize both.
+                residual = [a for a in acts if producers.get(a) not in placement.ops]
                 nodes.append(node.name)
-                activations[node.name] = tuple(acts)
+                activations[node.name] = tuple(residual if len(residual) == 1 else acts)
     return QuantPlan(tuple(nodes), activations, weights)
 
 

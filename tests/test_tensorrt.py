@@ -1,0 +1,147 @@
+"""TensorRT bundles: explicit Q/DQ placed the way TensorRT fuses it, build.json, checks that run without TensorRT."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import edgec
+from edgec import BackendUnavailable, ConfigError
+from edgec.backends.tensorrt import onnx_names
+from edgec.cli import main
+from edgec.frontend import to_model
+from edgec.passes.cleanup import CleanupPass
+from edgec.passes.quantize import calibrate
+from models import tiny_conv_onnx, tiny_resnet_and_mobilenet
+
+
+def _check_tensorrt_qdq(proto) -> None:
+    """TensorRT's explicit-quantization rules: every weighted op has Q/DQ'd data and int8 weights,
+    symmetric zero points, a residual Add fuses with the conv feeding it (only its other input is Q/DQ'd)."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            data, weight = (producers.get(node.input[0]), producers.get(node.input[1]))
+            assert data is not None and data.op_type == "DequantizeLinear", node.name
+            assert weight is not None and weight.op_type == "DequantizeLinear", node.name
+            assert inits[weight.input[0]].data_type == onnx.TensorProto.INT8
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = onnx.numpy_helper.to_array(inits[node.input[2]])
+            assert zp.dtype == np.int8 and not zp.any(), node.name
+        if node.op_type == "Add":
+            sources = [producers.get(i) for i in node.input]
+            kinds = sorted(s.op_type if s is not None else "input" for s in sources)
+            assert kinds == ["Conv", "DequantizeLinear"], (node.name, kinds)
+
+
+@pytest.mark.requires_torch
+@pytest.mark.parametrize("which", [0, 1], ids=["resnet-like", "mobilenet-like"])
+def test_qdq_placement_follows_tensorrt_fusion_rules(which: int) -> None:
+    import torch
+
+    module = tiny_resnet_and_mobilenet()[which]
+    model = CleanupPass().run(to_model(module, example_inputs=(torch.zeros(1, 3, 16, 16),)))
+    data = {"x": np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32)}
+    q = calibrate(model, edgec.CalibrationSet(data), "tensorrt").quantized().proto
+    onnx.checker.check_model(q)
+    _check_tensorrt_qdq(q)
+    adds = [n for n in q.graph.node if n.op_type == "Add"]
+    assert len(adds) == 2  # two residual blocks in each model
+
+
+def test_jetson_int8_bundle_is_checked_with_onnx_runtime(tmp_path: Path, tiny_onnx: Path, capsys) -> None:
+    data = tmp_path / "calib.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((32, 3, 16, 16), dtype=np.float32), val_x=rng.random((16, 3, 16, 16), dtype=np.float32))
+    code = main(["compile", str(tiny_onnx), "--target", "jetson", "--precision", "int8", "--calib", str(data),
+                 "-o", str(tmp_path / "out"), "-q"])
+    assert code == 0, capsys.readouterr().err
+    out = tmp_path / "out"
+    assert {"manifest.json", "model.onnx", "build.json", "report.json", "report.html"} <= {p.name for p in out.iterdir()}
+    bundle = onnx.load(out / "model.onnx")
+    onnx.checker.check_model(bundle)
+    _check_tensorrt_qdq(bundle)
+    build = json.loads((out / "build.json").read_text())
+    assert build["builder_flags"] == ["FP16", "INT8"] and build["compute_capability"] == "8.7"
+    assert build["strongly_typed"] is False and build["optimization_profiles"] == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"]["cosine_min"] > 0.98 and "onnxruntime" in report["accuracy"]["runtime"]
+    code = main(["profile", str(out)])
+    err = capsys.readouterr().err
+    assert code == 3 and "edgec build OUT" in err and "edgec profile OUT" in err
+
+
+def test_jetson_nano_refuses_int8(tmp_path: Path, tiny_onnx: Path) -> None:
+    with pytest.raises(ConfigError, match="jetson-nano cannot run int8"):
+        edgec.compile(tiny_onnx, "jetson-nano", "int8", calibration={"x": np.zeros((8, 3, 16, 16), np.float32)},
+                      output_dir=tmp_path / "o", progress=False)
+    build = edgec.compile(tiny_onnx, "jetson-nano", "fp16", output_dir=tmp_path / "o", progress=False)
+    assert json.loads((build.output_dir / "build.json").read_text())["builder_flags"] == ["FP16"]
+
+
+def test_dynamic_batch_becomes_an_optimization_profile(tmp_path: Path) -> None:
+    path = tmp_path / "dyn.onnx"
+    path.write_bytes(tiny_conv_onnx(batch="N").SerializeToString())
+    build = edgec.compile(path, "jetson", "fp16", input_shapes={"x": ((1, 4, 8), 3, 16, 16)},
+                          output_dir=tmp_path / "o", progress=False)
+    profiles = json.loads((build.output_dir / "build.json").read_text())["optimization_profiles"]
+    assert profiles == [{"x": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16], "max": [8, 3, 16, 16]}}]
+    assert build.manifest["inputs"][0]["shape"][0] == "x_dim0"
+
+
+@pytest.mark.requires_openvino
+def test_dynamic_dims_are_refused_for_static_backends(tmp_path: Path) -> None:
+    path = tmp_path / "dyn.onnx"
+    path.write_bytes(tiny_conv_onnx(batch="N").SerializeToString())
+    with pytest.raises(ConfigError, match="for TensorRT targets"):
+        edgec.compile(path, "intel-cpu", input_shapes={"x": ((1, 4, 8), 3, 16, 16)}, output_dir=tmp_path / "o")
+
+
+def test_unsupported_ops_are_listed_with_their_source(tmp_path: Path) -> None:
+    model = tiny_conv_onnx()
+    custom = helper.make_node("FancyNorm", ["r2"], ["r2n"], name="fancy", domain="com.example")
+    custom.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'norm', 'fancy']")
+    nodes = list(model.graph.node)
+    pool = next(n for n in nodes if n.op_type == "GlobalAveragePool")
+    pool.input[0] = "r2n"
+    nodes.insert(nodes.index(pool), custom)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    from edgec.backends.tensorrt import unsupported_nodes
+    from edgec.model import Model
+
+    found = unsupported_nodes(Model(model))
+    assert found == [{"node": "fancy", "op": "com.example::FancyNorm", "module": "norm", "where": None}]
+
+
+def test_layer_names_map_back_to_onnx_nodes() -> None:
+    assert onnx_names("node_Conv_3 + node_relu", {}) == ["node_Conv_3", "node_relu"]
+    assert onnx_names("PWN(node_add, node_relu_2)", {}) == ["node_add", "node_relu_2"]
+    meta = "[ONNX Layer: node_Conv_3]\x1f[ONNX Layer: node_relu]"
+    assert onnx_names("fused", {"Metadata": meta}) == ["node_Conv_3", "node_relu"]
+
+
+def test_build_needs_tensorrt_or_names_the_device(tmp_path: Path, tiny_onnx: Path) -> None:
+    edgec.compile(tiny_onnx, "jetson", "fp16", output_dir=tmp_path / "o", progress=False)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="JetPack ships TensorRT"):
+            edgec.pipeline.build_engine(tmp_path / "o")
+
+
+@pytest.mark.requires_tensorrt
+def test_engine_build_and_profile_on_a_device(tmp_path: Path, tiny_onnx: Path) -> None:
+    rng = np.random.default_rng(0)
+    build = edgec.compile(tiny_onnx, "jetson", "int8", calibration={"x": rng.random((32, 3, 16, 16), dtype=np.float32)},
+                          output_dir=tmp_path / "o", profile_runs=20, progress=False)
+    assert (build.output_dir / "model.engine").exists()
+    prof = build.profile(runs=20)
+    assert prof.latency_ms.p50 > 0 and prof.layers and prof.mapped_share("onnx_nodes") >= 0.9
+    assert build.report["accuracy"]["cosine_min"] > 0.98
