@@ -9,19 +9,13 @@ from .base import Artifact, Backend
 BACKENDS = {
     "openvino": "edgec.backends.openvino:OpenVINOBackend",
     "tvm": "edgec.backends.tvm:TVMBackend",
-}
-
-# Backends that targets name but this release does not ship yet: say so instead of failing obscurely.
-_PLANNED = {
-    "tensorrt": "the TensorRT backend for NVIDIA Jetson",
+    "tensorrt": "edgec.backends.tensorrt:TensorRTBackend",
 }
 
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
-        what = _PLANNED.get(name, f"backend '{name}'")
-        raise BackendUnavailable(f"This edgec release does not include {what} yet. "
-                                 f"Available backends: {', '.join(BACKENDS)}.")
+        raise BackendUnavailable(f"edgec has no backend '{name}'. Available backends: {', '.join(BACKENDS)}.")
     module, _, cls = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), cls)()
 
