@@ -150,11 +150,37 @@ def _check_external_location(path: Path, base: Path, tensor: str, location: str)
 def check_model(proto: Any, where: str) -> None:
     import onnx
 
+    bad = _invalid_text(proto)
+    if bad:
+        raise ConfigError(f"'{where}' has text that is not valid UTF-8 (in {bad}): the file is corrupt. Re-export it.")
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= newest:
+            raise ConfigError(f"'{where}' asks for ONNX opset {opset.version}; edgec's ONNX supports opsets 1 to "
+                              f"{newest}. Re-export with an opset in that range (e.g. 18).")
     try:
         if proto.ByteSize() < _PROTO_LIMIT:
             onnx.checker.check_model(proto)
     except Exception as e:
         raise ConfigError(f"'{where}' is not a valid ONNX model: {brief(e)}") from e
+
+
+def _invalid_text(message: Any, path: str = "model") -> str | None:
+    """The first string field holding bytes that are not UTF-8 (protobuf's proto2 lets them through)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = value if field.is_repeated else [value]
+            if any(isinstance(v, bytes) for v in values):
+                return f"{path}.{field.name}"
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            values = value if field.is_repeated else [value]
+            for v in values:
+                found = _invalid_text(v, f"{path}.{field.name}")
+                if found:
+                    return found
+    return None
 
 
 # --- provenance: ONNX node -> PyTorch module and source line -------------------------------------

@@ -36,3 +36,11 @@ def tiny_onnx(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.onnx"
     path.write_bytes(tiny_conv_onnx().SerializeToString())
     return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and sum(fuzz.OUTCOMES.values()):
+        terminalreporter.write_line(fuzz.pytest_report_fuzz())
