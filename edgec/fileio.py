@@ -51,11 +51,32 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def make_staging_dir(final: Path) -> Path:
-    """A fresh temp dir beside `final` (same filesystem, so the later rename is atomic)."""
+    """A fresh temp dir beside `final` (same filesystem, so the later rename is atomic).
+
+    Its name carries our pid, so staging dirs of killed builds (SIGKILL, power loss) are removed here.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    remove_stale_staging(final)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-{os.getpid()}-"))
     staging.chmod(0o777 & ~_umask())
     return staging
+
+
+def remove_stale_staging(final: Path) -> None:
+    for path in final.parent.glob(f".{final.name}.staging-*-*"):
+        pid = path.name.rsplit(".staging-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def replace_dir(staging: Path, final: Path) -> None:
