@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/<model>-<target>-<precision>)")
     c.add_argument("--runs", type=int, default=100, help="timed runs for the built-in profile (default 100)")
     c.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    c.add_argument("--no-cache", action="store_true", help="build even if an identical build is cached")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     c.set_defaults(func=_compile)
 
@@ -100,7 +101,7 @@ def _compile(args: argparse.Namespace) -> int:
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
-                    profile_runs=args.runs, progress=not args.quiet)
+                    profile_runs=args.runs, progress=not args.quiet, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps(build.summary(), indent=2))
         return EXIT_OK

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import accuracy
+from . import accuracy, cache
 from ._version import __version__
 from .backends import get_backend
 from .calibration import CalibrationSet, Samples, synthetic_samples
@@ -79,7 +79,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             calibration: Any = None, *, example_inputs: Sequence[Any] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
-            profile_runs: int = 100, progress: bool = True) -> Build:
+            profile_runs: int = 100, progress: bool = True, use_cache: bool = True) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
     int8 and mixed need `calibration` data. `max_accuracy_drop` (points of labelled accuracy, or of top-1
@@ -112,6 +112,18 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     if model_in.provenance.get("kind") == "torch":
         import torch
         versions["torch"] = torch.__version__
+    key = cache.build_key({
+        "edgec": __version__, "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
+        "precision": precision, "method": calibration_method, "budget": max_accuracy_drop, "runs": profile_runs,
+        "data": cache.data_fingerprint(calib.source) if calib else None,
+        "data_options": [calib.limit, calib.seed, calib.recipe] if calib else None})
+    cacheable = use_cache and not (calib and cache.data_fingerprint(calib.source) == "uncacheable")
+    entry = cache.lookup(key) if cacheable else None
+    if entry is not None:
+        with steps.step(f"reusing the cached build {entry}"):
+            cache.restore(entry, out)
+        return Build(out, json.loads((out / "manifest.json").read_text()),
+                     json.loads((out / "report.json").read_text()))
     job = _Job(tgt, backend, calib, steps, profile_runs, versions, model_in)
     staging = make_staging_dir(out)
     try:
@@ -142,6 +154,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if cacheable:
+        cache.store(key, out)
     return Build(out, manifest, report)
 
 

@@ -29,6 +29,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=hint))
 
 
+@pytest.fixture(autouse=True)
+def private_build_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets an empty build cache of its own (and never touches the user's)."""
+    path = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("EDGEC_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def tiny_onnx(tmp_path: Path) -> Path:
     from models import tiny_conv_onnx

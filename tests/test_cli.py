@@ -66,11 +66,6 @@ def test_missing_openvino_exits_3_with_the_install_hint(capsys, monkeypatch, tmp
     assert not (tmp_path / "o").exists()
 
 
-def test_target_whose_backend_is_not_shipped_exits_3(capsys, tmp_path: Path, tiny_onnx: Path) -> None:
-    code, _, err = _run(capsys, "compile", str(tiny_onnx), "--target", "jetson", "-o", str(tmp_path / "o"))
-    assert code == 3 and "TensorRT backend" in err
-
-
 def test_import_edgec_needs_only_the_base_install() -> None:
     code = ("import sys\n"
             "class Block:\n"

@@ -27,7 +27,7 @@ def _whole_build(out: Path) -> str:
 def test_killed_compiles_leave_the_previous_build(tmp_path: Path, tiny_onnx: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "edgec.cli", "compile", str(tiny_onnx), "--target", "intel-cpu", "-o", str(out),
-           "--runs", "200", "-q"]
+           "--runs", "200", "-q", "--no-cache"]
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     _whole_build(out)
     rng = random.Random(0)

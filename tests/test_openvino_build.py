@@ -89,7 +89,7 @@ def test_interrupted_build_keeps_the_previous_folder(tmp_path: Path, tiny_onnx: 
 
     monkeypatch.setattr(OpenVINOBackend, "build", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        edgec.compile(tiny_onnx, "intel-cpu", output_dir=out, profile_runs=5, progress=False)
+        edgec.compile(tiny_onnx, "intel-cpu", output_dir=out, profile_runs=5, progress=False, use_cache=False)
     assert (out / "manifest.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.onnx"]
 

@@ -1,0 +1,93 @@
+"""Build cache keyed by content: the same model, target, precision, data and SDK versions reuse a build.
+
+Entries live in $EDGEC_CACHE_DIR (default ~/.cache/edgec/builds)/<key>/, a copy of an output folder.
+Every file is checked against the entry's manifest sha256 before use; a damaged entry (truncated file,
+hash mismatch, missing manifest) is removed and the build runs again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fileio import make_staging_dir, replace_dir
+from .model import file_sha256
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEC_CACHE_DIR") or Path.home() / ".cache" / "edgec" / "builds")
+
+
+def build_key(parts: dict[str, Any]) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def data_fingerprint(source: Any) -> str:
+    """Content hash of calibration data: files by bytes, folders by every file, arrays by bytes."""
+    h = hashlib.sha256()
+    if source is None:
+        return "none"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in files:
+            h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+            h.update(file_sha256(p).encode() if p.exists() else b"missing")
+        return h.hexdigest()
+    if isinstance(source, dict):
+        for k in sorted(source):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(source[k]).tobytes())
+        return h.hexdigest()
+    if isinstance(source, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest()
+    return "uncacheable"  # an arbitrary iterable: no stable identity
+
+
+def lookup(key: str) -> Path | None:
+    """The entry for `key` if it exists and every file matches its manifest; damaged entries are dropped."""
+    entry = cache_dir() / key
+    if not entry.is_dir():
+        return None
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        for f in manifest["files"]:
+            if file_sha256(entry / f["path"]) != f["sha256"]:
+                raise ValueError(f"{f['path']} does not match its sha256")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"edgec: cache entry {entry} is damaged ({e}); removed it, building again", file=sys.stderr)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    return entry
+
+
+def store(key: str, out: Path) -> None:
+    """Copy a finished output folder into the cache (atomically; a failure to cache never fails a build)."""
+    entry = cache_dir() / key
+    try:
+        staging = make_staging_dir(entry)
+        for p in out.iterdir():
+            if p.is_file():
+                shutil.copy2(p, staging / p.name)
+        replace_dir(staging, entry)
+    except OSError as e:
+        print(f"edgec: could not write the build cache at {cache_dir()} ({e}); continuing", file=sys.stderr)
+
+
+def restore(entry: Path, out: Path) -> None:
+    staging = make_staging_dir(out)
+    try:
+        for p in entry.iterdir():
+            if p.is_file():
+                shutil.copy2(p, staging / p.name)
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
