@@ -256,6 +256,10 @@ class _Job:
         self.pass_log.append({"name": "mixed-precision", "config": {"max_accuracy_drop": max_drop, "metric": metric,
                                                                     "search_data": samples.description},
                               "seconds": round(time.perf_counter() - t0, 3)})
+        sources = node_sources(fp32.proto)
+        for decision in result.decisions:
+            src = sources.get(decision["node"])
+            decision["module"], decision["where"] = (src.module, src.where) if src else (None, None)
         self.mixed = {"metric": metric, "search_data": samples.description, "budget_points": max_drop,
                       "met": result.met, "fp32": result.fp32_score, "int8": result.int8_score,
                       "mixed": result.final_score, "float_layers": result.decisions,

@@ -65,9 +65,11 @@ def _mixed(mixed: Mapping[str, Any] | None) -> str:
             f"mixed {mixed['mixed']:.2f} &mdash; <span class='{'ok' if mixed['met'] else 'bad'}'>"
             f"{'met' if mixed['met'] else 'NOT met'}</span>. {mixed['int8_layers']} layers run int8; these stay "
             f"in float:</p>")
-    rows = "".join(f"<tr><td><code>{escape(d['node'])}</code></td><td>{escape(d['reason'])}</td>"
+    rows = "".join(f"<tr><td><code>{escape(d['node'])}</code></td>"
+                   f"<td><code>{escape(d.get('module') or '-')}</code></td><td>{escape(d['reason'])}</td>"
                    f"<td class='num'>{d['score_after']:.2f}</td></tr>" for d in mixed["float_layers"])
-    return head + ("<table><tr><th>layer</th><th>why</th><th>score after</th></tr>" + rows + "</table>"
+    return head + ("<table><tr><th>layer</th><th>PyTorch module</th><th>why</th><th>score after</th></tr>" + rows
+                   + "</table>"
                    if rows else "<p>(none)</p>")
 
 
