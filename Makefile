@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 .PHONY: demo test install clean
 
 $(STAMP): pyproject.toml
+	# The TVM backend cross-compiles ARM boards with Debian's aarch64 gcc; without it those tests skip.
+	command -v aarch64-linux-gnu-gcc >/dev/null || (apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null 2>&1) \
+	  || echo "note: could not install gcc-aarch64-linux-gnu (needs root); ARM cross-compile tests will skip")
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned explicitly first: a looser requirement would pull a multi-GB CUDA build.

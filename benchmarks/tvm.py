@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `python benchmarks/tvm.py` puts benchmarks/ first on sys.path, where this file would shadow the tvm package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 import edgec  # noqa: E402
 from edgec.runtime import Session  # noqa: E402
@@ -116,7 +119,8 @@ def main() -> None:
         export(args.model, onnx_path)
         print(f"exported {args.model} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         t0 = time.perf_counter()
-        build = edgec.compile(onnx_path, "x86-tvm", output_dir=work / "tvm", profile_runs=20, progress=True)
+        build = edgec.compile(onnx_path, "x86-tvm", output_dir=work / "tvm", profile_runs=20, progress=True,
+                              use_cache=False)
         build_s = time.perf_counter() - t0
         x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
         ort_time, ort_out = ort_runner(onnx_path, x)

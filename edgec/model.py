@@ -169,15 +169,15 @@ def _invalid_text(message: Any, path: str = "model") -> str | None:
     """The first string field holding bytes that are not UTF-8 (protobuf's proto2 lets them through)."""
     from google.protobuf.descriptor import FieldDescriptor
 
-    for field, value in message.ListFields():
-        if field.type == FieldDescriptor.TYPE_STRING:
-            values = value if field.is_repeated else [value]
+    for desc, value in message.ListFields():
+        if desc.type == FieldDescriptor.TYPE_STRING:
+            values = value if desc.is_repeated else [value]
             if any(isinstance(v, bytes) for v in values):
-                return f"{path}.{field.name}"
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            values = value if field.is_repeated else [value]
+                return f"{path}.{desc.name}"
+        elif desc.type == FieldDescriptor.TYPE_MESSAGE:
+            values = value if desc.is_repeated else [value]
             for v in values:
-                found = _invalid_text(v, f"{path}.{field.name}")
+                found = _invalid_text(v, f"{path}.{desc.name}")
                 if found:
                     return found
     return None

@@ -92,8 +92,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     backend = get_backend(tgt.backend)
     versions = {**_base_versions(), **backend.versions()}  # fails fast (exit 3) when the SDK is missing
     if precision not in backend.precisions:
-        raise ConfigError(f"Precision '{precision}' on {tgt.name} ({backend.name}) is not available in this edgec "
-                          f"release; available: {', '.join(backend.precisions)}.")
+        reason = getattr(backend, "precision_refusal", lambda t, p: None)(tgt, precision)
+        raise ConfigError(reason or f"Precision '{precision}' on {tgt.name} ({backend.name}) is not available in "
+                          f"this edgec release; available: {', '.join(backend.precisions)}.")
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
     if precision in ("int8", "mixed") and calib is None:
         raise ConfigError(f"--precision {precision} needs calibration data: --calib PATH (.npz/.npy file or "
@@ -113,7 +114,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         import torch
         versions["torch"] = torch.__version__
     key = cache.build_key({
-        "edgec": __version__, "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
+        "edgec": __version__, "code": cache.code_fingerprint(), "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
         "precision": precision, "method": calibration_method, "budget": max_accuracy_drop, "runs": profile_runs,
         "data": cache.data_fingerprint(calib.source) if calib else None,
         "data_options": [calib.limit, calib.seed, calib.recipe] if calib else None})

@@ -24,13 +24,57 @@ from typing import Any, Sequence
 import numpy as np
 
 MODEL_FILE = "model.so"
+_ELF_MACHINES = {183: "aarch64", 62: "x86_64", 40: "arm", 243: "riscv"}
+_HOST_MACHINE = {"arm64": "aarch64", "AMD64": "x86_64", "armv7l": "arm", "riscv64": "riscv"}
+
+
+class WrongMachine(ValueError):
+    """model.so was built for another CPU architecture than this machine's."""
+
+
+def elf_machine(path: str | os.PathLike) -> str:
+    """The architecture in an ELF file's header: 'aarch64', 'x86_64', ... (or the raw number)."""
+    with open(path, "rb") as f:
+        data = f.read(20)
+    if len(data) < 20 or data[:4] != b"\x7fELF":
+        return "not an ELF file"
+    machine = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
+    return _ELF_MACHINES.get(machine, str(machine))
 _NO_OP = 0  # tvm.runtime.vm.VMInstrumentReturnKind.NO_OP
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting SMT siblings once."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
+                       topo.joinpath("core_id").read_text().strip()))
+        except OSError:
+            cores.add(("", str(cpu)))
+    return max(len(cores), 1)
+
+
+def _default_threads() -> None:
+    """One TVM worker per physical core, unless TVM_NUM_THREADS/OMP_NUM_THREADS say otherwise.
+
+    TVM's own default on x86 is half the logical CPUs (it assumes 2-way SMT): 1 thread on a 2-core VM
+    without SMT. The thread pool reads this when it starts, at the first parallel kernel.
+    """
+    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(physical_cores())
 
 
 class Session:
     """A loaded model.so on one CPU: run(feeds) -> outputs, time(), time_kernels()."""
 
     def __init__(self, out_dir: str | os.PathLike, spec: dict[str, Any] | None = None):
+        _default_threads()
         import tvm
         from tvm.runtime import vm as tvm_vm
 
@@ -39,6 +83,11 @@ class Session:
         path = self.out_dir / MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: is '{self.out_dir}' a TVM build from edgec compile?")
+        built_for, here = elf_machine(path), _HOST_MACHINE.get(platform.machine(), platform.machine())
+        if built_for != here:
+            raise WrongMachine(f"{path} is a library for {built_for}; this machine is {here}. Run it on the board "
+                               f"it was built for (copy the folder there: python {self.out_dir.name}/edgec_runtime.py "
+                               f"{self.out_dir.name}).")
         self._tvm = tvm
         self.device = tvm.cpu(0)
         self.lib = tvm.runtime.load_module(str(path))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, BuildError, ConfigError, brief
+from ..fileio import write_bytes_atomic
 from ..model import Model
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
@@ -26,25 +27,25 @@ from .base import Artifact, Runner
 _INSTALL_HINT = "Apache TVM is not installed: pip install 'edgec[tvm]'"
 RUNTIME_FILE = "edgec_runtime.py"
 # Desired layouts: channels innermost, weights HWIO, so conv kernels vectorize over output channels.
-_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.max_pool2d": ["NHWC"], "relax.nn.avg_pool2d": ["NHWC"],
-            "relax.nn.adaptive_avg_pool2d": ["NHWC"]}
+# Pooling and elementwise ops follow their input's layout (pools take no desired layout in 0.27).
+_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
 _VAR_PREFIX = re.compile(r"^e(\d+)_")
 
-# Measured on the x86 build machine (AMD EPYC, 2 cores), ResNet-18-like at 1x3x224x224, edgec's TVM build:
-# the Q/DQ (int8) model imported by Relax runs as float fake-quant. See the report of issue 4.
+# Measured with `python benchmarks/tvm.py --int8` (x86 AMD EPYC, 2 cores; ResNet-18-like, 1x3x224x224; ORT
+# quantize_static per-channel QDQ built through the same Relax pipeline, 7 interleaved rounds x 30 runs).
+INT8_MEASURED = ("; measured on x86 with a ResNet-18-like model: fake-quant 'int8' 13.6 ms vs fp32 11.2 ms (1.22x "
+                 "slower), max abs error 0.07 vs fp32")
 INT8_REFUSAL = (
     "--precision {precision} is not available on {target} (TVM): TVM 0.27's Relax imports a Q/DQ model as "
     "float fake-quant (every QuantizeLinear/DequantizeLinear becomes float arithmetic; Relax has no QNN "
-    "lowering to int8 kernels), so the 'int8' build would be no faster than fp32 and slightly wrong{numbers}. "
+    "lowering to int8 kernels), so an 'int8' build would be slower than fp32 and less accurate{numbers}. "
     "Use --precision fp32 (the default)."
 )
-INT8_MEASURED = ""  # filled in below with the measured numbers
 
 
 class TVMBackend:
     name = "tvm"
     precisions = ("fp32",)
-    qdq_placement = "tvm"
 
     # ---------------------------------------------------------------------------------------------- SDK
     def _tvm(self):
@@ -103,9 +104,10 @@ class TVMBackend:
                 relax.transform.LegalizeOps(),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
-                relax.transform.FuseOps(),
             ])(mod)
-            fused_sites = _call_sites(relax, mod, names)
+            index = _var_nodes(relax, mod, names, _graph_output_nodes(model.proto))
+            mod = relax.transform.FuseOps()(mod)
+            fused_sites = _call_sites(relax, mod, index)
             mod = tvm.transform.Sequential([relax.transform.FuseTIR(),
                                             relax.transform.DeadCodeElimination()])(mod)
             layer_map = _layer_map(relax, mod, fused_sites) if names else {}
@@ -117,7 +119,7 @@ class TVMBackend:
         except Exception as e:  # noqa: BLE001 - wrap with context (convention 4)
             raise BuildError(f"TVM could not compile the model for {target.name}: {brief(e)}") from e
         _export(executable, out_dir / "model.so", cc)
-        shutil.copyfile(Path(__file__).resolve().parents[1] / "runtime.py", out_dir / RUNTIME_FILE)
+        write_bytes_atomic(out_dir / RUNTIME_FILE, (Path(__file__).resolve().parents[1] / "runtime.py").read_bytes())
         unscheduled = sorted(k for k, rule in kernels.items() if rule == "unscheduled")
         config = {
             "tvm_target": target_json, "cc": cc, "layout": "NHWC inside the model (transposed at its inputs and "
@@ -253,7 +255,9 @@ def _import_named(relax: Any, proto: Any, shapes: dict[str, list[int]]) -> tuple
 
     class NamingImporter(fe.ONNXGraphImporter):
         def _convert_operator(self, op_name, inputs, attrs, opset):
-            sym = super()._convert_operator(op_name, inputs, attrs, opset)
+            sym = _clip(relax, inputs, attrs, opset) if op_name == "Clip" else None
+            if sym is None:
+                sym = super()._convert_operator(op_name, inputs, attrs, opset)
             node = (attrs.get("tvm_custom") or {}).get("name") or ""
             if node and isinstance(sym, relax.Call) and not all(isinstance(a, tvm.ir.Constant) for a in sym.args):
                 key = f"e{len(names)}"
@@ -266,25 +270,109 @@ def _import_named(relax: Any, proto: Any, shapes: dict[str, list[int]]) -> tuple
     return importer.from_onnx(proto.graph, opset), names
 
 
-def _call_sites(relax: Any, mod: Any, names: dict[str, str]) -> list[tuple[str, list[str]]]:
-    """After FuseOps: each kernel call in main, in order, with the ONNX nodes whose variables it computes."""
+def _clip(relax: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """Clip with constant bounds (ReLU6) as Relax maximum/minimum, or None to use TVM's converter.
+
+    TVM's converter emits Clip as two prebuilt TIR kernels, which ConvertLayout cannot see through: every
+    ReLU6 of a MobileNet got a transpose to NCHW and back around it.
+    """
+    import numpy as np
+    import tvm
+
+    x = inputs[0]
+    dtype = getattr(getattr(x, "ty", None), "dtype", None)
+    if dtype is None or not str(dtype).startswith("float"):
+        return None
+    if opset < 11:
+        bounds = [attrs.get("min"), attrs.get("max")]
+    else:
+        bounds = []
+        for b in (inputs[1] if len(inputs) > 1 else None, inputs[2] if len(inputs) > 2 else None):
+            if b is None:
+                bounds.append(None)
+            elif isinstance(b, tvm.ir.Constant) and b.value.numpy().size == 1:
+                bounds.append(float(b.value.numpy().reshape(())))
+            else:
+                return None  # bounds computed at run time: leave it to TVM's converter
+    if any(v is not None and np.isnan(v) for v in bounds):
+        return None
+    out = x
+    if bounds[0] is not None:
+        out = relax.op.maximum(out, relax.const(bounds[0], str(dtype)))
+    if bounds[1] is not None:
+        out = relax.op.minimum(out, relax.const(bounds[1], str(dtype)))
+    return out
+
+
+def _var_nodes(relax: Any, mod: Any, names: dict[str, str], graph_outputs: list[str]) -> dict[str, Any]:
+    """Before FuseOps: {variable name: ONNX nodes} and {(kernel, argument names): variable name} of main."""
     call_tir = _op("relax.call_tir")
+    var_nodes: dict[str, list[str]] = {}
+    by_call: dict[tuple, str] = {}
+    for binding in _bindings(mod["main"]):
+        m = _VAR_PREFIX.match(binding.var.name)
+        if m and f"e{m.group(1)}" in names:
+            var_nodes[binding.var.name] = [names[f"e{m.group(1)}"]]
+        value = binding.value
+        if isinstance(value, relax.Call) and value.op.same_as(call_tir):
+            by_call[_call_key(relax, value, {})] = binding.var.name
+    # The graph outputs lose their names to main's output variables: map those to the producing nodes.
+    body = mod["main"].body.body
+    outs = list(body.fields) if isinstance(body, relax.Tuple) else [body]
+    for var, node in zip(outs, graph_outputs):
+        if isinstance(var, relax.Var) and node:
+            var_nodes.setdefault(var.name, [node])
+    return {"vars": var_nodes, "calls": by_call}
+
+
+def _call_key(relax: Any, call: Any, env: dict[str, str]) -> tuple:
+    """(kernel name, argument names) of a call_tir, argument names translated through `env`; constants '#c'."""
+    args = call.args[1]
+    args = list(args.fields) if isinstance(args, relax.Tuple) else [args]
+    sig = tuple(env.get(a.name, a.name) if isinstance(a, relax.Var) else "#c" for a in args)
+    return (call.args[0].name_hint, sig)
+
+
+def _call_sites(relax: Any, mod: Any, index: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """After FuseOps: each kernel call in main, in order, with the ONNX nodes whose variables it computes.
+
+    FuseOps shares one fused function between identical groups (ResNet's repeated blocks), so the names
+    inside it belong to one of them only. Each call is therefore replayed: the fused function's kernel calls,
+    with its parameters bound to this call's arguments, are matched (kernel, argument names) against main
+    before fusion, which recovers the original variable, hence the ONNX node, of every step.
+    """
+    call_tir = _op("relax.call_tir")
+    var_nodes, by_call = index["vars"], index["calls"]
+    rename: dict[str, str] = {}  # main variable after fusion -> the variable it was before fusion
     sites = []
     for binding in _bindings(mod["main"]):
         value = binding.value
         if not isinstance(value, relax.Call):
             continue
+        originals: list[str] = []
         if value.op.same_as(call_tir):
-            var_names = [binding.var.name]
+            original = by_call.get(_call_key(relax, value, rename))
+            originals.append(original or binding.var.name)
         elif isinstance(value.op, relax.GlobalVar) and isinstance(mod[value.op], relax.Function):
-            var_names = [b.var.name for b in _bindings(mod[value.op])] + [binding.var.name]
+            func = mod[value.op]
+            env = {p.name: (rename.get(a.name, a.name) if isinstance(a, relax.Var) else "#c")
+                   for p, a in zip(func.params, value.args)}
+            last = None
+            for inner in _bindings(func):
+                if isinstance(inner.value, relax.Call) and inner.value.op.same_as(call_tir):
+                    original = by_call.get(_call_key(relax, inner.value, env))
+                    env[inner.var.name] = last = original or inner.var.name
+                    originals.append(last)
+            if last is None:
+                continue
         else:
             continue
-        nodes = []
-        for v in var_names:
-            m = _VAR_PREFIX.match(v)
-            if m and f"e{m.group(1)}" in names and names[f"e{m.group(1)}"] not in nodes:
-                nodes.append(names[f"e{m.group(1)}"])
+        rename[binding.var.name] = originals[-1]
+        nodes: list[str] = []
+        for v in originals:
+            for node in var_nodes.get(v, []):
+                if node not in nodes:
+                    nodes.append(node)
         sites.append((binding.var.name, nodes))
     return sites
 
@@ -309,6 +397,11 @@ def _layer_map(relax: Any, mod: Any, fused_sites: list[tuple[str, list[str]]]) -
         seen[symbol] = k + 1
         out[symbol if totals[symbol] == 1 else f"{symbol}#{k}"] = list(nodes)
     return out
+
+
+def _graph_output_nodes(proto: Any) -> list[str]:
+    producer = {out: (n.name or n.output[0]) for n in proto.graph.node for out in n.output}
+    return [producer.get(o.name, "") for o in proto.graph.output]
 
 
 def _bindings(func: Any) -> list[Any]:
@@ -349,12 +442,3 @@ def _export(executable: Any, path: Path, cc: str | None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def elf_machine(path: str | os.PathLike) -> str:
-    """The ELF header's machine field: 'aarch64', 'x86_64', or the number."""
-    data = Path(path).read_bytes()[:20]
-    if data[:4] != b"\x7fELF":
-        return "not ELF"
-    machine = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
-    return {183: "aarch64", 62: "x86_64", 40: "arm", 243: "riscv"}.get(machine, str(machine))

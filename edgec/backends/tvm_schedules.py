@@ -105,22 +105,40 @@ def _blocks(sch: Any) -> list[Any]:
     return infos
 
 
+def _loops_and_kinds(sch: Any, block: Any) -> tuple[list[Any], str]:
+    """The block's loops and, per loop, 'S' (spatial) or 'R' (reduction): fresh kernels bind loop i to iter i."""
+    from tvm import tirx
+
+    loops = sch.get_loops(block)
+    iters = sch.get(block).iter_vars
+    if len(loops) != len(iters):
+        raise ValueError("loops and block iterators do not correspond")
+    kinds = "".join({tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(i.iter_type, "O") for i in iters)
+    return list(loops), kinds
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _vector_split(extent: int, lanes: int, max_vectors: int = 1) -> int:
-    """The largest factor of `extent` that is a multiple of `lanes` and at most `max_vectors` vectors,
-    else the largest factor of `extent` up to `lanes` (a short vector)."""
-    for v in range(max_vectors, 0, -1):
+    """How many elements of an `extent`-long innermost loop to vectorize: a power-of-two number of full
+    vectors (up to `max_vectors`) dividing it, else half or quarter vectors, else the whole loop when it is
+    shorter than a vector. Never 3 or 6 vectors: LLVM lowers such odd-sized vector types very badly
+    (a 48-lane fp32 conv tile ran 60x slower than a 32-lane one on AVX-512)."""
+    v = 1
+    while v * 2 <= max_vectors:
+        v *= 2
+    while v >= 1:
         if extent % (v * lanes) == 0:
             return v * lanes
-    half = lanes // 2
-    while half >= 4:  # half or quarter vectors (e.g. 1000 channels: 8 lanes, not 10)
-        if extent % half == 0:
-            return half
-        half //= 2
-    return max(d for d in _divisors(extent) if d <= max(lanes, 1))
+        v //= 2
+    part = lanes // 2
+    while part >= 2:
+        if extent % part == 0:
+            return part
+        part //= 2
+    return extent if extent <= lanes else 1
 
 
 def _vectorize_innermost(sch: Any, block: Any, lanes: int) -> None:
@@ -149,7 +167,7 @@ def conv_tile(out_w: int, out_c: int, info: CPUInfo) -> tuple[int, int]:
     """(tw, tc): output pixels x output channels accumulated in registers per micro-kernel step."""
     lanes = info.lanes
     if out_c % lanes == 0:
-        vec_options = [v for v in (4, 3, 2, 1) if (out_c // lanes) % v == 0]
+        vec_options = [v for v in (4, 2, 1) if (out_c // lanes) % v == 0]  # powers of two: see _vector_split
     else:
         vec_options = [0]  # channels not a multiple of the vector: one short vector of all of them (or a divisor)
     best, best_score = (1, _vector_split(out_c, lanes)), -1.0
@@ -170,9 +188,15 @@ def conv_tile(out_w: int, out_c: int, info: CPUInfo) -> tuple[int, int]:
 def _conv_nhwc(sch: Any, info: CPUInfo, target: Any) -> bool:
     infos = _blocks(sch)
     convs = [b for b in infos if b.name in ("conv2d_nhwc", "group_conv2d_nhwc")]
-    if len(convs) != 1 or convs[0].dom_kind() != "SSSSRRR":
+    if len(convs) != 1:
         return False
     conv = convs[0]
+    # Normalization dropped unit loops (batch 1, 1x1 kernels, depthwise's single input channel):
+    # spatial loops are [N] [H] [W] C, then 1 to 3 reduction loops.
+    loops, kinds = _loops_and_kinds(sch, conv.block_rv)
+    ns = len(kinds) - len(kinds.lstrip("S"))
+    if ns < 1 or set(kinds[ns:]) != {"R"}:
+        return False
     idx = infos.index(conv)
     before, after = infos[:idx], infos[idx + 1:]
     if any(not b.is_injective() for b in before + after):
@@ -182,29 +206,42 @@ def _conv_nhwc(sch: Any, info: CPUInfo, target: Any) -> bool:
         sch.compute_inline(b.block_rv)
     epilogue = after[-1].block_rv if after else None
     block = conv.block_rv
-    n, h, w, c, rh, rw, rc = sch.get_loops(block)
-    out_w, out_c = _extent(sch, w), _extent(sch, c)
+    spatial, reduce = loops[:ns], loops[ns:]
+    c = spatial[-1]
+    w = spatial[-2] if ns >= 2 else None
+    others = spatial[:-2]
+    out_c = _extent(sch, c)
+    out_w = _extent(sch, w) if w is not None else 1
     if out_w is None or out_c is None:
         return False
     tw, tc = conv_tile(out_w, out_c, info)
-    wo, wi = sch.split(w, factors=[None, tw])
     co, ci = sch.split(c, factors=[None, tc])
-    sch.reorder(n, co, h, wo, rh, rw, rc, wi, ci)
-    outer = sch.fuse(n, co, h)
-    sch.parallel(outer)
+    if w is not None:
+        wo, wi = sch.split(w, factors=[None, tw])
+        sch.reorder(co, *others, wo, *reduce, wi, ci)
+        outer = sch.fuse(co, *others)
+        tile = wo
+    else:
+        wi = None
+        sch.reorder(co, *reduce, ci)
+        outer = tile = co
+    if _extent(sch, outer) != 1:
+        sch.parallel(outer)
     # Accumulate the tile in registers; write it back (through the epilogue) once per tile.
     if epilogue is not None:
         sch.set_scope(block, 0, "local")
-        sch.reverse_compute_at(epilogue, wo)
+        sch.reverse_compute_at(epilogue, tile)
         writer = epilogue
     elif _output_is_param(sch, block):
         writer = sch.cache_write(block, 0, "local")  # the write-back block; `block` now writes the cache
-        sch.reverse_compute_at(writer, wo)
+        sch.reverse_compute_at(writer, tile)
     else:
         return False
-    init = sch.decompose_reduction(block, rh)
-    sch.unroll(wi)
+    # Vectorize/unroll before splitting off the init: the update block alone is no longer a reduction block.
+    if wi is not None:
+        sch.unroll(wi)
     sch.vectorize(ci)
+    init = sch.decompose_reduction(block, reduce[0])
     _vectorize_innermost(sch, init, info.lanes)
     _vectorize_innermost(sch, writer, info.lanes)
     # Producers (the zero padding): their own parallel, vectorized loop nest.
@@ -224,36 +261,36 @@ def _single_reduction(sch: Any, info: CPUInfo, target: Any) -> bool:
     if len(reductions) != 1:
         return False
     red = reductions[0]
-    kinds = red.dom_kind()
-    if "O" in kinds or "R" not in kinds or not kinds.startswith("S"):
+    loops, kinds = _loops_and_kinds(sch, red.block_rv)
+    if "O" in kinds or "R" not in kinds or not kinds.startswith("S") or "RS" in kinds:
         return False
     idx = infos.index(red)
     before, after = infos[:idx], infos[idx + 1:]
     if len(after) > 1:
         return False
-    loops = sch.get_loops(red.block_rv)
     spatial = [lp for lp, k in zip(loops, kinds) if k == "S"]
     reduce = [lp for lp, k in zip(loops, kinds) if k == "R"]
     inner_ext = _extent(sch, spatial[-1])
     if inner_ext is None:
         return False
+    total = 1
+    for lp in loops:
+        total *= _extent(sch, lp) or 1
     factor = _vector_split(inner_ext, info.lanes, max_vectors=2) if inner_ext > 1 else 1
     vec_outer, vec_inner = sch.split(spatial[-1], factors=[None, factor])
     sch.reorder(*spatial[:-1], vec_outer, *reduce, vec_inner)
     outer_loops = [*spatial[:-1], vec_outer]
     outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
-    total = 1
-    for e in red.dom():
-        total *= int(e) if hasattr(e, "__int__") else 1
     if total >= _PARALLEL_MIN and (_extent(sch, outer) or 1) > 1:
         sch.parallel(outer)
     if after:
         sch.set_scope(red.block_rv, 0, "local")
         sch.reverse_compute_at(after[0].block_rv, outer)
         _vectorize_innermost(sch, after[0].block_rv, info.lanes)
-    init = sch.decompose_reduction(red.block_rv, reduce[0])
     if factor > 1:
         sch.vectorize(vec_inner)
+    init = sch.decompose_reduction(red.block_rv, reduce[0])
+    if factor > 1:
         _vectorize_innermost(sch, init, info.lanes)
     for b in before:
         _schedule_injective_block(sch, b.block_rv, info)
