@@ -24,6 +24,7 @@ from .fileio import make_staging_dir, replace_dir, write_json_atomic, write_text
 from .frontend import to_model
 from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
+from .passes.fp16 import Fp16Pass
 from .passes.quantize import WeightOnlyInt8Pass
 from .profile import Profile, attach_sources
 from .report import render_html
@@ -133,6 +134,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         final = fp32
         if precision in ("int8", "mixed"):
             final = job.quantize(fp32, precision, staging, comparison, calibration_method, max_accuracy_drop)
+        elif precision == "fp16" and getattr(backend, "wants_fp16_graph", lambda t: False)(tgt):
+            final = job.run_pass(Fp16Pass(), fp32)
         elif precision == "int8-weights":
             if job.backend.can_run_here(tgt):
                 comparison["fp32"], _ = job.variant(fp32, fp32, "fp32", staging / ".fp32", max(20, profile_runs // 2))

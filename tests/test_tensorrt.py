@@ -145,3 +145,19 @@ def test_engine_build_and_profile_on_a_device(tmp_path: Path, tiny_onnx: Path) -
     prof = build.profile(runs=20)
     assert prof.latency_ms.p50 > 0 and prof.layers and prof.mapped_share("onnx_nodes") >= 0.9
     assert build.report["accuracy"]["cosine_min"] > 0.98
+
+
+def test_tensorrt_11_fp16_is_in_the_graph(tmp_path: Path, tiny_onnx: Path) -> None:
+    target = tmp_path / "orin-trt11.toml"
+    target.write_text('name = "orin-trt11"\nbackend = "tensorrt"\narch = "aarch64"\nprecisions = ["fp32", "fp16"]\n'
+                      '[tensorrt]\ncompute_capability = "8.7"\ntensorrt_version = "11.0"\n')
+    build = edgec.compile(tiny_onnx, str(target), "fp16", output_dir=tmp_path / "o", progress=False)
+    cfg = json.loads((build.output_dir / "build.json").read_text())
+    assert cfg["strongly_typed"] is True and cfg["builder_flags"] == []
+    bundle = onnx.load(build.output_dir / "model.onnx")
+    onnx.checker.check_model(bundle)
+    float_inits = {t.data_type for t in bundle.graph.initializer if t.data_type in (1, 10)}
+    assert float_inits == {onnx.TensorProto.FLOAT16}
+    assert bundle.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stay fp32
+    assert [p["name"] for p in build.manifest["passes"]] == ["cleanup", "fp16-graph"]
+    assert build.report["accuracy"]["cosine_min"] > 0.99  # ONNX Runtime runs the fp16 graph here

@@ -51,6 +51,10 @@ class TensorRTBackend:
     dynamic_shapes = True
     onnx_fidelity = True  # the device runs exactly model.onnx's function: ONNX Runtime can check it here
 
+    def wants_fp16_graph(self, target: Target) -> bool:
+        """TensorRT 11 builds strongly typed networks: fp16 must be in the ONNX (Casts), not a builder flag."""
+        return _strongly_typed(target)
+
     def _trt(self):
         try:
             import tensorrt
@@ -192,7 +196,7 @@ def unsupported_nodes(model: Model) -> list[dict[str, Any]]:
 def build_config(model: Model, target: Target, precision: str) -> dict[str, Any]:
     """build.json: everything the device-side engine build needs, decided here from the target file."""
     trt_version = str(target.options.get("tensorrt_version", "10"))
-    strongly_typed = int(trt_version.split(".")[0]) >= 11
+    strongly_typed = _strongly_typed(target)
     flags = []
     if not strongly_typed:
         if precision in ("fp16", "mixed", "int8"):
@@ -209,9 +213,13 @@ def build_config(model: Model, target: Target, precision: str) -> dict[str, Any]
         # DLA is opt-in (set dla_core to 0 or 1): it saves power but is slower than the GPU for most models.
         "dla_cores_available": dla_cores, "dla_core": None, "gpu_fallback": True,
         "optimization_profiles": profiles, "timing_cache": "timing.cache", "engine": "model.engine",
-        "notes": (["TensorRT 11: fp16 needs Cast nodes in the ONNX (strongly typed); this bundle is fp32 there"]
+        "notes": (["TensorRT 11 strongly typed: model.onnx carries fp16 weights and activations itself"]
                   if strongly_typed and precision == "fp16" else []),
     }
+
+
+def _strongly_typed(target: Target) -> bool:
+    return int(str(target.options.get("tensorrt_version", "10")).split(".")[0]) >= 11
 
 
 def onnx_names(layer: str, info: dict[str, Any]) -> list[str]:
