@@ -161,3 +161,13 @@ def test_tensorrt_11_fp16_is_in_the_graph(tmp_path: Path, tiny_onnx: Path) -> No
     assert bundle.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stay fp32
     assert [p["name"] for p in build.manifest["passes"]] == ["cleanup", "fp16-graph"]
     assert build.report["accuracy"]["cosine_min"] > 0.99  # ONNX Runtime runs the fp16 graph here
+
+
+def test_values_beyond_int32_are_reported() -> None:
+    from edgec.backends.tensorrt import range_problems
+    from edgec.model import Model
+
+    model = tiny_conv_onnx()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([2**40], np.int64), "huge_index"))
+    assert range_problems(Model(model)) == ["int64 initializer 'huge_index' holds 1099511627776"]
+    assert range_problems(Model(tiny_conv_onnx())) == []

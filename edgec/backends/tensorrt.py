@@ -81,6 +81,10 @@ class TensorRTBackend:
                                for n in unsupported[:10])
             raise ConfigError(f"TensorRT's ONNX parser cannot import {len(unsupported)} node(s): {listed}. "
                               "Replace those ops in the model, or target a CPU board.")
+        ranges = range_problems(model)
+        if ranges:
+            raise ConfigError("TensorRT cannot represent: " + "; ".join(ranges[:10]) + ". TensorRT computes indices "
+                              "and shapes in int32: fix these in the model.")
         config = build_config(model, target, precision)
         write_json_atomic(out_dir / "build.json", config)
         return Artifact(self.name, precision, ["build.json"], {"build": "build.json"})
@@ -191,6 +195,24 @@ def unsupported_nodes(model: Model) -> list[dict[str, Any]]:
             out.append({"node": node.name, "op": f"{node.domain + '::' if node.domain else ''}{node.op_type}",
                         "module": src.module if src else None, "where": src.where if src else None})
     return out
+
+
+def range_problems(model: Model) -> list[str]:
+    """Values TensorRT's int32 shapes and indices cannot hold (int64 constants, huge dims)."""
+    from onnx import numpy_helper
+
+    limit = 2**31 - 1
+    problems = []
+    for t in model.proto.graph.initializer:
+        if t.data_type == 7 and not t.external_data:  # INT64
+            values = numpy_helper.to_array(t)
+            if values.size and np.abs(values).max() > limit:
+                problems.append(f"int64 initializer '{t.name}' holds {int(np.abs(values).max())}")
+    for spec in model.inputs:
+        big = [d for d in spec.shape if isinstance(d, int) and d > limit]
+        if big:
+            problems.append(f"input '{spec.name}' has a dim of {big[0]}")
+    return problems
 
 
 def build_config(model: Model, target: Target, precision: str) -> dict[str, Any]:
