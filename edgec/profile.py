@@ -81,7 +81,8 @@ class Profile:
         total = sum(r.time_ms for r in self.layers)
         if total <= 0:
             return 0.0
-        return sum(r.time_ms for r in self.layers if getattr(r, attr)) / total
+        mapped = (lambda r: r.module is not None) if attr == "module" else (lambda r: bool(getattr(r, attr)))
+        return sum(r.time_ms for r in self.layers if mapped(r)) / total  # module "" is the top-level module
 
     def to_json(self) -> dict[str, Any]:
         return {
