@@ -6,17 +6,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .calibration import Samples
+from .model import ort_session
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def onnx_runtime_runner(proto: Any) -> Runner:
     """An fp32 ONNX Runtime CPU session: the reference every backend is checked against."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(proto)
     return lambda feeds: session.run(None, feeds)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import ConfigError, brief
-from .model import Model, check_model, load_model
+from .model import Model, check_model, load_model, ort_session
 
 ONNX_OPSET = 18
 
@@ -183,13 +183,10 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]]) -> Model:
 def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Run once on zeros: shape inference misses some clashes (e.g. Conv channels), the runtime does not."""
     import numpy as np
-    import onnxruntime as ort
 
     inputs = Model(proto).inputs
     try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = ort_session(proto, log_level=4)
         session.run(None, {s.name: np.zeros(shapes.get(s.name, s.shape), dtype=s.dtype) for s in inputs})
     except Exception as e:
         given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in inputs)

@@ -5,6 +5,9 @@ import ast
 import hashlib
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +63,12 @@ class Model:
             return
         data_name = path.name + ".data"
         tmp = path.with_name(f".{path.name}.tmp")
-        onnx.save_model(self.proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name + ".tmp", size_threshold=1024)
-        os.replace(path.with_name(data_name + ".tmp"), path.with_name(data_name))
+        copy = onnx.ModelProto()
+        copy.CopyFrom(self.proto)  # save_model(save_as_external_data=True) strips the weights of what it saves
+        onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name + ".tmp", size_threshold=1024)  # small tensors (shapes) stay inline
+        if path.with_name(data_name + ".tmp").exists():
+            os.replace(path.with_name(data_name + ".tmp"), path.with_name(data_name))
         # The proto now names "<data>.tmp": point it at the final name and rewrite the small header.
         proto = onnx.load_model(tmp, load_external_data=False)
         for t in _external_tensors(proto):
@@ -73,7 +79,37 @@ class Model:
         tmp.unlink(missing_ok=True)
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.proto.SerializeToString(deterministic=True)).hexdigest()
+        if self.proto.ByteSize() < _PROTO_LIMIT:
+            return hashlib.sha256(self.proto.SerializeToString(deterministic=True)).hexdigest()
+        import onnx
+
+        h = hashlib.sha256()  # over 2 GiB: the graph without weights, then each weight on its own
+        skeleton = onnx.ModelProto()
+        skeleton.CopyFrom(self.proto)
+        del skeleton.graph.initializer[:]
+        h.update(skeleton.SerializeToString(deterministic=True))
+        for t in self.proto.graph.initializer:
+            h.update(t.SerializeToString(deterministic=True))
+        return h.hexdigest()
+
+
+def ort_session(proto: Any, log_level: int = 3) -> Any:
+    """An ONNX Runtime CPU session. Models over protobuf's 2 GiB limit go through a temp file with external data."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = log_level
+    if proto.ByteSize() < _PROTO_LIMIT:
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    tmp = tempfile.mkdtemp(prefix="edgec-ort-")
+    try:
+        Model(proto).save(Path(tmp) / "model.onnx")
+        session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    weakref.finalize(session, shutil.rmtree, tmp, True)
+    return session
 
 
 def _spec(value_info: Any) -> TensorSpec:

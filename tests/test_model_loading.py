@@ -114,3 +114,24 @@ def test_save_is_atomic_and_round_trips(tmp_path: Path, tiny_onnx: Path) -> None
     model.save(out)
     assert load_model(out).sha256() == model.sha256()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.requires_openvino
+def test_models_over_the_protobuf_limit_use_external_data(tmp_path: Path, monkeypatch) -> None:
+    """The >2 GiB path, exercised by lowering the limit: weights go to model.onnx.data, every step still works."""
+    import edgec
+    import edgec.model
+    from models import tiny_mlp_onnx
+
+    source = tmp_path / "mlp.onnx"
+    source.write_bytes(tiny_mlp_onnx(dim=128, hidden=512).SerializeToString())
+    monkeypatch.setattr(edgec.model, "_PROTO_LIMIT", 1000)
+    data = {"x": np.random.default_rng(0).normal(size=(16, 16, 128)).astype(np.float32)}
+    build = edgec.compile(source, "intel-cpu", "int8", calibration=data, output_dir=tmp_path / "o",
+                          profile_runs=5, progress=False)
+    files = {f["path"] for f in build.manifest["files"]}
+    assert {"model.onnx", "model.onnx.data"} <= files
+    assert (tmp_path / "o" / "model.onnx").stat().st_size < 20_000  # weights are not inside
+    reloaded = load_model(tmp_path / "o" / "model.onnx")
+    assert len(reloaded.proto.graph.initializer) > 0 and len(reloaded.sha256()) == 64
+    assert build.report["accuracy"]["cosine_min"] > 0.98

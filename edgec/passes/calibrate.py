@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, PassError, brief
+from ..model import ort_session
 
 __all__ = [
     "MinMaxObserver", "HistogramObserver", "PercentileObserver", "EntropyObserver", "MSEObserver",
@@ -422,7 +423,6 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
                        **observer_kw: Any) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
     """collect_ranges, plus per-channel means of the tensors in `means_of`, in the same single pass."""
     import onnx
-    import onnxruntime as ort
 
     range_names = list(dict.fromkeys(tensors))
     mean_names = list(dict.fromkeys(means_of))
@@ -448,9 +448,7 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
             # A name-only output: ONNX Runtime infers its type, so intermediates need no value_info.
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort_session(model)
     except Exception as e:
         raise PassError(f"calibrate: ONNX Runtime could not load the model with {len(names)} calibration "
                         f"outputs added: {brief(e)}. Check that the model runs in fp32 first.") from e

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..calibration import Samples
 from ..errors import ConfigError
-from ..model import Model
+from ..model import Model, ort_session
 from .quantize import Calibrated
 
 _MIN_GAIN_MS = 1e-4
@@ -44,12 +44,8 @@ class MixedResult:
 
 def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[[Model], Evaluation]:
     """Score a model with ONNX Runtime on `samples` against fp32 outputs (and labels when present)."""
-    import onnxruntime as ort
-
     def evaluate(model: Model) -> Evaluation:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = ort_session(model.proto)
         out = np.concatenate([session.run(None, feed)[0] for feed in samples.feeds])
         error = float(np.mean((out.astype(np.float64) - reference_outputs) ** 2))
         top = out.reshape(len(out), -1).argmax(1)
