@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -64,6 +64,20 @@ class Steps:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.timings: dict[str, float] = {}
+
+    def counter(self, unit: str) -> Callable[[int, int], None] | None:
+        """A progress callback for long loops: `edgec:   250/1000 samples`, at most every 2 seconds."""
+        if not self.enabled:
+            return None
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= 2.0 or done == total:
+                last[0] = now
+                print(f"edgec:   {done}/{total} {unit}", file=sys.stderr, flush=True)
+
+        return report
 
     @contextmanager
     def step(self, what: str) -> Iterator[None]:
@@ -234,7 +248,7 @@ class _Job:
         placement = getattr(self.backend, "qdq_placement", self.backend.name)
         t0 = time.perf_counter()
         with self.steps.step(f"calibrating int8 ranges ({method}) for {placement}"):
-            calibrated = calibrate(fp32, self.calib, placement, method)
+            calibrated = calibrate(fp32, self.calib, placement, method, progress=self.steps.counter("samples"))
         self.pass_log.append({"name": "calibrate", "config": {"method": method, "placement": placement,
                                                               "bias_correction": True, "data": calibrated.samples},
                               "seconds": round(time.perf_counter() - t0, 3)})
@@ -256,7 +270,8 @@ class _Job:
         metric = "labelled accuracy %" if samples.labels is not None else "top-1 agreement with fp32 %"
         t0 = time.perf_counter()
         with self.steps.step(f"mixed precision: searching layers to keep in float (budget {max_drop} points)"):
-            result = search_mixed(calibrated, evaluate, fp32_score, float(max_drop), gains, metric)
+            result = search_mixed(calibrated, evaluate, fp32_score, float(max_drop), gains, metric,
+                                  progress=self.steps.counter("layers scored"))
         self.pass_log.append({"name": "mixed-precision", "config": {"max_accuracy_drop": max_drop, "metric": metric,
                                                                     "search_data": samples.description},
                               "seconds": round(time.perf_counter() - t0, 3)})

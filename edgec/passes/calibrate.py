@@ -36,7 +36,7 @@ pass's job. Entropy and MSE search symmetric thresholds on |x|. For a non-negati
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -420,8 +420,11 @@ def collect_ranges(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[str,
 
 def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
                        method: str = "minmax", symmetric: bool = False, means_of: Sequence[str] = (),
-                       **observer_kw: Any) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
-    """collect_ranges, plus per-channel means of the tensors in `means_of`, in the same single pass."""
+                       progress: Callable[[int], None] | None = None, **observer_kw: Any) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
+    """collect_ranges, plus per-channel means of the tensors in `means_of`, in the same single pass.
+
+    `progress(samples_done)` is called after each sample.
+    """
     import onnx
 
     range_names = list(dict.fromkeys(tensors))
@@ -471,6 +474,8 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
                 raise PassError(f"calibrate: tensor '{name}' on calibration sample #{i}: {e}") from e
         del values
         seen += 1
+        if progress is not None:
+            progress(seen)
     if not seen:
         raise ConfigError("calibrate: no calibration samples: the feeds are empty. Pass --calib with data "
                           "(a .npz/.npy file or folder) holding at least one sample.")

@@ -59,7 +59,9 @@ def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[
 
 
 def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation], fp32_score: float,
-                 max_drop: float, gains_ms: Mapping[str, float] | None = None, metric: str = "") -> MixedResult:
+                 max_drop: float, gains_ms: Mapping[str, float] | None = None, metric: str = "",
+                 progress: Callable[[int, int], None] | None = None) -> MixedResult:
+    """Greedy search (module docstring); `progress(done, total)` follows the per-layer sensitivity pass."""
     if max_drop < 0:
         raise ConfigError(f"--max-accuracy-drop must be >= 0 points (got {max_drop}).")
     int8 = evaluate(calibrated.quantized())
@@ -70,9 +72,11 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
         return result
     gains = dict(gains_ms or {})
     ranked = []
-    for node in calibrated.plan.nodes:
+    for i, node in enumerate(calibrated.plan.nodes, 1):
         alone = evaluate(calibrated.quantized([node]))
         count += 1
+        if progress is not None:
+            progress(i, len(calibrated.plan.nodes))
         recovered = (int8.error - alone.error) / int8.error if int8.error > 0 else 0.0
         gain = gains.get(node)
         priority = recovered / max(gain, _MIN_GAIN_MS) if gain is not None else recovered

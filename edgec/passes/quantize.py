@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -308,7 +308,7 @@ class Calibrated:
 
 def calibrate(model: Model, calibration: CalibrationSet | None, placement: str = "openvino",
               method: str = "percentile", observer_options: Mapping[str, Any] | None = None,
-              bias_correction: bool = True) -> Calibrated:
+              bias_correction: bool = True, progress: Callable[[int, int], None] | None = None) -> Calibrated:
     """Phase 1: plan Q/DQ for the backend and stream the calibration samples through observers."""
     from .calibrate import collect_statistics
 
@@ -331,6 +331,7 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     means_of = [plan.activations[n][0] for n in plan.weights if plan.activations.get(n)] if bias_correction else []
     ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
                                        symmetric=PLACEMENTS[placement].symmetric_activations, means_of=means_of,
+                                       progress=(lambda done: progress(done, len(samples))) if progress else None,
                                        **dict(observer_options or {}))
     return Calibrated(model, plan, ranges, means if bias_correction else None, PLACEMENTS[placement],
                       samples.description, round(time.perf_counter() - t0, 3))
