@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("profile", help="profile a compiled output folder")
     pr.add_argument("out", metavar="OUT", help="folder written by edgec compile")
-    pr.add_argument("--device", default="local", help="local (default)")
+    pr.add_argument("--device", default="local",
+                    help="local (default), rpc://HOST:PORT or tracker://HOST:PORT/KEY (a board serving TVM RPC)")
     pr.add_argument("--runs", type=int, default=100)
     pr.add_argument("--warmup", type=int, default=10)
     pr.add_argument("--json", action="store_true", help="print edgec.profile/1 JSON")
@@ -77,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="on the device: build the TensorRT engine of a compiled bundle")
     b.add_argument("out", metavar="OUT", help="folder written by edgec compile --target jetson...")
     b.set_defaults(func=_build)
+
+    bo = sub.add_parser("board", help="an emulated ARM board (qemu-user) serving TVM RPC: `board setup`, `board start`")
+    bo.add_argument("action", choices=["setup", "start"], help="setup: build it (idempotent); start: serve (Ctrl-C stops)")
+    bo.add_argument("--port", type=int, default=9090, help="TVM RPC port (default 9090)")
+    bo.add_argument("--cpu", help="QEMU CPU model (default: the --target's qemu_cpu, else cortex-a72)")
+    bo.add_argument("--target", "-t", help="emulate this target's CPU (e.g. rpi4 -> cortex-a72, rk3588 -> cortex-a76)")
+    bo.add_argument("--key", help="register with --tracker under this key (e.g. rpi4)")
+    bo.add_argument("--tracker", metavar="HOST:PORT", help="TVM RPC tracker to register with")
+    bo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else warns)")
+    bo.set_defaults(func=_board)
 
     t = sub.add_parser("targets", help="list targets, or `targets show NAME`")
     t.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -139,7 +150,14 @@ def _profile(args: argparse.Namespace) -> int:
     from .pipeline import profile
 
     prof = profile(args.out, device=args.device, runs=args.runs, warmup=args.warmup)
-    print(json.dumps(prof.to_json(), indent=2) if args.json else prof.table())
+    if args.json:
+        print(json.dumps(prof.to_json(), indent=2))
+        return EXIT_OK
+    print(prof.table())
+    acc = prof.extra.get("accuracy")
+    if acc:
+        print(f"outputs vs ONNX Runtime: max abs error {acc['max_abs_error']:.3g} "
+              f"({'ok' if acc.get('ok') else 'MISMATCH'})")
     return EXIT_OK
 
 
@@ -148,6 +166,20 @@ def _build(args: argparse.Namespace) -> int:
 
     print(f"wrote {build_engine(args.out)}")
     return EXIT_OK
+
+
+def _board(args: argparse.Namespace) -> int:
+    from . import board
+
+    if args.action == "setup":
+        board.setup()
+        return EXIT_OK
+    cpu = args.cpu
+    if cpu is None and args.target:
+        from .target import load_target
+
+        cpu = load_target(args.target).options.get("qemu_cpu")
+    return board.serve(args.port, cpu or "cortex-a72", key=args.key, tracker=args.tracker, host=args.host)
 
 
 def _targets(args: argparse.Namespace) -> int:

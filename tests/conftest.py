@@ -17,7 +17,7 @@ _REQUIREMENTS = {
     "requires_tensorrt": (lambda: importlib.util.find_spec("tensorrt") is not None,
                           "TensorRT is not installed (it ships with JetPack on a Jetson, or from NVIDIA's index)"),
     "requires_arm_board": (lambda: shutil.which("qemu-aarch64-static") is not None,
-                           "the emulated ARM board needs qemu-user-static: scripts/arm_board.sh setup"),
+                           "the emulated ARM board needs qemu-user-static and an arm64 userland: bash scripts/arm_board.sh setup"),
 }
 
 

@@ -14,10 +14,13 @@ import platform
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailable, BuildError, ConfigError, brief
+import numpy as np
+
+from ..errors import BackendUnavailable, BuildError, ConfigError, EdgecError, brief
 from ..fileio import write_bytes_atomic
 from ..model import Model
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
@@ -173,9 +176,7 @@ class TVMBackend:
 
     def profile(self, out_dir: Path, manifest: dict[str, Any], device: str, runs: int, warmup: int) -> Profile:
         if device != "local":
-            raise ConfigError(f"Profiling a TVM build on '{device}' (RPC) is not in this edgec release: use "
-                              "--device local on the machine that runs it (copy the output folder to the board, "
-                              f"then `edgec profile OUT` or `python OUT/{RUNTIME_FILE} OUT`).")
+            return self._profile_remote(out_dir, manifest, device, runs, warmup)
         from ..runtime import cpu_name, num_threads, seeded_feeds
 
         session = self._session(out_dir, manifest)
@@ -183,21 +184,284 @@ class TVMBackend:
         samples = session.time(feeds, runs, warmup)
         kernels = session.time_kernels(feeds, max(5, min(runs, 30)), warmup=1)
         cfg = manifest["artifact"]["config"]
-        layer_map = manifest["artifact"].get("layer_map") or {}
-        rules = cfg.get("kernels", {})
-        rows = [LayerRow(layer=k["kernel"], op=_op_name(k["symbol"]), exec=f"tvm:{rules.get(k['symbol'], '?')}",
-                         precision=manifest["precision"], time_ms=k["time_ms"], share=0.0,
-                         onnx_nodes=tuple(layer_map.get(k["kernel"], ())))
-                for k in kernels]
         return Profile(
             backend=self.name, device=f"CPU ({cpu_name()})", target=manifest["target"]["name"],
-            precision=manifest["precision"], batch=int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1,
-            runs=runs, warmup=warmup, latency_ms=LatencyStats.from_samples(samples), layers=with_shares(rows),
+            precision=manifest["precision"], batch=_batch(manifest), runs=runs, warmup=warmup,
+            latency_ms=LatencyStats.from_samples(samples), layers=with_shares(_kernel_rows(manifest, kernels)),
             memory={"model_so_bytes": (out_dir / "model.so").stat().st_size},
             extra={"runtime": {"tvm": self.versions()["tvm"], "threads": num_threads(),
                                "tvm_target": cfg.get("tvm_target"),
                                "kernel_timing": "VM instrument around each kernel call (wall clock)"}},
         )
+
+    def _profile_remote(self, out_dir: Path, manifest: dict[str, Any], device: str, runs: int,
+                        warmup: int) -> Profile:
+        """Upload model.so to a board over TVM RPC, check its outputs against ONNX Runtime here, time it there."""
+        address = parse_device(device)  # ConfigError on a malformed address, before anything slow
+        self._tvm()
+        from ..runtime import seeded_feeds
+
+        path = out_dir / "model.so"
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: is '{out_dir}' a TVM build from edgec compile?")
+        feeds = seeded_feeds(manifest["inputs"])
+        reference = _onnx_runtime_outputs(out_dir / "model.onnx", feeds)
+        result = remote_measure(address, path, manifest, feeds, runs, warmup, kernel_runs=max(3, min(runs, 10)))
+        errors = [float(np.max(np.abs(np.asarray(o, np.float64) - np.asarray(r, np.float64)))) if o.size else 0.0
+                  for o, r in zip(result["outputs"], reference)]
+        shapes_ok = len(result["outputs"]) == len(reference) and all(
+            o.shape == r.shape for o, r in zip(result["outputs"], reference))
+        max_abs = max(errors) if errors else 0.0
+        scale = max((float(np.max(np.abs(r))) for r in reference if r.size), default=1.0)
+        ok = bool(shapes_ok and max_abs <= 1e-3 * max(1.0, scale))
+        info = result["board"]
+        cfg = manifest["artifact"]["config"]
+        about = [info["machine"]] if info.get("machine") else []
+        about += [f"emulated {info['qemu_cpu']}"] if info.get("qemu_cpu") else []
+        label = f"{address.display} ({', '.join(about)})" if about else address.display
+        layers = with_shares(_kernel_rows(manifest, result["kernels"])) if result["kernels"] else []
+        return Profile(
+            backend=self.name, device=label, target=manifest["target"]["name"], precision=manifest["precision"],
+            batch=_batch(manifest), runs=runs, warmup=warmup, latency_ms=LatencyStats.from_samples(result["samples_ms"]),
+            layers=layers, memory={"model_so_bytes": path.stat().st_size},
+            extra={"accuracy": {"reference": "ONNX Runtime (CPU) on this host, same seeded inputs",
+                                "max_abs_error": max_abs, "per_output_max_abs_error": errors, "ok": ok},
+                   "runtime": {"tvm": info.get("tvm"), "board": info, "tvm_target": cfg.get("tvm_target"),
+                               "rpc": {"connect_s": result["connect_s"], "upload_s": result["upload_s"]},
+                               "latency_timing": result["latency_timing"],
+                               "kernel_timing": result["kernel_timing"]}},
+        )
+
+
+# ------------------------------------------------------------------------------------------------ remote
+_CONNECT_TIMEOUT_S = float(os.environ.get("EDGEC_RPC_CONNECT_TIMEOUT", "10"))
+_SESSION_TIMEOUT_S = int(os.environ.get("EDGEC_RPC_SESSION_TIMEOUT", "600"))
+_DEVICE_FORMS = "rpc://HOST:PORT or tracker://HOST:PORT/KEY"
+
+
+@dataclass(frozen=True)
+class DeviceAddress:
+    """A parsed --device: kind 'rpc' (host, port) or 'tracker' (host, port, key)."""
+
+    kind: str
+    host: str
+    port: int
+    key: str | None = None
+
+    @property
+    def display(self) -> str:
+        return f"{self.kind}://{self.host}:{self.port}" + (f"/{self.key}" if self.key else "")
+
+
+def parse_device(device: str) -> DeviceAddress:
+    """'rpc://HOST:PORT' or 'tracker://HOST:PORT/KEY'; ConfigError naming the accepted forms otherwise."""
+    m = re.fullmatch(r"(rpc|tracker)://(\[[0-9A-Fa-f:.]+\]|[^:/\s]+):(\d{1,5})(?:/([^/\s]+))?/?", device.strip())
+    if not m or int(m.group(3)) > 65535 or (m.group(1) == "tracker") != bool(m.group(4)):
+        raise ConfigError(f"--device '{device}' is not a device address edgec knows: use local, {_DEVICE_FORMS}.")
+    return DeviceAddress(m.group(1), m.group(2).strip("[]"), int(m.group(3)), m.group(4))
+
+
+def _with_timeout(what: str, seconds: float, fn: Any) -> Any:
+    """fn() in a daemon thread; BackendUnavailable if it takes longer than `seconds` (the thread is abandoned)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name=f"edgec-rpc-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise BackendUnavailable(f"{what} did not answer within {seconds:.0f} s; is the board up and serving TVM "
+                                 "RPC? (EDGEC_RPC_CONNECT_TIMEOUT sets the limit)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _reachable(address: DeviceAddress, timeout: float) -> None:
+    import socket
+
+    what = "tracker" if address.kind == "tracker" else "board"
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise BackendUnavailable(f"Cannot reach the {what} at {address.host}:{address.port} ({brief(e, 120)}). "
+                                 f"Start it (an emulated one: scripts/arm_board.sh start --port {address.port}) "
+                                 "or check the address.") from e
+
+
+def connect(address: DeviceAddress, timeout: float | None = None) -> Any:
+    """An RPC session with the board at `address`, in bounded time (BackendUnavailable naming the address)."""
+    from tvm import rpc
+
+    timeout = _CONNECT_TIMEOUT_S if timeout is None else timeout
+    _reachable(address, timeout)
+    if address.kind == "rpc":
+        try:
+            return _with_timeout(f"The board at {address.display}", timeout,
+                                 lambda: rpc.connect(address.host, address.port, session_timeout=_SESSION_TIMEOUT_S))
+        except EdgecError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise BackendUnavailable(f"The board at {address.display} refused the RPC session: {brief(e, 200)}. "
+                                     "Is that port a TVM RPC server?") from e
+    try:
+        tracker = _with_timeout(f"The tracker at {address.host}:{address.port}", timeout,
+                                lambda: rpc.connect_tracker(address.host, address.port))
+        summary = _with_timeout(f"The tracker at {address.host}:{address.port}", timeout, tracker.summary)
+    except EdgecError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise BackendUnavailable(f"{address.host}:{address.port} is not a TVM RPC tracker: {brief(e, 200)}") from e
+    keys = sorted(k.split(":", 1)[-1] for k in (summary.get("queue_info") or {}))
+    keys += sorted({str(s.get("key", "")).split(":", 1)[-1] for s in summary.get("server_info") or []} - set(keys))
+    if address.key not in keys:
+        raise BackendUnavailable(f"The tracker at {address.host}:{address.port} has no board with key "
+                                 f"'{address.key}'; boards: {', '.join(k for k in keys if k) or 'none'}.")
+    try:
+        return _with_timeout(f"A board with key '{address.key}' from the tracker at {address.host}:{address.port}",
+                             max(timeout, 60.0), lambda: tracker.request(address.key, priority=1,
+                                                                          session_timeout=_SESSION_TIMEOUT_S,
+                                                                          max_retry=3))
+    except EdgecError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise BackendUnavailable(f"The tracker at {address.host}:{address.port} could not give a board with key "
+                                 f"'{address.key}': {brief(e, 200)}") from e
+
+
+def _remote_json(remote: Any, name: str, *args: Any) -> Any:
+    """Call the edgec board function `name` and decode its JSON; None if the server lacks it (a stock server)."""
+    import json
+
+    try:
+        func = remote.get_function(name)
+    except Exception:  # noqa: BLE001 - not an edgec board server
+        return None
+    return json.loads(func(*args))
+
+
+def remote_measure(address: DeviceAddress, model_so: Path, manifest: dict[str, Any], feeds: dict[str, Any],
+                   runs: int, warmup: int, kernel_runs: int = 5) -> dict[str, Any]:
+    """Upload, load, run once (outputs), time on the board. Remote handles stay inside this function."""
+    import time
+
+    import tvm
+
+    t0 = time.perf_counter()
+    remote = connect(address)
+    connect_s = time.perf_counter() - t0
+    info = _remote_json(remote, "edgec.board_info") or {}
+    stage = "uploading model.so"
+    try:
+        t0 = time.perf_counter()
+        remote.upload(str(model_so), target="model.so")
+        stage = "loading model.so"
+        lib = remote.load_module("model.so")
+        upload_s = time.perf_counter() - t0
+        dev = remote.cpu(0)
+        from tvm.runtime.vm import VirtualMachine
+
+        stage = "running the model"
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]]), dev) for s in manifest["inputs"]]
+        vm = VirtualMachine(lib, dev)
+        outputs = _flatten(vm["main"](*args))
+        stage = "timing the model"
+        measured = _remote_json(remote, "edgec.measure", lib, runs, warmup, kernel_runs, *args) \
+            if info else None
+        if measured is not None:
+            samples, kernels = measured["samples_ms"], measured["kernels"]
+            latency_timing = "on the board: wall clock around each run of main (no RPC in the numbers)"
+            kernel_timing = "on the board: VM instrument around each kernel call (wall clock)"
+        else:  # a stock TVM RPC server: whole-model timing only
+            vm.set_input("main", *args)
+            for _ in range(warmup):
+                vm.invoke_stateful("main")
+            timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=runs)
+            samples = [r * 1000.0 for r in timer("main").results]
+            kernels = []
+            latency_timing = "on the board: TVM time_evaluator, one run per sample"
+            kernel_timing = ("none: the board runs a stock TVM RPC server; per-kernel rows need edgec's "
+                             "board_server.py (scripts/arm_board.sh start) or --device local on the board")
+    except EdgecError:
+        raise
+    except Exception as e:  # noqa: BLE001 - find out whether the board crashed, then re-raise with context
+        raise _board_failure(address, manifest, stage, info, e) from e
+    return {"outputs": outputs, "samples_ms": samples, "kernels": kernels, "board": info,
+            "connect_s": round(connect_s, 3), "upload_s": round(upload_s, 3),
+            "latency_timing": latency_timing, "kernel_timing": kernel_timing}
+
+
+def _board_failure(address: DeviceAddress, manifest: dict[str, Any], stage: str, info: dict[str, Any],
+                   error: BaseException) -> EdgecError:
+    """The error to raise when a remote step failed: names an illegal instruction when the session crashed so."""
+    target = manifest.get("target", {})
+    tvm_target = (manifest.get("artifact", {}).get("config", {}) or {}).get("tvm_target") or {}
+    crash = None
+    crashes_before = info.get("crashes")
+    if crashes_before is not None:  # an edgec board server: ask it why the session ended
+        try:
+            remote = connect(address, timeout=min(_CONNECT_TIMEOUT_S, 10.0))
+            now = _remote_json(remote, "edgec.board_info") or {}
+            if now.get("crashes", 0) > crashes_before:
+                crash = _remote_json(remote, "edgec.last_crash")
+        except Exception:  # noqa: BLE001 - the board is gone as well: report the first error
+            crash = None
+    built_for = f"mcpu={tvm_target.get('mcpu')}, mattr={','.join(tvm_target.get('mattr') or []) or 'none'}"
+    if crash and crash.get("signal") == "SIGILL":
+        return BuildError(
+            f"model.so crashed the board at {address.display} with SIGILL (illegal instruction) while "
+            f"{stage}: it was built for {target.get('name')} ({built_for}) and the board's CPU"
+            f"{' (' + info['qemu_cpu'] + ')' if info.get('qemu_cpu') else ''} lacks an instruction set extension "
+            "the build uses (ISA mismatch). Compile for this board's target (e.g. --target rpi4 for a "
+            "Cortex-A72), or drop the extension from the target's mattr. The board keeps serving.")
+    if crash:
+        return BuildError(f"model.so crashed the board at {address.display} ({crash.get('signal')}) while {stage}"
+                          f" (built for {target.get('name')}, {built_for}): {brief(error, 200)}")
+    return BuildError(f"The board at {address.display} failed while {stage} (model built for "
+                      f"{target.get('name')}, {built_for}): {brief(error, 300)}")
+
+
+def _onnx_runtime_outputs(path: Path, feeds: dict[str, Any]) -> list[Any]:
+    """The fp32 reference for the board's outputs: the build's model.onnx in ONNX Runtime on this host."""
+    from ..model import load_model, ort_session
+
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise BackendUnavailable("Checking a board's outputs needs ONNX Runtime on this host: pip install onnxruntime")
+    session = ort_session(load_model(path).proto)
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def _flatten(value: Any) -> list[Any]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    out: list[Any] = []
+    for item in value:
+        out.extend(_flatten(item))
+    return out
+
+
+def _batch(manifest: dict[str, Any]) -> int:
+    return int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1
+
+
+def _kernel_rows(manifest: dict[str, Any], kernels: list[dict[str, Any]]) -> list[LayerRow]:
+    layer_map = manifest["artifact"].get("layer_map") or {}
+    rules = manifest["artifact"]["config"].get("kernels", {})
+    return [LayerRow(layer=k["kernel"], op=_op_name(k["symbol"]), exec=f"tvm:{rules.get(k['symbol'], '?')}",
+                     precision=manifest["precision"], time_ms=k["time_ms"], share=0.0,
+                     onnx_nodes=tuple(layer_map.get(k["kernel"], ())))
+            for k in kernels]
 
 
 # ------------------------------------------------------------------------------------------------ target
