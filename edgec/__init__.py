@@ -12,10 +12,11 @@ from .errors import BackendUnavailable, BuildError, ConfigError, EdgecError, Pas
 from .model import Model, load_model
 from .pipeline import Build, compile, profile
 from .profile import LatencyStats, LayerRow, Profile
+from .prune import PruneResult, prune
 from .target import Target, list_targets, load_target
 
 __all__ = [
-    "__version__", "compile", "profile", "load_target", "list_targets", "load_model", "Build", "Model", "Target",
+    "__version__", "compile", "profile", "prune", "PruneResult", "load_target", "list_targets", "load_model", "Build", "Model", "Target",
     "Profile", "LayerRow", "LatencyStats", "CalibrationSet", "EdgecError", "ConfigError", "BackendUnavailable",
     "BuildError", "PassError",
 ]

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="activation range estimator for int8 (default percentile 99.99)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                    help="mixed: accuracy budget in points (labelled accuracy, else top-1 agreement with fp32)")
+    c.add_argument("--prune", metavar="SPEC", help="weight sparsity on ONNX: unstructured:RATIO or 2:4 "
+                   "(channel pruning needs the PyTorch model: edgec.prune)")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
                    help="fix an input's shape (repeatable)")
     c.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/<model>-<target>-<precision>)")
@@ -111,7 +113,7 @@ def _compile(args: argparse.Namespace) -> int:
                                    recipe=args.calib_recipe) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
-                    max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
+                    max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method, prune=args.prune,
                     profile_runs=args.runs, progress=not args.quiet, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps(build.summary(), indent=2))

@@ -25,6 +25,7 @@ from .frontend import to_model
 from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
+from .passes.sparsity import parse_prune_spec
 from .passes.quantize import WeightOnlyInt8Pass
 from .profile import Profile, attach_sources
 from .report import render_html
@@ -94,7 +95,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             calibration: Any = None, *, example_inputs: Sequence[Any] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
-            profile_runs: int = 100, progress: bool = True, use_cache: bool = True) -> Build:
+            prune: str | None = None, profile_runs: int = 100, progress: bool = True,
+            use_cache: bool = True) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
     int8 and mixed need `calibration` data. `max_accuracy_drop` (points of labelled accuracy, or of top-1
@@ -110,6 +112,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         reason = getattr(backend, "precision_refusal", lambda t, p: None)(tgt, precision)
         raise ConfigError(reason or f"Precision '{precision}' on {tgt.name} ({backend.name}) is not available in "
                           f"this edgec release; available: {', '.join(backend.precisions)}.")
+    sparsity = parse_prune_spec(prune) if prune else None
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
     if precision in ("int8", "mixed") and calib is None:
         raise ConfigError(f"--precision {precision} needs calibration data: --calib PATH (.npz/.npy file or "
@@ -131,6 +134,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     key = cache.build_key({
         "edgec": __version__, "code": cache.code_fingerprint(), "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
         "precision": precision, "method": calibration_method, "budget": max_accuracy_drop, "runs": profile_runs,
+        "prune": prune,
         "data": cache.data_fingerprint(calib.source) if calib else None,
         "data_options": [calib.limit, calib.seed, calib.recipe] if calib else None})
     cacheable = use_cache and not (calib and cache.data_fingerprint(calib.source) == "uncacheable")
@@ -144,6 +148,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     staging = make_staging_dir(out)
     try:
         fp32 = job.run_pass(CleanupPass(), model_in)
+        if sparsity is not None:
+            fp32 = job.run_pass(sparsity, fp32)
         comparison: dict[str, Any] = {}
         final = fp32
         if precision in ("int8", "mixed"):
@@ -211,6 +217,7 @@ class _Job:
             "passes": list(self.pass_log),
             "quantization": model.provenance.get("quantization"),
             "dynamic_shapes": model.provenance.get("dynamic_shapes"),
+            "sparsity": model.provenance.get("sparsity"),
             "inputs": [s.to_json() for s in model.inputs], "outputs": [s.to_json() for s in model.outputs],
             "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
                          "layer_map": artifact.layer_map},

@@ -126,3 +126,26 @@ def tiny_resnet_and_mobilenet():
 
     torch.manual_seed(0)
     return ResNetLike().eval(), MobileNetLike().eval()
+
+
+def tiny_concat_model():
+    """Two conv branches concatenated, then a conv and a classifier: pruning must keep the concat consistent."""
+    import torch
+    import torch.nn as nn
+
+    class ConcatNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 32, 3, padding=1)
+            self.left = nn.Conv2d(32, 32, 3, padding=1)
+            self.right = nn.Conv2d(32, 32, 1)
+            self.fuse = nn.Conv2d(64, 64, 3, padding=1)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            x = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
+            return self.head(torch.relu(self.fuse(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    return ConcatNet().eval()

@@ -225,6 +225,9 @@ def build_config(model: Model, target: Target, precision: str) -> dict[str, Any]
             flags.append("FP16")  # layers left in float may run fp16
         if precision in ("int8", "mixed"):
             flags.append("INT8")  # TensorRT 10 still wants the flag for explicit Q/DQ networks
+    sparse = (model.provenance.get("sparsity") or {}).get("kind") == "2:4"
+    if sparse and target.options.get("sparse_tensor_cores"):
+        flags.append("SPARSE_WEIGHTS")  # Ampere+ sparse tensor cores use 2:4 weights
     dynamic = model.provenance.get("dynamic_shapes") or {}
     profiles = [{name: ranges for name, ranges in dynamic.items()}] if dynamic else []
     dla_cores = int(target.options.get("dla_cores", 0))

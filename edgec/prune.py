@@ -1,0 +1,227 @@
+"""Structured channel pruning of PyTorch models, with recovery by fine-tuning or distillation.
+
+    result = edgec.prune(model, ratio=0.3, example_inputs=(x,), target="intel-cpu", data=(images, labels),
+                         epochs=2)
+    result.model            # the pruned nn.Module (a new object; the input model is not touched)
+    result.report           # params, MACs, accuracy before/after recovery, latency before/after on the target
+
+Dependencies across residual adds, concats and depthwise convolutions are tracked by torch-pruning's
+dependency graph (a maintained library; edgec chooses importance, rounding, kept layers and recovery).
+Channel counts are rounded to the target's `[prune] round_to`: odd counts can make a pruned model slower.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .errors import BackendUnavailable, ConfigError, brief
+
+IMPORTANCE = ("l1", "l2", "taylor")
+
+
+@dataclass
+class PruneResult:
+    model: Any
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: str | None = None,
+          round_to: int | None = None, importance: str = "l2", keep: Sequence[str] = (),
+          data: Any = None, epochs: int = 0, finetune: Callable[[Any], Any] | None = None,
+          lr: float = 1e-3, temperature: float = 4.0, batch_size: int = 64, measure: bool = True,
+          progress: bool = True) -> PruneResult:
+    """Remove `ratio` of the channels of every prunable layer (except `keep` and the output layer).
+
+    `data`: (inputs, labels) tensors or (inputs,) for distillation without labels; used by the Taylor
+    importance and by the default recovery, knowledge distillation from the unpruned model for `epochs`.
+    `finetune(model)` replaces the default recovery. With a `target` whose backend runs here, dense and
+    pruned latency are measured; a pruned model that is not faster is refused.
+    """
+    try:
+        import torch_pruning as tp
+    except ImportError as e:
+        raise BackendUnavailable("Pruning needs PyTorch and torch-pruning: pip install 'edgec[prune]'") from e
+    if not 0 < ratio < 1:
+        raise ConfigError(f"Pruning ratio must be between 0 and 1 (got {ratio}).")
+    if importance not in IMPORTANCE:
+        raise ConfigError(f"Unknown importance '{importance}'; choose from {', '.join(IMPORTANCE)}.")
+    from .target import load_target
+
+    tgt = load_target(target) if target else None
+    round_to = round_to or (tgt.round_to if tgt else 1)
+    example = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+    teacher = model.eval()
+    student = copy.deepcopy(model).eval()
+    kept = _kept_modules(student, keep, example)
+    log = _Log(progress)
+    macs0, params0 = tp.utils.count_ops_and_params(student, example)
+    imp = (tp.importance.GroupTaylorImportance() if importance == "taylor"
+           else tp.importance.GroupMagnitudeImportance(p=1 if importance == "l1" else 2))
+    try:
+        pruner = tp.pruner.MetaPruner(student, example, importance=imp, pruning_ratio=ratio,
+                                      ignored_layers=[m for _, m in kept], round_to=round_to if round_to > 1 else None)
+        if importance == "taylor":
+            _taylor_gradients(student, teacher, data, batch_size)
+        pruner.step()
+    except Exception as e:
+        raise ConfigError(f"torch-pruning could not prune {type(model).__name__}: {brief(e)}. Keep the layers it "
+                          "names with keep=[...].") from e
+    student.zero_grad(set_to_none=True)
+    macs1, params1 = tp.utils.count_ops_and_params(student, example)
+    log(f"pruned {100 * ratio:.0f}% of channels (round_to={round_to}): params {params0:,} -> {params1:,}, "
+        f"MACs {macs0:,.0f} -> {macs1:,.0f}")
+    report: dict[str, Any] = {
+        "ratio": ratio, "importance": importance, "round_to": round_to, "kept": [n for n, _ in kept],
+        "params": [int(params0), int(params1)], "macs": [int(macs0), int(macs1)],
+        "channels": _channel_counts(student), "target": tgt.name if tgt else None,
+    }
+    inputs, labels = _split(data)
+    if labels is not None:
+        report["accuracy_dense"] = _accuracy(teacher, inputs, labels, batch_size)
+        report["accuracy_pruned"] = _accuracy(student, inputs, labels, batch_size)
+    if finetune is not None:
+        student = finetune(student) or student
+        report["recovery"] = "finetune callable"
+    elif inputs is not None and epochs > 0:
+        _distill(student, teacher, inputs, labels, epochs, lr, temperature, batch_size, log)
+        report["recovery"] = f"distillation from the dense model, {epochs} epochs, T={temperature}"
+    if labels is not None and report.get("recovery"):
+        report["accuracy_recovered"] = _accuracy(student, inputs, labels, batch_size)
+    student.eval()
+    if tgt is not None and measure:
+        report["latency_ms"] = _measure(teacher, student, example, tgt, log)
+        dense, pruned = report["latency_ms"]["dense"], report["latency_ms"]["pruned"]
+        if dense is not None and pruned is not None and pruned >= dense:
+            raise ConfigError(f"The {100 * ratio:.0f}%-pruned model is not faster on {tgt.name} ({pruned:.3f} ms vs "
+                              f"dense {dense:.3f} ms): edgec does not emit it. Try round_to="
+                              f"{max(8, 2 * round_to)} or a larger ratio.")
+    return PruneResult(student, report)
+
+
+class _Log:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            print(f"edgec: {text}", file=sys.stderr, flush=True)
+
+
+def _kept_modules(model: Any, patterns: Sequence[str], example: tuple) -> list[tuple[str, Any]]:
+    """Modules named by `patterns` (exact names or fnmatch patterns) plus the layer that produces the output."""
+    import torch
+
+    weighted = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    if not weighted:
+        raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layers to prune.")
+    kept = {n: m for n, m in weighted if any(n == p or fnmatch.fnmatch(n, p) for p in patterns)}
+    unknown = [p for p in patterns if not any(n == p or fnmatch.fnmatch(n, p) for n, _ in model.named_modules())]
+    if unknown:
+        raise ConfigError(f"keep names no module: {', '.join(unknown)}. Module names look like "
+                          f"{', '.join(n for n, _ in weighted[:3])}.")
+    last_name, last = weighted[-1]  # the classifier/head: its outputs are the model's outputs
+    kept.setdefault(last_name, last)
+    return list(kept.items())
+
+
+def _channel_counts(model: Any) -> dict[str, int]:
+    import torch
+
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+
+def _split(data: Any) -> tuple[Any, Any]:
+    if data is None:
+        return None, None
+    if isinstance(data, (list, tuple)):
+        return data[0], (data[1] if len(data) > 1 else None)
+    return data, None
+
+
+def _batches(n: int, size: int, shuffle: bool, seed: int = 0):
+    import torch
+
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    for i in range(0, n, size):
+        yield order[i:i + size]
+
+
+def _accuracy(model: Any, inputs: Any, labels: Any, batch_size: int) -> float:
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for idx in _batches(len(inputs), 256, False):
+            correct += int((model(inputs[idx]).argmax(1) == labels[idx]).sum())
+    return round(correct / len(inputs), 5)
+
+
+def _taylor_gradients(student: Any, teacher: Any, data: Any, batch_size: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    inputs, labels = _split(data)
+    if inputs is None:
+        raise ConfigError("importance='taylor' needs data=(inputs[, labels]) for its gradients.")
+    idx = next(_batches(len(inputs), batch_size, True))
+    student.zero_grad()
+    out = student(inputs[idx])
+    with torch.no_grad():
+        target = labels[idx] if labels is not None else teacher(inputs[idx]).argmax(1)
+    F.cross_entropy(out, target).backward()
+
+
+def _distill(student: Any, teacher: Any, inputs: Any, labels: Any, epochs: int, lr: float, temperature: float,
+             batch_size: int, log: _Log) -> None:
+    """Knowledge distillation: KL to the dense model's softened outputs, plus cross-entropy when labelled."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(inputs) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr * 3, total_steps=steps)
+    teacher.eval()
+    for epoch in range(epochs):
+        student.train()
+        t0, total = time.perf_counter(), 0.0
+        for idx in _batches(len(inputs), batch_size, True, seed=epoch):
+            x = inputs[idx]
+            with torch.no_grad():
+                soft = F.softmax(teacher(x) / temperature, dim=1)
+            out = student(x)
+            loss = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
+            if labels is not None:
+                loss = loss + F.cross_entropy(out, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        log(f"distillation epoch {epoch + 1}/{epochs}: loss {total:.2f} ({time.perf_counter() - t0:.0f}s)")
+    student.eval()
+
+
+def _measure(teacher: Any, student: Any, example: tuple, tgt: Any, log: _Log) -> dict[str, Any]:
+    """fp32 p50 latency of dense and pruned models built for `tgt` (when its backend runs here)."""
+    import tempfile
+
+    from .backends import get_backend
+    from .pipeline import compile as edgec_compile
+
+    backend = get_backend(tgt.backend)
+    if not backend.can_run_here(tgt):
+        return {"dense": None, "pruned": None, "note": f"{tgt.name} does not run here; profile on the device"}
+    with tempfile.TemporaryDirectory() as tmp:
+        p50 = {}
+        for name, m in (("dense", teacher), ("pruned", student)):
+            build = edgec_compile(m, tgt, "fp32", example_inputs=example, output_dir=f"{tmp}/{name}",
+                                  profile_runs=200, progress=False, use_cache=False)
+            p50[name] = build.report["profile"]["latency_ms"]["p50"]
+    log(f"latency on {tgt.name}: dense {p50['dense']:.3f} ms, pruned {p50['pruned']:.3f} ms "
+        f"({p50['pruned'] / p50['dense']:.2f}x)")
+    return {**p50, "ratio": round(p50["pruned"] / p50["dense"], 3), "runs": 200}

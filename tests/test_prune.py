@@ -1,0 +1,121 @@
+"""Structured pruning of PyTorch models (edgec.prune) and weight sparsity on ONNX (--prune)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import edgec
+from edgec import ConfigError
+from edgec.model import Model
+from edgec.passes.sparsity import WeightSparsityPass, parse_prune_spec
+from models import tiny_concat_model, tiny_conv_onnx, tiny_resnet_and_mobilenet
+
+
+def _convs(model):
+    import torch
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+
+@pytest.mark.requires_torch
+@pytest.mark.parametrize("which", ["resnet-like", "mobilenet-like", "concat"])
+def test_pruning_is_dependency_correct(which: str) -> None:
+    import torch
+
+    model = {"resnet-like": lambda: tiny_resnet_and_mobilenet()[0], "mobilenet-like": lambda: tiny_resnet_and_mobilenet()[1],
+             "concat": tiny_concat_model}[which]()
+    x = torch.randn(2, 3, 16, 16)
+    result = edgec.prune(model, 0.5, (x[:1],), round_to=4, measure=False, progress=False)
+    out = result.model(x)  # runs: residual adds, depthwise groups and concats stayed consistent
+    assert out.shape == model(x).shape
+    assert result.report["params"][1] < result.report["params"][0]
+    assert result.report["macs"][1] < result.report["macs"][0]
+    for name, conv in _convs(result.model).items():
+        if conv.groups > 1:
+            assert conv.groups == conv.in_channels == conv.out_channels  # depthwise stays depthwise
+    assert all(c % 4 == 0 for c in result.report["channels"].values())  # rounding honoured
+    assert sum(p.numel() for p in model.parameters()) == result.report["params"][0]  # input model untouched
+
+
+@pytest.mark.requires_torch
+def test_kept_layers_are_untouched() -> None:
+    import torch
+
+    model = tiny_concat_model()
+    result = edgec.prune(model, 0.5, (torch.zeros(1, 3, 16, 16),), keep=["stem", "le*"], measure=False, progress=False)
+    pruned = dict(result.model.named_modules())
+    assert pruned["stem"].out_channels == 32 and pruned["left"].out_channels == 32
+    assert torch.equal(pruned["stem"].weight, model.stem.weight)
+    assert pruned["head"].out_features == 10  # the output layer is always kept
+    assert result.report["kept"] == ["stem", "left", "head"]
+
+
+@pytest.mark.requires_torch
+def test_bad_pruning_requests() -> None:
+    import torch
+
+    x = (torch.zeros(1, 3, 16, 16),)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        edgec.prune(tiny_concat_model(), 1.5, x, measure=False)
+    with pytest.raises(ConfigError, match="keep names no module"):
+        edgec.prune(tiny_concat_model(), 0.3, x, keep=["nope"], measure=False)
+    with pytest.raises(ConfigError, match="needs data"):
+        edgec.prune(tiny_concat_model(), 0.3, x, importance="taylor", measure=False)
+
+
+@pytest.mark.requires_torch
+def test_recovery_training_improves_the_pruned_model() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = tiny_concat_model()
+    x = torch.randn(256, 3, 16, 16)
+    y = torch.randint(0, 10, (256,), generator=torch.Generator().manual_seed(0))  # labels to fit
+    plain = edgec.prune(model, 0.5, (x[:1],), measure=False, progress=False, data=(x, y))
+    recovered = edgec.prune(model, 0.5, (x[:1],), measure=False, progress=False, data=(x, y), epochs=8, lr=3e-3)
+    assert recovered.report["accuracy_recovered"] > plain.report["accuracy_pruned"]
+    calls = []
+    edgec.prune(model, 0.5, (x[:1],), measure=False, progress=False, finetune=lambda m: calls.append(m))
+    assert len(calls) == 1
+
+
+def test_onnx_unstructured_and_2_4_sparsity() -> None:
+    model = Model(tiny_conv_onnx())
+    half = WeightSparsityPass("unstructured", 0.5).run(model)
+    w = numpy_helper.to_array(next(t for t in half.proto.graph.initializer if t.name == "w2"))
+    assert abs((w == 0).mean() - 0.5) < 0.02
+    assert half.provenance["sparsity"]["kind"] == "unstructured"
+    two4 = WeightSparsityPass("2:4", 0.5).run(model)
+    w = numpy_helper.to_array(next(t for t in two4.proto.graph.initializer if t.name == "w2"))  # [8, 8, 3, 3]
+    groups = np.moveaxis(w, 1, -1).reshape(-1, 4)
+    assert ((groups != 0).sum(1) <= 2).all()
+    onnx.checker.check_model(two4.proto)
+
+
+def test_prune_spec_parsing() -> None:
+    assert parse_prune_spec("2:4").kind == "2:4"
+    assert parse_prune_spec("unstructured:0.3").ratio == 0.3
+    with pytest.raises(ConfigError, match="needs the PyTorch model"):
+        parse_prune_spec("channels:0.3")
+    for bad in ("unstructured:2", "unstructured:x", "3:8"):
+        with pytest.raises(ConfigError, match="Bad --prune"):
+            parse_prune_spec(bad)
+
+
+def test_cli_prune_2_4_for_jetson_sets_sparse_weights(tmp_path: Path, tiny_onnx: Path, capsys) -> None:
+    from edgec.cli import main
+
+    code = main(["compile", str(tiny_onnx), "--target", "jetson", "--precision", "fp16", "--prune", "2:4",
+                 "-o", str(tmp_path / "o"), "-q"])
+    assert code == 0, capsys.readouterr().err
+    build = json.loads((tmp_path / "o" / "build.json").read_text())
+    assert "SPARSE_WEIGHTS" in build["builder_flags"]
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["sparsity"]["kind"] == "2:4" and "weight-sparsity" in [p["name"] for p in manifest["passes"]]
+    code = main(["compile", str(tiny_onnx), "--target", "jetson", "--prune", "channels:0.3", "-o", str(tmp_path / "p")])
+    assert code == 2 and "edgec.prune" in capsys.readouterr().err
