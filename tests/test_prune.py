@@ -119,3 +119,18 @@ def test_cli_prune_2_4_for_jetson_sets_sparse_weights(tmp_path: Path, tiny_onnx:
     assert manifest["sparsity"]["kind"] == "2:4" and "weight-sparsity" in [p["name"] for p in manifest["passes"]]
     code = main(["compile", str(tiny_onnx), "--target", "jetson", "--prune", "channels:0.3", "-o", str(tmp_path / "p")])
     assert code == 2 and "edgec.prune" in capsys.readouterr().err
+
+
+@pytest.mark.requires_torch
+@pytest.mark.requires_openvino
+def test_pruned_model_is_measured_on_the_target_and_never_slower() -> None:
+    import torch
+
+    model = tiny_concat_model()
+    try:
+        result = edgec.prune(model, 0.5, (torch.zeros(1, 3, 32, 32),), target="intel-cpu", progress=False)
+    except ConfigError as e:  # refusing a pruned model that is not faster is the contract too
+        assert "not faster" in str(e)
+        return
+    lat = result.report["latency_ms"]
+    assert lat["pruned"] < lat["dense"] and lat["ratio"] < 1.0
