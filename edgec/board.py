@@ -59,14 +59,20 @@ def serve(port: int = 9090, cpu: str = "cortex-a72", key: str | None = None, tra
     """Run a board in the foreground until interrupted (`edgec board start`); returns the server's exit code."""
     if not is_set_up():
         raise BackendUnavailable(f"No emulated board in {board_dir()}: run edgec board setup first.")
+    return subprocess.run(_start_argv(port, cpu, host, key, tracker)).returncode
+
+
+def _start_argv(port: int, cpu: str, host: str, key: str | None, tracker: str | None) -> list[str]:
+    """`arm_board.sh start ...` for a board on `port` (registered with `tracker` under `key` when given)."""
     if tracker and not key:
-        raise ConfigError("--tracker needs --key (the name clients ask the tracker for, e.g. rpi4).")
+        raise ConfigError("A board registered with a tracker needs a key, the name clients ask the tracker for "
+                          "(--key rpi4, or key='rpi4').")
     argv = ["bash", str(_script()), "start", "--port", str(port), "--cpu", cpu, "--host", host]
     if key:
         argv += ["--key", key]
     if tracker:
         argv += ["--tracker", tracker]
-    return subprocess.run(argv).returncode
+    return argv
 
 
 class BoardProcess:
@@ -160,13 +166,7 @@ def start_board(port: int = 9090, cpu: str = "cortex-a72", key: str | None = Non
     if not is_set_up():
         raise BackendUnavailable(f"No emulated board in {board_dir()}: run scripts/arm_board.sh setup "
                                  "(or edgec board setup) first.")
-    if tracker and not key:
-        raise ConfigError("A board registered with a tracker needs a key (e.g. key='rpi4').")
-    argv = ["bash", str(_script()), "start", "--port", str(port), "--cpu", cpu, "--host", host]
-    if key:
-        argv += ["--key", key]
-    if tracker:
-        argv += ["--tracker", tracker]
+    argv = _start_argv(port, cpu, host, key, tracker)
     log = _log_path(f"board-{port}.log")
     log.write_text("")
     handle = BoardProcess(_spawn(argv, log), host, port, log, f"board ({cpu})")

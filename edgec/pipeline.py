@@ -131,13 +131,13 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     if model_in.provenance.get("kind") == "torch":
         import torch
         versions["torch"] = torch.__version__
+    data_print = cache.data_fingerprint(calib.source) if calib else None  # hashes every calibration file: once
     key = cache.build_key({
         "edgec": __version__, "code": cache.code_fingerprint(), "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
         "precision": precision, "method": calibration_method, "budget": max_accuracy_drop, "runs": profile_runs,
-        "prune": prune,
-        "data": cache.data_fingerprint(calib.source) if calib else None,
+        "prune": prune, "data": data_print,
         "data_options": [calib.limit, calib.seed, calib.recipe] if calib else None})
-    cacheable = use_cache and not (calib and cache.data_fingerprint(calib.source) == "uncacheable")
+    cacheable = use_cache and data_print != "uncacheable"
     entry = cache.lookup(key) if cacheable else None
     if entry is not None:
         with steps.step(f"reusing the cached build {entry}"):
@@ -158,7 +158,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             final = job.run_pass(Fp16Pass(), fp32)
         elif precision == "int8-weights":
             if job.backend.can_run_here(tgt):
-                comparison["fp32"], _ = job.variant(fp32, fp32, "fp32", staging / ".fp32", max(20, profile_runs // 2))
+                comparison["fp32"], _ = job.variant(fp32, fp32, "fp32", staging / ".fp32")
             final = job.run_pass(WeightOnlyInt8Pass(), fp32)
         manifest, report = job.build_and_check(final, fp32, precision, staging, profile_runs)
         if comparison:
@@ -192,6 +192,15 @@ class _Job:
         self.versions, self.model_in = versions, model_in
         self.pass_log: list[dict[str, Any]] = []
         self.mixed: dict[str, Any] | None = None
+        self._reference: tuple[Samples, list[Any]] | None = None
+
+    def reference(self, fp32: Model) -> tuple[Samples, list[Any]]:
+        """Validation samples and the fp32 ONNX Runtime outputs on them: computed once per compile, shared by
+        the final build and every comparison variant."""
+        if self._reference is None:
+            samples = _validation_samples(fp32, self.calib)
+            self._reference = (samples, accuracy.collect(accuracy.onnx_runtime_runner(fp32.proto), samples))
+        return self._reference
 
     def run_pass(self, p: Any, model: Model) -> Model:
         t0 = time.perf_counter()
@@ -227,7 +236,7 @@ class _Job:
         if not self.backend.can_run_here(self.tgt):
             if getattr(self.backend, "onnx_fidelity", False):
                 with self.steps.step(f"checking {precision} model.onnx with ONNX Runtime (the device runs this function)"):
-                    report["accuracy"] = _verify(fp32, accuracy.onnx_runtime_runner(model.proto), self.calib, precision)
+                    report["accuracy"] = _verify(self.reference(fp32), accuracy.onnx_runtime_runner(model.proto), precision)
                 report["accuracy"]["runtime"] = (f"onnxruntime on this {platform.machine()} machine, executing the "
                                                  f"bundle's model.onnx; {self.backend.name} itself runs on the device")
             else:
@@ -235,7 +244,7 @@ class _Job:
                                                  f"{platform.machine()} machine; run edgec profile on the device"}
             return manifest, report
         with self.steps.step(f"checking {precision} accuracy against the fp32 ONNX Runtime reference"):
-            report["accuracy"] = _verify(fp32, self.backend.runner(folder, manifest), self.calib, precision)
+            report["accuracy"] = _verify(self.reference(fp32), self.backend.runner(folder, manifest), precision)
         with self.steps.step(f"profiling {precision} ({runs} runs)"):
             prof = _profile_folder(folder, manifest, "local", runs, warmup=10)
         write_json_atomic(folder / "profile.json", prof.to_json())
@@ -248,10 +257,9 @@ class _Job:
         from .passes.mixed import layer_times, make_evaluator, search_mixed
         from .passes.quantize import calibrate
 
-        runs = max(20, self.runs // 2)
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
-            comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32", runs)
+            comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")
         placement = getattr(self.backend, "qdq_placement", self.backend.name)
         t0 = time.perf_counter()
         with self.steps.step(f"calibrating int8 ranges ({method}) for {placement}"):
@@ -266,7 +274,7 @@ class _Job:
             return int8
         gains = None
         if fp32_layers is not None:
-            comparison["int8"], int8_layers = self.variant(int8, fp32, "int8", staging / ".int8", runs)
+            comparison["int8"], int8_layers = self.variant(int8, fp32, "int8", staging / ".int8")
             t32 = layer_times(fp32_layers, calibrated.plan.nodes)
             t8 = layer_times(int8_layers, calibrated.plan.nodes)
             gains = {n: t32[n] - t8.get(n, 0.0) for n in t32}
@@ -296,10 +304,10 @@ class _Job:
                   f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
         return calibrated.quantized(result.keep_float)
 
-    def variant(self, model: Model, fp32: Model, precision: str, folder: Path,
-                runs: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Build, check and profile a comparison build in `folder`, then remove it: (summary, layer rows)."""
-        manifest, report = self.build_and_check(model, fp32, precision, folder, runs)
+    def variant(self, model: Model, fp32: Model, precision: str, folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Build, check and profile a comparison build in `folder` (half the runs, at least 20), then remove it:
+        (summary, layer rows)."""
+        manifest, report = self.build_and_check(model, fp32, precision, folder, max(20, self.runs // 2))
         summary = _summarize(report, folder, manifest["artifact"]["files"])
         shutil.rmtree(folder, ignore_errors=True)
         return summary, report["profile"]["layers"]
@@ -371,10 +379,9 @@ def _profile_folder(out: Path, manifest: dict[str, Any], device: str, runs: int,
     return prof
 
 
-def _verify(model: Model, runner: accuracy.Runner, calib: CalibrationSet | None, precision: str) -> dict[str, Any]:
-    samples = _validation_samples(model, calib)
-    reference = accuracy.collect(accuracy.onnx_runtime_runner(model.proto), samples)
-    result = accuracy.compare(reference, accuracy.collect(runner, samples), samples.labels)
+def _verify(reference: tuple[Samples, list[Any]], runner: accuracy.Runner, precision: str) -> dict[str, Any]:
+    samples, outputs = reference
+    result = accuracy.compare(outputs, accuracy.collect(runner, samples), samples.labels)
     result["data"] = samples.description
     floor = _COSINE_FLOOR.get(precision)
     if floor is not None:
