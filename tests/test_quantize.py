@@ -117,8 +117,9 @@ def test_bias_correction_removes_the_mean_shift() -> None:
     x = (rng.random((64, 3, 16, 16), dtype=np.float32) + 2.0)  # large positive mean exposes weight error
     calib = CalibrationSet({"x": x})
     model = _model()
-    plain = calibrate(model, calib, "openvino", "minmax", bias_correction=False).quantized().proto
-    corrected = calibrate(model, calib, "openvino", "minmax", bias_correction=True).quantized().proto
+    plain = calibrate(model, calib, "openvino", "minmax", bias_correction=False, weight_rounding="nearest").quantized().proto
+    corrected = calibrate(model, calib, "openvino", "minmax", bias_correction=True,
+                          weight_rounding="nearest").quantized().proto
     ref = _run(model.proto, x)
     shift_plain = np.abs((_run(plain, x) - ref).mean(0)).mean()
     shift_corrected = np.abs((_run(corrected, x) - ref).mean(0)).mean()

@@ -36,7 +36,7 @@ pass's job. Entropy and MSE search symmetric thresholds on |x|. For a non-negati
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -420,16 +420,20 @@ def collect_ranges(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[str,
 
 def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
                        method: str = "minmax", symmetric: bool = False, means_of: Sequence[str] = (),
-                       progress: Callable[[int], None] | None = None, **observer_kw: Any) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
+                       progress: Callable[[int], None] | None = None,
+                       extra: Mapping[str, Sequence[Any]] | None = None,
+                       **observer_kw: Any) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
     """collect_ranges, plus per-channel means of the tensors in `means_of`, in the same single pass.
 
-    `progress(samples_done)` is called after each sample.
+    `extra` maps tensor names to more observers (anything with `update(array)`, e.g. gptq.InputHessian)
+    that see the same values. `progress(samples_done)` is called after each sample.
     """
     import onnx
 
     range_names = list(dict.fromkeys(tensors))
     mean_names = list(dict.fromkeys(means_of))
-    names = list(dict.fromkeys(range_names + mean_names))
+    extra = {k: list(v) for k, v in (extra or {}).items() if v}
+    names = list(dict.fromkeys(range_names + mean_names + list(extra)))
     if not names:
         return {}, {}
     observers = {name: make_observer(method, **observer_kw) for name in range_names}
@@ -470,6 +474,8 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
                     observers[name].update(value)
                 if name in mean_observers:
                     mean_observers[name].update(value)
+                for obs in extra.get(name, ()):
+                    obs.update(value)
             except ValueError as e:
                 raise PassError(f"calibrate: tensor '{name}' on calibration sample #{i}: {e}") from e
         del values

@@ -127,11 +127,14 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, float]], placement: Placement,
-               keep_float: Iterable[str] = (), channel_means: Mapping[str, np.ndarray] | None = None) -> Any:
+               keep_float: Iterable[str] = (), channel_means: Mapping[str, np.ndarray] | None = None,
+               weight_codes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
     """A copy of `proto` with Q/DQ for every planned node except those in `keep_float`.
 
-    With `channel_means` (per-channel means of each weighted node's input on calibration data), the
-    bias of each Conv/Gemm absorbs the mean output shift its int8 weights cause (bias correction).
+    Weights in `weight_codes` ({initializer: (int8, scales)}, e.g. rounded by GPTQ) are used as given;
+    the others are rounded to nearest, and with `channel_means` (per-channel means of each weighted
+    node's input on calibration data) the bias of each such Conv/Gemm absorbs the mean output shift
+    its int8 weights cause (bias correction).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -171,9 +174,10 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
         if name in plan.weights:
             wname, axis = plan.weights[name]
             w = numpy_helper.to_array(inits[wname])
-            q, scale = quantize_weight(w, axis)
+            given = (weight_codes or {}).get(wname)
+            q, scale = given if given is not None else quantize_weight(w, axis)
             data = node.input[0] if node.input[0] not in act_dq.values() else _source_of(node.input[0], act_dq)
-            if channel_means is not None and data in channel_means:
+            if given is None and channel_means is not None and data in channel_means:
                 new_inits += _correct_bias(node, w, _dequantize(q, scale, axis), channel_means[data], inits)
             if wname not in weight_dq:
                 base = _safe(wname)
@@ -269,16 +273,18 @@ class Int8QuantizePass:
     observer_options: Mapping[str, Any] = field(default_factory=dict)
     keep_float: tuple[str, ...] = ()
     bias_correction: bool = True
+    weight_rounding: str = "gptq"
     name: str = "quantize-int8"
 
     def config(self) -> dict[str, Any]:
         return {"placement": self.placement, "method": self.method, "observer_options": dict(self.observer_options),
                 "keep_float": list(self.keep_float), "bias_correction": self.bias_correction,
+                "weight_rounding": self.weight_rounding,
                 "calibration_limit": self.calibration.limit, "calibration_seed": self.calibration.seed}
 
     def run(self, model: Model) -> Model:
         calibrated = calibrate(model, self.calibration, self.placement, self.method, self.observer_options,
-                               self.bias_correction)
+                               self.bias_correction, weight_rounding=self.weight_rounding)
         return calibrated.quantized(self.keep_float)
 
 
@@ -293,23 +299,33 @@ class Calibrated:
     placement: Placement
     samples: str
     seconds: float
+    weight_codes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # GPTQ-rounded weights
 
     def quantized(self, keep_float: Iterable[str] = ()) -> Model:
         keep = tuple(keep_float)
         unknown = sorted(set(keep) - set(self.plan.nodes))
         if unknown:
             raise ConfigError(f"keep_float names nodes that are not quantizable here: {', '.join(unknown)}.")
-        proto = insert_qdq(self.model.proto, self.plan, self.ranges, self.placement, keep, self.channel_means)
+        proto = insert_qdq(self.model.proto, self.plan, self.ranges, self.placement, keep, self.channel_means,
+                           self.weight_codes)
         provenance = {**self.model.provenance, "quantization": {
             "placement": self.placement.name, "int8_nodes": len(self.plan.nodes) - len(keep),
+            "gptq_weights": len(self.weight_codes),
             "float_nodes": list(keep), "calibration": self.samples}}
         return Model(proto, provenance)
 
 
 def calibrate(model: Model, calibration: CalibrationSet | None, placement: str = "openvino",
               method: str = "percentile", observer_options: Mapping[str, Any] | None = None,
-              bias_correction: bool = True, progress: Callable[[int, int], None] | None = None) -> Calibrated:
-    """Phase 1: plan Q/DQ for the backend and stream the calibration samples through observers."""
+              bias_correction: bool = True, progress: Callable[[int, int], None] | None = None,
+              weight_rounding: str = "gptq") -> Calibrated:
+    """Phase 1: plan Q/DQ for the backend and stream the calibration samples through observers.
+
+    weight_rounding "gptq" (default) rounds weights to minimise each layer's output error on the
+    calibration inputs (passes/gptq.py; bias correction then applies only to layers GPTQ cannot take);
+    "nearest" rounds each weight to its nearest level.
+    """
+    from . import gptq
     from .calibrate import collect_statistics
 
     if calibration is None:
@@ -324,17 +340,29 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     if len(samples) < MIN_CALIBRATION_SAMPLES:
         raise ConfigError(f"int8 calibration needs at least {MIN_CALIBRATION_SAMPLES} samples; {samples.description} "
                           "has fewer. A few hundred representative inputs are typical.")
+    if weight_rounding not in ("gptq", "nearest"):
+        raise ConfigError(f"Unknown weight rounding '{weight_rounding}'; choose gptq or nearest.")
     plan = plan_quantization(model.proto, PLACEMENTS[placement])
     if not plan.nodes:
         raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights.")
     t0 = time.perf_counter()
     means_of = [plan.activations[n][0] for n in plan.weights if plan.activations.get(n)] if bias_correction else []
+    hessians: dict[str, Any] = {}
+    if weight_rounding == "gptq":
+        nodes = {n.name: n for n in model.proto.graph.node}
+        shapes = {t.name: tuple(t.dims) for t in model.proto.graph.initializer}
+        hessians = {n: gptq.InputHessian(nodes[n], shapes[w]) for n, (w, _) in plan.weights.items()
+                    if plan.activations.get(n) and gptq.supports(nodes[n], shapes[w])}
+    extra: dict[str, list[Any]] = {}
+    for n, hess in hessians.items():
+        extra.setdefault(plan.activations[n][0], []).append(hess)
     ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
                                        symmetric=PLACEMENTS[placement].symmetric_activations, means_of=means_of,
                                        progress=(lambda done: progress(done, len(samples))) if progress else None,
-                                       **dict(observer_options or {}))
+                                       extra=extra, **dict(observer_options or {}))
+    codes = gptq.round_weights(model.proto, hessians, plan.weights) if hessians else {}
     return Calibrated(model, plan, ranges, means if bias_correction else None, PLACEMENTS[placement],
-                      samples.description, round(time.perf_counter() - t0, 3))
+                      samples.description, round(time.perf_counter() - t0, 3), codes)
 
 
 

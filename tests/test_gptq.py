@@ -1,0 +1,105 @@
+"""GPTQ weight rounding: the Hessians it needs, and that it lowers the layer output error it promises to."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from edgec import CalibrationSet
+from edgec.model import Model
+from edgec.passes.gptq import InputHessian, gptq_quantize, im2col
+from edgec.passes.quantize import _dequantize, calibrate, quantize_weight
+
+
+def _conv_node(group: int = 1, stride: int = 1, pads=(1, 1, 1, 1)):
+    return helper.make_node("Conv", ["x", "w"], ["y"], group=group, strides=[stride, stride], pads=list(pads),
+                            kernel_shape=[3, 3])
+
+
+def test_im2col_matches_a_direct_convolution() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 7, 6)).astype(np.float32)
+    w = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
+    cols = im2col(x, (3, 3), (2, 2), (1, 0, 1, 2), (1, 1))             # [C, 9, L]
+    y = w.reshape(5, -1) @ cols.reshape(-1, cols.shape[2])
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], pads=[1, 0, 1, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 7, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x[None]})[0]
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_hessian_is_one_small_matrix_per_channel() -> None:
+    x = np.random.default_rng(1).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    hess = InputHessian(_conv_node(group=3), (3, 1, 3, 3))
+    hess.update(x)
+    h = hess.hessian()
+    assert h.shape == (3, 9, 9)
+    cols = np.concatenate([im2col(s, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)) for s in x], axis=2)  # [3, 9, 2*25]
+    expected = np.einsum("cil,cjl->cij", cols, cols) / cols.shape[2]
+    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hessian_stops_after_its_sample_budget() -> None:
+    hess = InputHessian(helper.make_node("MatMul", ["x", "w"], ["y"]), (4, 2), max_samples=3)
+    for _ in range(10):
+        hess.update(np.ones((1, 4), np.float32))
+    assert hess.samples == 3 and hess.rows == 3
+
+
+def test_gptq_lowers_output_error_on_correlated_inputs() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(2000, 4))
+    x = np.concatenate([base, base @ rng.normal(size=(4, 28)) + 0.05 * rng.normal(size=(2000, 28))], 1)  # rank ~4
+    w = rng.normal(size=(16, 32)).astype(np.float32)  # Gemm transB=1 layout: [out, in]
+    hess = InputHessian(helper.make_node("Gemm", ["x", "w"], ["y"], transB=1), w.shape)
+    hess.max_samples = len(x)
+    hess.update(x.astype(np.float32))
+    q_gptq, scale = gptq_quantize(w, 0, hess.hessian())
+    q_near, scale_near = quantize_weight(w, 0)
+    np.testing.assert_array_equal(scale, scale_near)                   # same grid, only the rounding differs
+    assert q_gptq.dtype == np.int8 and np.abs(q_gptq).max() <= 127
+    err = {name: np.mean((x @ (_dequantize(q, scale, 0) - w).T) ** 2) for name, q in (("gptq", q_gptq), ("near", q_near))}
+    assert err["gptq"] < 0.5 * err["near"]
+
+
+def test_calibrate_uses_gptq_by_default_and_nearest_on_request() -> None:
+    from models import tiny_conv_onnx
+
+    model = Model(tiny_conv_onnx(), {"source": "tiny", "kind": "onnx"})
+    x = np.random.default_rng(3).random((24, 3, 16, 16), dtype=np.float32)
+    gptq = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax")
+    near = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax", weight_rounding="nearest")
+    assert set(gptq.weight_codes) == {w for w, _ in gptq.plan.weights.values()} and not near.weight_codes
+    onnx.checker.check_model(gptq.quantized().proto)
+
+    def out(proto):
+        s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([s.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+    ref = out(model.proto)
+    assert np.abs(out(gptq.quantized().proto) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_gptq_lowers_conv_output_error_on_smooth_images() -> None:
+    rng = np.random.default_rng(4)
+    noise = rng.normal(size=(8, 4, 20, 20))
+    x = (noise + np.roll(noise, 1, 2) + np.roll(noise, 1, 3) + np.roll(noise, (1, 1), (2, 3))).astype(np.float32)
+    # regular: 36 inputs per output share errors; depthwise: only 9, so less room to gain
+    for group, w_shape, bound in ((1, (8, 4, 3, 3), 0.8), (4, (4, 1, 3, 3), 0.95)):
+        w = rng.normal(size=w_shape).astype(np.float32)
+        hess = InputHessian(_conv_node(group=group), w_shape, max_samples=len(x))
+        hess.update(x)
+        q_gptq, scale = gptq_quantize(w, 0, hess.hessian())
+        q_near, _ = quantize_weight(w, 0)
+        cols = np.concatenate([im2col(s, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)) for s in x], 2)
+        cols = cols.reshape(group, -1, cols.shape[2])
+
+        def err(q):
+            dw = (_dequantize(q, scale, 0) - w).reshape(group, w_shape[0] // group, -1)
+            return np.mean(np.einsum("god,gdl->gol", dw, cols) ** 2)
+
+        assert err(q_gptq) < bound * err(q_near), group
