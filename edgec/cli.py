@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--weight-rounding", default="gptq", choices=["gptq", "nearest"],
                    help="int8 weight rounding: gptq minimises each layer's output error on the calibration "
                         "data (default); nearest rounds each weight alone")
+    c.add_argument("--range-search", type=int, default=64, metavar="N",
+                   help="int8: choose each activation range by the model's output error on N calibration samples "
+                        "(default 64; 0 = off, faster)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                    help="mixed: accuracy budget in points (labelled accuracy, else top-1 agreement with fp32)")
     c.add_argument("--prune", metavar="SPEC", help="weight sparsity on ONNX: unstructured:RATIO or 2:4 "
@@ -117,7 +120,7 @@ def _compile(args: argparse.Namespace) -> int:
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
-                    weight_rounding=args.weight_rounding, prune=args.prune,
+                    weight_rounding=args.weight_rounding, range_search=args.range_search, prune=args.prune,
                     profile_runs=args.runs, progress=not args.quiet, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps(build.summary(), indent=2))

@@ -95,12 +95,13 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             calibration: Any = None, *, example_inputs: Sequence[Any] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
-            weight_rounding: str = "gptq", prune: str | None = None, profile_runs: int = 100, progress: bool = True,
+            weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None, profile_runs: int = 100, progress: bool = True,
             use_cache: bool = True) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
     int8 and mixed need `calibration` data; `weight_rounding` is "gptq" (error-compensating, passes/gptq.py)
-    or "nearest". `max_accuracy_drop` (points of labelled accuracy, or of top-1
+    or "nearest"; `range_search` calibration samples judge candidate activation ranges by the model's output
+    (passes/range_search.py; 0 turns it off). `max_accuracy_drop` (points of labelled accuracy, or of top-1
     agreement with fp32 without labels) is the budget for `mixed`. Writes `output_dir` atomically: on
     any failure or interrupt the previous folder (or nothing) remains.
     """
@@ -118,6 +119,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     if precision in ("int8", "mixed") and calib is None:
         raise ConfigError(f"--precision {precision} needs calibration data: --calib PATH (.npz/.npy file or "
                           "folder), or calibration=... in Python.")
+    if not isinstance(range_search, int) or range_search < 0:
+        raise ConfigError(f"range_search must be a sample count >= 0 (0 turns it off), got {range_search!r}.")
     if weight_rounding not in ("gptq", "nearest"):
         raise ConfigError(f"Unknown weight rounding '{weight_rounding}': choose gptq (default) or nearest.")
     if precision == "mixed" and max_accuracy_drop is None:
@@ -137,7 +140,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     data_print = cache.data_fingerprint(calib.source) if calib else None  # hashes every calibration file: once
     key = cache.build_key({
         "edgec": __version__, "code": cache.code_fingerprint(), "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
-        "precision": precision, "method": calibration_method, "rounding": weight_rounding, "budget": max_accuracy_drop, "runs": profile_runs,
+        "precision": precision, "method": calibration_method, "rounding": weight_rounding, "range_search": range_search, "budget": max_accuracy_drop, "runs": profile_runs,
         "prune": prune, "data": data_print,
         "data_options": [calib.limit, calib.seed, calib.recipe] if calib else None})
     cacheable = use_cache and data_print != "uncacheable"
@@ -157,7 +160,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         final = fp32
         if precision in ("int8", "mixed"):
             final = job.quantize(fp32, precision, staging, comparison, calibration_method, max_accuracy_drop,
-                                 weight_rounding)
+                                 weight_rounding, range_search)
         elif precision == "fp16" and getattr(backend, "wants_fp16_graph", lambda t: False)(tgt):
             final = job.run_pass(Fp16Pass(), fp32)
         elif precision == "int8-weights":
@@ -256,7 +259,7 @@ class _Job:
         return manifest, report
 
     def quantize(self, fp32: Model, precision: str, staging: Path, comparison: dict[str, Any], method: str,
-                 max_drop: float | None, weight_rounding: str = "gptq") -> Model:
+                 max_drop: float | None, weight_rounding: str = "gptq", range_search: int = 64) -> Model:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
         from .passes.mixed import layer_times, make_evaluator, search_mixed
         from .passes.quantize import calibrate
@@ -268,11 +271,13 @@ class _Job:
         t0 = time.perf_counter()
         with self.steps.step(f"calibrating int8 ranges ({method}) for {placement}"):
             calibrated = calibrate(fp32, self.calib, placement, method, progress=self.steps.counter("samples"),
-                                   weight_rounding=weight_rounding)
+                                   weight_rounding=weight_rounding, range_search=range_search,
+                                   search_progress=self.steps.counter("tensors searched"))
         self.pass_log.append({"name": "calibrate", "config": {"method": method, "placement": placement,
                                                               "weight_rounding": weight_rounding,
                                                               "gptq_weights": len(calibrated.weight_codes),
                                                               "bias_correction": "layers not rounded by GPTQ",
+                                                              "range_search": calibrated.range_search,
                                                               "data": calibrated.samples},
                               "seconds": round(time.perf_counter() - t0, 3)})
         int8 = calibrated.quantized()

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..calibration import CalibrationSet
 from ..errors import ConfigError, PassError
-from ..model import Model
+from ..model import Model, ort_session
 
 _WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 MIN_CALIBRATION_SAMPLES = 8  # below this, activation ranges are guesses
@@ -274,17 +274,19 @@ class Int8QuantizePass:
     keep_float: tuple[str, ...] = ()
     bias_correction: bool = True
     weight_rounding: str = "gptq"
+    range_search: int = 0
     name: str = "quantize-int8"
 
     def config(self) -> dict[str, Any]:
         return {"placement": self.placement, "method": self.method, "observer_options": dict(self.observer_options),
                 "keep_float": list(self.keep_float), "bias_correction": self.bias_correction,
-                "weight_rounding": self.weight_rounding,
+                "weight_rounding": self.weight_rounding, "range_search": self.range_search,
                 "calibration_limit": self.calibration.limit, "calibration_seed": self.calibration.seed}
 
     def run(self, model: Model) -> Model:
         calibrated = calibrate(model, self.calibration, self.placement, self.method, self.observer_options,
-                               self.bias_correction, weight_rounding=self.weight_rounding)
+                               self.bias_correction, weight_rounding=self.weight_rounding,
+                               range_search=self.range_search)
         return calibrated.quantized(self.keep_float)
 
 
@@ -300,6 +302,7 @@ class Calibrated:
     samples: str
     seconds: float
     weight_codes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # GPTQ-rounded weights
+    range_search: dict[str, Any] | None = None  # what the activation range search did, if it ran
 
     def quantized(self, keep_float: Iterable[str] = ()) -> Model:
         keep = tuple(keep_float)
@@ -318,14 +321,16 @@ class Calibrated:
 def calibrate(model: Model, calibration: CalibrationSet | None, placement: str = "openvino",
               method: str = "percentile", observer_options: Mapping[str, Any] | None = None,
               bias_correction: bool = True, progress: Callable[[int, int], None] | None = None,
-              weight_rounding: str = "gptq") -> Calibrated:
+              weight_rounding: str = "gptq", range_search: int = 0,
+              search_progress: Callable[[int, int], None] | None = None) -> Calibrated:
     """Phase 1: plan Q/DQ for the backend and stream the calibration samples through observers.
 
     weight_rounding "gptq" (default) rounds weights to minimise each layer's output error on the
     calibration inputs (passes/gptq.py; bias correction then applies only to layers GPTQ cannot take);
-    "nearest" rounds each weight to its nearest level.
+    "nearest" rounds each weight to its nearest level. `range_search` > 0: then refine activation ranges
+    by the model's output error on that many calibration samples (passes/range_search.py).
     """
-    from . import gptq
+    from . import gptq, range_search as rs
     from .calibrate import collect_statistics
 
     if calibration is None:
@@ -356,13 +361,37 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     extra: dict[str, list[Any]] = {}
     for n, hess in hessians.items():
         extra.setdefault(plan.activations[n][0], []).append(hess)
+    histograms = {t: rs.PercentileObserver() for t in plan.tensors()} if range_search > 0 else {}
+    for t, obs in histograms.items():
+        extra.setdefault(t, []).append(obs)
     ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
                                        symmetric=PLACEMENTS[placement].symmetric_activations, means_of=means_of,
                                        progress=(lambda done: progress(done, len(samples))) if progress else None,
                                        extra=extra, **dict(observer_options or {}))
     codes = gptq.round_weights(model.proto, hessians, plan.weights) if hessians else {}
-    return Calibrated(model, plan, ranges, means if bias_correction else None, PLACEMENTS[placement],
-                      samples.description, round(time.perf_counter() - t0, 3), codes)
+    means = means if bias_correction else None
+    search_log = None
+    if histograms:
+        ranges, search_log = _search_ranges(model, plan, ranges, means, codes, PLACEMENTS[placement], histograms,
+                                            rs.search_subset(samples, range_search), search_progress)
+    return Calibrated(model, plan, ranges, means, PLACEMENTS[placement], samples.description,
+                      round(time.perf_counter() - t0, 3), codes, search_log)
+
+
+def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,
+                   histograms: Mapping[str, Any], subset: Any, progress: Callable[[int, int], None] | None) -> tuple[dict, dict]:
+    from . import range_search as rs
+    from .mixed import make_evaluator
+
+    reference = np.concatenate([ort_session(model.proto).run(None, feed)[0] for feed in subset.feeds]).astype(np.float64)
+    evaluate = make_evaluator(subset, reference)
+    order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ())))
+    candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in order}
+    searched, log = rs.search_ranges(
+        ranges, order, candidates, lambda r: Model(insert_qdq(model.proto, plan, r, placement, (), means, codes), {}),
+        lambda m: evaluate(m).error, (lambda done: progress(done, len(order))) if progress else None)
+    log["samples"] = subset.description
+    return searched, log
 
 
 
