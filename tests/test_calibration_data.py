@@ -124,3 +124,29 @@ def test_cli_int8_with_an_image_folder(tmp_path: Path, capsys) -> None:
     assert set(report["comparison"]) == {"fp32", "int8"}
     assert "labelled" in report["accuracy"] and "12 images" in report["accuracy"]["data"]
     assert all(report["comparison"][k]["latency_ms_p50"] > 0 for k in ("fp32", "int8"))
+
+
+@pytest.mark.requires_openvino
+def test_cli_int8_rounding_and_range_search_flags_reach_the_manifest(tmp_path: Path, capsys) -> None:
+    import json
+
+    from edgec.cli import main
+    from models import tiny_conv_onnx
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_conv_onnx().SerializeToString())
+    np.savez(tmp_path / "s.npz", x=np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32))
+    configs = {}
+    for name, flags in (("default", []), ("plain", ["--weight-rounding", "nearest", "--range-search", "0"])):
+        code = main(["compile", str(model), "--target", "intel-cpu", "--precision", "int8", "--calib",
+                     str(tmp_path / "s.npz"), "-o", str(tmp_path / name), "--runs", "10", "-q", *flags])
+        assert code == 0, capsys.readouterr().err
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        configs[name] = next(p["config"] for p in manifest["passes"] if p["name"] == "calibrate")
+    assert configs["default"]["weight_rounding"] == "gptq" and configs["default"]["gptq_weights"] == 3
+    assert configs["default"]["range_search"]["samples"].startswith("16 of")
+    assert configs["plain"]["weight_rounding"] == "nearest" and configs["plain"]["gptq_weights"] == 0
+    assert configs["plain"]["range_search"] is None
+    code = main(["compile", str(model), "--target", "intel-cpu", "--precision", "int8", "--calib",
+                 str(tmp_path / "s.npz"), "-o", str(tmp_path / "bad"), "--range-search", "-1", "-q"])
+    assert code == 2 and "range_search must be" in capsys.readouterr().err
