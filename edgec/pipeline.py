@@ -26,7 +26,7 @@ from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
 from .passes.sparsity import parse_prune_spec
-from .passes.quantize import WeightOnlyInt8Pass
+from .passes.quantize import WEIGHT_ROUNDINGS, WeightOnlyInt8Pass
 from .profile import Profile, attach_sources
 from .report import render_html
 from .target import Target, load_target
@@ -121,8 +121,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
                           "folder), or calibration=... in Python.")
     if not isinstance(range_search, int) or range_search < 0:
         raise ConfigError(f"range_search must be a sample count >= 0 (0 turns it off), got {range_search!r}.")
-    if weight_rounding not in ("gptq", "nearest"):
-        raise ConfigError(f"Unknown weight rounding '{weight_rounding}': choose gptq (default) or nearest.")
+    if weight_rounding not in WEIGHT_ROUNDINGS:  # checked again in calibrate(); here it fails before any work
+        raise ConfigError(f"Unknown weight rounding '{weight_rounding}': choose {' or '.join(WEIGHT_ROUNDINGS)}.")
     if precision == "mixed" and max_accuracy_drop is None:
         raise ConfigError("--precision mixed needs a budget: --max-accuracy-drop POINTS (e.g. 0.5).")
 

@@ -422,11 +422,14 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
                        method: str = "minmax", symmetric: bool = False, means_of: Sequence[str] = (),
                        progress: Callable[[int], None] | None = None,
                        extra: Mapping[str, Sequence[Any]] | None = None,
+                       observers: Mapping[str, _Observer] | None = None,
                        **observer_kw: Any) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
     """collect_ranges, plus per-channel means of the tensors in `means_of`, in the same single pass.
 
     `extra` maps tensor names to more observers (anything with `update(array)`, e.g. gptq.InputHessian)
-    that see the same values. `progress(samples_done)` is called after each sample.
+    that see the same values. `observers` gives the range observers of some tensors ready-made (the caller
+    keeps them, e.g. to read other percentiles off their histograms); the others are made from `method`.
+    `progress(samples_done)` is called after each sample.
     """
     import onnx
 
@@ -436,7 +439,8 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
     names = list(dict.fromkeys(range_names + mean_names + list(extra)))
     if not names:
         return {}, {}
-    observers = {name: make_observer(method, **observer_kw) for name in range_names}
+    given = dict(observers or {})
+    observers = {name: given[name] if name in given else make_observer(method, **observer_kw) for name in range_names}
     mean_observers = {name: ChannelMeanObserver() for name in mean_names}
     graph = proto.graph
     known = ({v.name for v in graph.input} | {t.name for t in graph.initializer}

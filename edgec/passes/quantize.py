@@ -22,6 +22,7 @@ from ..model import Model, ort_session
 
 _WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 MIN_CALIBRATION_SAMPLES = 8  # below this, activation ranges are guesses
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     by the model's output error on that many calibration samples (passes/range_search.py).
     """
     from . import gptq, range_search as rs
-    from .calibrate import collect_statistics
+    from .calibrate import PercentileObserver, collect_statistics, make_observer
 
     if calibration is None:
         raise ConfigError("int8 needs calibration data: pass --calib PATH (a .npz/.npy file or a folder) "
@@ -345,8 +346,8 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     if len(samples) < MIN_CALIBRATION_SAMPLES:
         raise ConfigError(f"int8 calibration needs at least {MIN_CALIBRATION_SAMPLES} samples; {samples.description} "
                           "has fewer. A few hundred representative inputs are typical.")
-    if weight_rounding not in ("gptq", "nearest"):
-        raise ConfigError(f"Unknown weight rounding '{weight_rounding}'; choose gptq or nearest.")
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ConfigError(f"Unknown weight rounding '{weight_rounding}'; choose {' or '.join(WEIGHT_ROUNDINGS)}.")
     plan = plan_quantization(model.proto, PLACEMENTS[placement])
     if not plan.nodes:
         raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights.")
@@ -361,13 +362,17 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
     extra: dict[str, list[Any]] = {}
     for n, hess in hessians.items():
         extra.setdefault(plan.activations[n][0], []).append(hess)
-    histograms = {t: rs.PercentileObserver() for t in plan.tensors()} if range_search > 0 else {}
-    for t, obs in histograms.items():
-        extra.setdefault(t, []).append(obs)
+    range_observers = {t: make_observer(method, **dict(observer_options or {})) for t in plan.tensors()}
+    histograms: dict[str, Any] = {}
+    if range_search > 0:  # candidates come from a percentile histogram: reuse the range observer's when it has one
+        for t, obs in range_observers.items():
+            histograms[t] = obs if isinstance(obs, PercentileObserver) else PercentileObserver()
+            if histograms[t] is not obs:
+                extra.setdefault(t, []).append(histograms[t])
     ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
                                        symmetric=PLACEMENTS[placement].symmetric_activations, means_of=means_of,
                                        progress=(lambda done: progress(done, len(samples))) if progress else None,
-                                       extra=extra, **dict(observer_options or {}))
+                                       extra=extra, observers=range_observers)
     codes = gptq.round_weights(model.proto, hessians, plan.weights) if hessians else {}
     means = means if bias_correction else None
     search_log = None
