@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ProbeData", "Preprocess", "build_probe", "build_probe_model", "load_probe_torch", "onnx_accuracy",
-           "load_fashion_mnist", "DEFAULT_CACHE_DIR"]
+           "load_fashion_mnist", "export_network_only", "preprocess", "DEFAULT_CACHE_DIR"]
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "edgec" / "bench"
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
@@ -143,6 +143,36 @@ def load_probe_torch(probe: ProbeData):
         model[4].weight.data.copy_(torch.from_numpy(h["weight"]))
         model[4].bias.data.copy_(torch.from_numpy(h["bias"]))
     return model
+
+
+def export_network_only(probe: ProbeData, path: Path) -> Path:
+    """Export the trained probe *without* its Preprocess module: input float32 [1, 3, R, R], already resized and
+    ImageNet-normalised (``preprocess()`` makes such inputs). The same weights as ``probe.onnx_path``; this is
+    the plain MobileNetV2 (+ head) that latency comparisons usually mean, with no f32 resize in the graph."""
+    import logging
+    import warnings
+
+    torch = _torch()
+    network = load_probe_torch(probe)[1:].eval()
+    reg_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    saved_level = reg_log.level
+    reg_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(network, (torch.zeros(1, 3, probe.resolution, probe.resolution),), dynamo=True,
+                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+    finally:
+        reg_log.setLevel(saved_level)
+    prog.save(str(path))
+    return Path(path)
+
+
+def preprocess(x: np.ndarray, resolution: int) -> np.ndarray:
+    """What the probe's in-graph Preprocess does, in PyTorch: [N,1,28,28] in [0,1] -> [N,3,R,R] normalised."""
+    torch = _torch()
+    with torch.no_grad():
+        return _preprocess_cls()(resolution)(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
 
 # -------------------------------------------------------------------------------------------- evaluate

@@ -1,16 +1,21 @@
 """int8 side by side: edgec int8, edgec mixed, NNCF, ONNX Runtime quantize_static, against fp32.
 
-    python benchmarks/quantization.py [--resolution 64|224] [--rounds 5] [--runs 200] [--skip-resnet]
+    python benchmarks/quantization.py [--resolution 64|224] [--rounds 21] [--runs 50] [--skip-resnet]
+                                      [--preprocess graph|outside|both]
 
 Everything runs in this one process on the same data:
 - MobileNetV2 (torchvision's ImageNet weights) + a linear head trained on Fashion-MNIST
   (benchmarks/fmnist_probe.py; 512 calibration images from the train split). edgec mixed searches on the
   first 2,000 test images (the probe's val split); accuracy is reported on the other 8,000 test images,
   which no tool saw (--eval all: all 10,000; --eval search: the 2,000 only).
+  Twice: with the 28x28 -> RxR resize and normalisation inside the graph (input [1,1,28,28]; every variant
+  pays the same f32 Interpolate, ~0.22 ms at 224 on OpenVINO), and as the network alone (input
+  [1,3,R,R], the same preprocessing done in PyTorch beforehand) -- the same weights and images.
 - ResNet-18-like (seeded random weights, 224x224; no labels: accuracy is top-1 agreement with fp32 on
   random inputs, latency is what matters there).
 Latency: OpenVINO CPU, batch 1, LATENCY hint; each variant timed in `rounds` interleaved rounds of
-`runs` inferences; we report the median of the round medians and ratios to fp32 from the same rounds.
+`runs` inferences; we report the median of the round medians, and as "vs fp32" the median over rounds of
+each round's ratio to fp32 (paired: this shared machine drifts by 10-20% over minutes).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -36,34 +42,53 @@ def ov_compile(model, config=F32):
     return ov.Core().compile_model(model, "CPU", config)
 
 
-def ov_predict(compiled, x: np.ndarray) -> np.ndarray:
+def _chunks(x: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray]):
+    """Batch-1 inputs of x, each through `prepare` (done 250 samples at a time)."""
+    for start in range(0, len(x), 250):
+        chunk = prepare(x[start:start + 250])
+        yield from (chunk[i:i + 1] for i in range(len(chunk)))
+
+
+def ov_predict(compiled, x: np.ndarray, prepare: Callable = lambda a: a) -> np.ndarray:
     request = compiled.create_infer_request()
-    return np.concatenate([request.infer({0: x[i:i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([request.infer({0: xi})[0] for xi in _chunks(x, prepare)])
 
 
-def ort_predict(path: Path, x: np.ndarray) -> np.ndarray:
+def ort_predict(path: Path, x: np.ndarray, prepare: Callable = lambda a: a) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([session.run(None, {name: xi})[0] for xi in _chunks(x, prepare)])
 
 
 def interleaved_latency(runners: dict, x: np.ndarray, rounds: int, runs: int) -> dict[str, float]:
     """Median over rounds of each runner's median latency (ms); runners alternate within each round."""
+    return {k: float(np.median(v)) for k, v in interleaved_rounds(runners, x, rounds, runs).items()}
+
+
+def paired_ratio(per_round: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of name's round median / base's round median: the two ran seconds apart in each round,
+    so slow drifts of a shared machine cancel (the ratio of the overall medians does not have that property)."""
+    return float(np.median(np.asarray(per_round[name]) / np.asarray(per_round[base])))
+
+
+def interleaved_rounds(runners: dict, x: np.ndarray, rounds: int, runs: int) -> dict[str, list[float]]:
+    """Each runner's median latency (ms) in each round; runners alternate within each round, in reverse order
+    every other round (so none always runs right after the same neighbour)."""
     per_round: dict[str, list[float]] = {k: [] for k in runners}
     for fn in runners.values():
         for _ in range(20):
             fn(x)
-    for _ in range(rounds):
-        for name, fn in runners.items():
+    for r in range(rounds):
+        for name, fn in (list(runners.items()) if r % 2 == 0 else list(runners.items())[::-1]):
             ts = []
             for _ in range(runs):
                 t0 = time.perf_counter()
                 fn(x)
                 ts.append(time.perf_counter() - t0)
             per_round[name].append(float(np.median(ts)) * 1000)
-    return {k: float(np.median(v)) for k, v in per_round.items()}
+    return per_round
 
 
 def ov_runner(compiled):
@@ -108,8 +133,8 @@ def nncf_quantize(onnx_path: Path, calib: np.ndarray, shape: list[int]):
 
 
 def run(name: str, onnx_path: Path, data: dict, x_val: np.ndarray, labels: np.ndarray | None, rounds: int,
-        runs: int, work: Path, budget: float | None) -> None:
-    """Quantize `onnx_path` every way, then compare accuracy on (x_val, labels) and interleaved latency.
+        runs: int, work: Path, budget: float | None, prepare: Callable = lambda a: a) -> None:
+    """Quantize `onnx_path` every way, then compare accuracy on (prepare(x_val), labels) and interleaved latency.
     budget None: no mixed."""
     calib = data["x"]
     shape = list(calib.shape[1:])
@@ -145,13 +170,14 @@ def run(name: str, onnx_path: Path, data: dict, x_val: np.ndarray, labels: np.nd
     }
     if mixed is not None:
         compiled[f"edgec mixed ({budget} pt)"] = ov_compile(str(mixed.output_dir / "model.xml"))
-    preds = {k: ov_predict(c, x_val) for k, c in compiled.items()}
-    preds["ORT quantize_static on ORT"] = ort_predict(ort_path, x_val)
-    preds["fp32 on ORT"] = ort_predict(onnx_path, x_val)
+    preds = {k: ov_predict(c, x_val, prepare) for k, c in compiled.items()}
+    preds["ORT quantize_static on ORT"] = ort_predict(ort_path, x_val, prepare)
+    preds["fp32 on ORT"] = ort_predict(onnx_path, x_val, prepare)
     runners = {k: ov_runner(c) for k, c in compiled.items()}
     runners["fp32 on ORT"] = ort_runner(onnx_path)
     runners["ORT quantize_static on ORT"] = ort_runner(ort_path)
-    lat = interleaved_latency(runners, x_val[:1], rounds, runs)
+    per_round = interleaved_rounds(runners, prepare(x_val[:1]), rounds, runs)
+    lat = {k: float(np.median(v)) for k, v in per_round.items()}
 
     ref = preds["fp32 (OpenVINO f32)"].argmax(1)
     base_acc = float((ref == labels).mean()) if labels is not None else 1.0
@@ -161,7 +187,7 @@ def run(name: str, onnx_path: Path, data: dict, x_val: np.ndarray, labels: np.nd
         acc = float((top == labels).mean()) if labels is not None else float((top == ref).mean())
         base = "fp32 on ORT" if k.endswith("on ORT") else "fp32 (OpenVINO f32)"
         print(f"{k:36} {100 * acc:8.2f}% {100 * (base_acc - acc):8.2f} {100 * (top == ref).mean():6.1f}% "
-              f"{lat[k]:8.3f} {lat[k] / lat[base]:8.3f}")
+              f"{lat[k]:8.3f} {paired_ratio(per_round, k, base):8.3f}")
     if mixed is None:
         print("mixed: skipped (no labels and random weights: a budget on top-1 agreement means nothing here)")
     else:
@@ -170,16 +196,20 @@ def run(name: str, onnx_path: Path, data: dict, x_val: np.ndarray, labels: np.nd
               f"in float: {', '.join(d['node'] for d in m['float_layers']) or '-'}")
     print("quantization time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
           + "  (edgec times include building, checking and profiling fp32/int8 variants)")
-    print(f"latency: median of {rounds} interleaved rounds x {runs} runs, batch 1")
+    print(f"latency: median of {rounds} interleaved rounds x {runs} runs, batch 1; vs fp32: median over rounds of "
+          f"the round's ratio to fp32")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=224, help="MobileNetV2 probe input resolution (64 or 224)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--runs", type=int, default=50)
     p.add_argument("--budget", type=float, default=0.2, help="mixed --max-accuracy-drop, points")
     p.add_argument("--skip-resnet", action="store_true")
+    p.add_argument("--preprocess", choices=["graph", "outside", "both"], default="both",
+                   help="MobileNetV2 probe with its 28->R resize + normalisation inside the graph (an f32 Interpolate "
+                        "every variant pays), outside it (the network alone, input [1,3,R,R]), or both")
     p.add_argument("--eval", choices=["heldout", "all", "search"], default="heldout",
                    help="which Fashion-MNIST test images score accuracy (default: the 8,000 the mixed search never sees)")
     args = p.parse_args()
@@ -197,8 +227,18 @@ def main() -> None:
         pick = {"heldout": slice(search, None), "all": slice(None), "search": slice(0, search)}[args.eval]
         x_eval, y_eval = images[pick].astype(np.float32) / 255, labels[pick].astype(np.int64)
         print(f"accuracy on {len(x_eval)} Fashion-MNIST test images ({args.eval}); mixed searches on the first {search}")
-        run(f"mobilenetv2-fmnist-{args.resolution}", probe.onnx_path, data, x_eval, y_eval, args.rounds, args.runs,
-            work, args.budget)
+        if args.preprocess in ("graph", "both"):
+            run(f"mobilenetv2-fmnist-{args.resolution}", probe.onnx_path, data, x_eval, y_eval, args.rounds,
+                args.runs, work, args.budget)
+        if args.preprocess in ("outside", "both"):
+            from benchmarks.fmnist_probe import export_network_only, preprocess
+
+            r = args.resolution
+            path = export_network_only(probe, work / f"mobilenetv2-fmnist-{r}-rgb.onnx")
+            rgb = {"x": preprocess(data["x"], r), "val_x": preprocess(data["val_x"], r), "val_y": data["val_y"]}
+            run(f"mobilenetv2-fmnist-{r}-rgb", path, rgb, x_eval, y_eval, args.rounds, args.runs, work, args.budget,
+                prepare=lambda a: preprocess(a, r))
+            del rgb
         if not args.skip_resnet:
             import torch
             from benchmarks.models import resnet18_like

@@ -15,15 +15,15 @@ from edgec import CalibrationSet, ConfigError
 from edgec.model import Model
 from edgec.passes.mixed import make_evaluator, search_mixed
 from edgec.passes.quantize import (PLACEMENTS, activation_qparams, calibrate, plan_quantization, quantize_weight)
-from models import tiny_conv_onnx
+from models import tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
 def _model(**kw) -> Model:
     return Model(tiny_conv_onnx(**kw), {"source": "tiny", "kind": "onnx"})
 
 
-def _samples(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    return {"x": np.random.default_rng(seed).random((n, 3, 16, 16), dtype=np.float32)}
+def _samples(n: int = 32, seed: int = 0, size: int = 16) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).random((n, 3, size, size), dtype=np.float32)}
 
 
 def _run(proto, x: np.ndarray) -> np.ndarray:
@@ -35,14 +35,14 @@ def _consumers(proto, tensor: str) -> list[str]:
     return [n.op_type for n in proto.graph.node if tensor in n.input]
 
 
-def test_openvino_placement_quantizes_weighted_ops_only() -> None:
+def test_openvino_placement_quantizes_weighted_ops_and_residual_adds() -> None:
     q = calibrate(_model(), CalibrationSet(_samples()), "openvino").quantized().proto
     onnx.checker.check_model(q)
     ops = Counter(n.op_type for n in q.graph.node)
-    # activations into conv1, conv2 and fc: 3 Q/DQ pairs; weights of conv1, conv2, fc: 3 DQ
-    assert ops["QuantizeLinear"] == 3 and ops["DequantizeLinear"] == 6
+    # activations x (conv1), r1 (conv2 and the add), c2 (the add) and f (fc): 4 Q/DQ pairs; weights: 3 DQ
+    assert ops["QuantizeLinear"] == 4 and ops["DequantizeLinear"] == 7
     add = next(n for n in q.graph.node if n.op_type == "Add")
-    assert all(not i.endswith("_dequantized") for i in add.input)  # residual add stays float on OpenVINO
+    assert list(add.input) == ["c2_dequantized", "r1_dequantized"]  # both residual inputs, NNCF's scheme
     zero_points = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_zero_point")
                    and not t.name.startswith(("w", "wf"))]
     assert {z.dtype for z in zero_points} == {np.dtype(np.uint8)}  # asymmetric u8 activations
@@ -127,9 +127,12 @@ def test_bias_correction_removes_the_mean_shift() -> None:
 
 
 def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
-    plan = plan_quantization(tiny_conv_onnx(), PLACEMENTS["openvino"])
+    plan = plan_quantization(tiny_conv_onnx(), PLACEMENTS["tvm"])
     assert plan.nodes == ("conv1", "conv2", "fc")
     assert plan.tensors() == sorted({"x", "r1", "f"})
+    plan = plan_quantization(tiny_conv_onnx(), PLACEMENTS["openvino"])
+    assert plan.nodes == ("conv1", "conv2", "add", "fc")
+    assert plan.activations["add"] == ("c2", "r1") and plan.tensors() == sorted({"x", "r1", "c2", "f"})
     assert plan.weights["conv1"] == ("w1", 0)
 
 
@@ -204,6 +207,25 @@ def test_openvino_int8_runs_int8_kernels(tmp_path: Path, tiny_onnx: Path) -> Non
     assert set(comparison) == {"fp32", "int8"}
     assert comparison["int8"]["artifact_bytes"] > 0 and comparison["fp32"]["latency_ms_p50"] > 0
     assert [p["name"] for p in build.manifest["passes"]] == ["cleanup", "calibrate", "quantize-int8"]
+
+
+@pytest.mark.requires_openvino
+@pytest.mark.requires_torch
+@pytest.mark.parametrize("which", [0, 1], ids=["resnet-like", "mobilenet-like"])
+def test_openvino_fuses_residual_adds_into_int8_convolutions(tmp_path: Path, which: int) -> None:
+    import torch
+
+    model = tiny_resnet_and_mobilenet()[which]
+    build = edgec.compile(model, "intel-cpu", "int8", calibration=_samples(32, size=32),
+                          example_inputs=(torch.zeros(1, 3, 32, 32),), output_dir=tmp_path / "o", profile_runs=5,
+                          progress=False, use_cache=False)
+    layers = build.report["profile"]["layers"]
+    float_layers = [(r["layer"], r["op"]) for r in layers if r["precision"] == "fp32"]
+    # Left in f32: quantizing the graph input and the global average pool. Every residual add is fused into an
+    # int8 convolution (with only the residual input quantized, each block kept an f32 add/FakeQuantize subgraph).
+    assert not any(op in ("Add", "Eltwise") for _, op in float_layers), float_layers
+    assert [op for _, op in float_layers if op == "Subgraph"] == ["Subgraph"], float_layers
+    assert sum(r["op"] in ("Convolution", "GroupConvolution") and r["precision"] == "int8" for r in layers) >= 5
 
 
 @pytest.mark.requires_openvino

@@ -31,17 +31,21 @@ class Placement:
 
     name: str
     ops: tuple[str, ...]
-    residual_add: bool  # Q/DQ on Add inputs, so residual adds fuse into int8 convolutions
+    # Q/DQ on the inputs of two-input Adds, so residual adds fuse into int8 convolutions:
+    # "none", "residual" (only the input that does not come straight from a weighted op) or "both".
+    residual_add: str
     symmetric_activations: bool
 
 
 PLACEMENTS = {
-    # OpenVINO's low-precision transformations fuse FakeQuantize into u8 x i8 kernels (brgconv_*_I8).
-    "openvino": Placement("openvino", _WEIGHTED_OPS, residual_add=False, symmetric_activations=False),
+    # OpenVINO's low-precision transformations fuse FakeQuantize into u8 x i8 kernels (brgconv_*_I8). With both
+    # Add inputs quantized (NNCF's scheme) the CPU plugin fuses the residual add into the producing convolution
+    # as an int8 sum post-op; otherwise each block output keeps an f32 add + FakeQuantize subgraph.
+    "openvino": Placement("openvino", _WEIGHTED_OPS, residual_add="both", symmetric_activations=False),
     # TensorRT explicit quantization: symmetric int8 everywhere; Q/DQ on the residual input of an Add lets
     # the add fuse into the preceding convolution's int8 epilogue (TensorRT's Q/DQ placement guide).
-    "tensorrt": Placement("tensorrt", _WEIGHTED_OPS, residual_add=True, symmetric_activations=True),
-    "tvm": Placement("tvm", _WEIGHTED_OPS, residual_add=False, symmetric_activations=False),
+    "tensorrt": Placement("tensorrt", _WEIGHTED_OPS, residual_add="residual", symmetric_activations=True),
+    "tvm": Placement("tvm", _WEIGHTED_OPS, residual_add="none", symmetric_activations=False),
 }
 
 
@@ -72,14 +76,15 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
             activations[node.name] = tuple(acts)
             if weight is not None:
                 weights[node.name] = weight
-        elif node.op_type == "Add" and placement.residual_add:
+        elif node.op_type == "Add" and placement.residual_add != "none":
             acts = [i for i in node.input if i not in constants]
             if len(acts) == 2:
                 # TensorRT fuses Conv + Add when the add's *other* (residual) input is quantized: quantize the
                 # inputs that do not come straight from a weighted op; if both or neither do, quantize both.
                 residual = [a for a in acts if producers.get(a) not in placement.ops]
                 nodes.append(node.name)
-                activations[node.name] = tuple(residual if len(residual) == 1 else acts)
+                one_side = placement.residual_add == "residual" and len(residual) == 1
+                activations[node.name] = tuple(residual if one_side else acts)
     return QuantPlan(tuple(nodes), activations, weights)
 
 
@@ -414,7 +419,7 @@ class WeightOnlyInt8Pass:
         return {"ops": list(self.ops)}
 
     def run(self, model: Model) -> Model:
-        placement = Placement("weights-only", self.ops, residual_add=False, symmetric_activations=True)
+        placement = Placement("weights-only", self.ops, residual_add="none", symmetric_activations=True)
         full = plan_quantization(model.proto, placement)
         plan = QuantPlan(tuple(n for n in full.nodes if n in full.weights), {}, full.weights)
         if not plan.nodes:
