@@ -149,23 +149,30 @@ def export_network_only(probe: ProbeData, path: Path) -> Path:
     """Export the trained probe *without* its Preprocess module: input float32 [1, 3, R, R], already resized and
     ImageNet-normalised (``preprocess()`` makes such inputs). The same weights as ``probe.onnx_path``; this is
     the plain MobileNetV2 (+ head) that latency comparisons usually mean, with no f32 resize in the graph."""
+    torch = _torch()
+    network = load_probe_torch(probe)[1:].eval()
+    _export_quietly(network, torch.zeros(1, 3, probe.resolution, probe.resolution), path)
+    return Path(path)
+
+
+def _export_quietly(model, example, path: Path) -> None:
+    """torch.onnx.export (dynamo, input ``x``, output ``logits``) to `path`, without the exporter's warnings and
+    its "torchvision is not installed" log lines."""
     import logging
     import warnings
 
     torch = _torch()
-    network = load_probe_torch(probe)[1:].eval()
     reg_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     saved_level = reg_log.level
     reg_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prog = torch.onnx.export(network, (torch.zeros(1, 3, probe.resolution, probe.resolution),), dynamo=True,
-                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+            prog = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                     output_names=[OUTPUT_NAME], verbose=False)
     finally:
         reg_log.setLevel(saved_level)
     prog.save(str(path))
-    return Path(path)
 
 
 def preprocess(x: np.ndarray, resolution: int) -> np.ndarray:
@@ -288,19 +295,7 @@ def build_probe(cache_dir: Path = DEFAULT_CACHE_DIR, resolution: int = 64, train
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = {k: p.with_name(p.name + f".{os.getpid()}.tmp") for k, p in paths.items()}
         model = model.eval()
-        import logging
-        import warnings
-        reg_log = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
-        saved_level = reg_log.level
-        reg_log.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                prog = torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), dynamo=True,
-                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
-        finally:
-            reg_log.setLevel(saved_level)
-        prog.save(str(tmp["onnx_path"]))
+        _export_quietly(model, torch.zeros(1, 1, 28, 28), tmp["onnx_path"])
         lap("export_onnx")
 
         fp32_acc = onnx_accuracy(tmp["onnx_path"], val_x, val_y)
