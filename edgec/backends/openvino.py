@@ -133,12 +133,19 @@ class OpenVINOBackend:
 
 
 def _original_layers(compiled: Any) -> dict[str, list[str]]:
-    """Runtime (fused) layer -> names of the ops it came from, which are the ONNX node or output names."""
-    out = {}
-    for op in compiled.get_runtime_model().get_ordered_ops():
+    """Runtime (fused) layer -> names of the ops it came from, which are the ONNX node or output names.
+
+    Layers the plugin adds itself (layout Reorders) have no original names; they are charged to the
+    layers that consume their output, since they exist only to feed them.
+    """
+    out: dict[str, list[str]] = {}
+    for op in reversed(compiled.get_runtime_model().get_ordered_ops()):
         rt = op.get_rt_info()
-        names = rt["originalLayersNames"].astype(str) if "originalLayersNames" in rt else ""
-        out[op.get_friendly_name()] = [n for n in names.split(",") if n]
+        names = [n for n in (rt["originalLayersNames"].astype(str) if "originalLayersNames" in rt else "").split(",") if n]
+        if not names:
+            consumers = [t.get_node().get_friendly_name() for o in op.outputs() for t in o.get_target_inputs()]
+            names = list(dict.fromkeys(n for c in consumers for n in out.get(c, ())))
+        out[op.get_friendly_name()] = names
     return out
 
 
