@@ -38,6 +38,13 @@ class Samples:
     def __len__(self) -> int:
         return len(self.feeds)
 
+    def head(self, n: int) -> "Samples":
+        """The first `n` samples (all of them when there are no more)."""
+        if n >= len(self.feeds):
+            return self
+        return Samples(self.feeds[:n], None if self.labels is None else self.labels[:n],
+                       f"the first {n} of {self.description}")
+
 
 @dataclass(frozen=True)
 class CalibrationSet:

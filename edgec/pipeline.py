@@ -34,7 +34,7 @@ from .target import Target, load_target
 MANIFEST_SCHEMA = "edgec.manifest/1"
 REPORT_SCHEMA = "edgec.report/1"
 VALIDATION_SAMPLES = 1000
-SEARCH_SAMPLES = 500  # held-out samples the mixed-precision search scores candidates on
+SEARCH_SAMPLES = 500  # of the validation samples, those the mixed search ranks layer sensitivity on
 # Agreement with the fp32 reference below which a float build is reported as wrong.
 _COSINE_FLOOR = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98, "int8-weights": 0.98}
 
@@ -291,15 +291,23 @@ class _Job:
             t32 = layer_times(fp32_layers, calibrated.plan.nodes)
             t8 = layer_times(int8_layers, calibrated.plan.nodes)
             gains = {n: t32[n] - t8.get(n, 0.0) for n in t32}
-        samples = _validation_samples(fp32, self.calib, limit=SEARCH_SAMPLES)
-        reference = accuracy.collect(accuracy.onnx_runtime_runner(fp32.proto), samples)[0].astype(np.float64)
+        # The budget is checked on the samples the report's accuracy comparison scores; the per-layer
+        # sensitivity (output error, a continuous measure) on the first SEARCH_SAMPLES of them.
+        samples, (reference, *_) = self.reference(fp32)
+        reference = reference.astype(np.float64)
         evaluate = make_evaluator(samples, reference)
-        fp32_score = evaluate(fp32).score
+        rank = None
+        if len(samples) > SEARCH_SAMPLES:
+            ranking = samples.head(SEARCH_SAMPLES)
+            rows_per_sample = len(reference) // len(samples)
+            rank = make_evaluator(ranking, reference[:rows_per_sample * SEARCH_SAMPLES])
+        fp32_eval = evaluate(fp32)
         metric = "labelled accuracy %" if samples.labels is not None else "top-1 agreement with fp32 %"
         t0 = time.perf_counter()
         with self.steps.step(f"mixed precision: searching layers to keep in float (budget {max_drop} points)"):
-            result = search_mixed(calibrated, evaluate, fp32_score, float(max_drop), gains, metric,
-                                  progress=self.steps.counter("layers scored"))
+            result = search_mixed(calibrated, evaluate, fp32_eval, float(max_drop), gains, metric,
+                                  progress=self.steps.counter("layers scored"),
+                                  rank_evaluate=rank)
         self.pass_log.append({"name": "mixed-precision", "config": {"max_accuracy_drop": max_drop, "metric": metric,
                                                                     "search_data": samples.description},
                               "seconds": round(time.perf_counter() - t0, 3)})
@@ -309,12 +317,17 @@ class _Job:
             decision["module"], decision["where"] = (src.module, src.where) if src else (None, None)
         self.mixed = {"metric": metric, "search_data": samples.description, "budget_points": max_drop,
                       "met": result.met, "fp32": result.fp32_score, "int8": result.int8_score,
-                      "mixed": result.final_score, "float_layers": result.decisions,
+                      "mixed": result.final_score, "standard_error_points": round(result.standard_error, 3),
+                      "float_layers": result.decisions,
                       "int8_layers": len(calibrated.plan.nodes) - len(result.keep_float),
                       "evaluations": result.evaluations}
         if not result.met:
             print(f"edgec: WARNING: mixed precision could not meet the {max_drop}-point budget on the search data "
                   f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
+        elif max_drop < 2 * result.standard_error:
+            print(f"edgec: note: the {max_drop}-point budget is within the noise of {len(samples)} search samples "
+                  f"(the drop is measured to +-{result.standard_error:.2f} points, one standard error); more labelled "
+                  f"validation samples (val_x/val_y) make it firmer", file=sys.stderr)
         return calibrated.quantized(result.keep_float)
 
     def variant(self, model: Model, fp32: Model, precision: str, folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -63,7 +63,9 @@ def _mixed(mixed: Mapping[str, Any] | None) -> str:
     head = (f"<h2>Mixed precision</h2><p>Budget {mixed['budget_points']} points of {escape(mixed['metric'])} on "
             f"{escape(mixed['search_data'])}: fp32 {mixed['fp32']:.2f}, all-int8 {mixed['int8']:.2f}, "
             f"mixed {mixed['mixed']:.2f} &mdash; <span class='{'ok' if mixed['met'] else 'bad'}'>"
-            f"{'met' if mixed['met'] else 'NOT met'}</span>. {mixed['int8_layers']} layers run int8; these stay "
+            f"{'met' if mixed['met'] else 'NOT met'}</span> (these samples measure the drop to "
+            f"&plusmn;{mixed.get('standard_error_points', 0):.2f} points, one standard error). "
+            f"{mixed['int8_layers']} layers run int8; these stay "
             f"in float:</p>")
     rows = "".join(f"<tr><td><code>{escape(d['node'])}</code></td>"
                    f"<td><code>{escape(d.get('module') or '-')}</code></td><td>{escape(d['reason'])}</td>"

@@ -8,6 +8,9 @@
    of int8 gain (measured per layer from the target's own profiles, when given).
 4. Greedily return layers to float in that order until the budget metric (labelled accuracy, or
    top-1 agreement with fp32 without labels) is within `max_drop` points of fp32.
+
+The result carries the standard error of the final drop on the scoring samples: with a few hundred
+samples it is often larger than the budget, and the report says so.
 """
 from __future__ import annotations
 
@@ -28,6 +31,14 @@ _MIN_GAIN_MS = 1e-4
 class Evaluation:
     score: float        # labelled accuracy % or top-1 agreement with fp32 %
     error: float        # mean squared error of the first output vs fp32
+    correct: np.ndarray  # per sample: top-1 is right (labels) or agrees with fp32 (no labels)
+
+
+def drop_standard_error(fp32: Evaluation, other: Evaluation) -> float:
+    """Standard error (points) of fp32.score - other.score: the drop is the mean over samples of +1 (fp32 right,
+    the other wrong), -1 (the reverse) or 0, so only the samples whose prediction flipped contribute."""
+    diff = fp32.correct.astype(np.float64) - other.correct
+    return 100.0 * float(diff.std()) / float(np.sqrt(len(diff)))
 
 
 @dataclass
@@ -38,6 +49,7 @@ class MixedResult:
     int8_score: float
     final_score: float
     metric: str
+    standard_error: float = 0.0  # of the final drop, points
     decisions: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
 
@@ -49,35 +61,42 @@ def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[
         out = np.concatenate([session.run(None, feed)[0] for feed in samples.feeds])
         error = float(np.mean((out.astype(np.float64) - reference_outputs) ** 2))
         top = out.reshape(len(out), -1).argmax(1)
-        if samples.labels is not None:
-            score = 100.0 * float((top == samples.labels).mean())
-        else:
-            score = 100.0 * float((top == reference_outputs.reshape(len(out), -1).argmax(1)).mean())
-        return Evaluation(score, error)
+        truth = samples.labels if samples.labels is not None else reference_outputs.reshape(len(out), -1).argmax(1)
+        correct = top == truth
+        return Evaluation(100.0 * float(correct.mean()), error, correct)
 
     return evaluate
 
 
-def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation], fp32_score: float,
+def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation], fp32: Evaluation,
                  max_drop: float, gains_ms: Mapping[str, float] | None = None, metric: str = "",
-                 progress: Callable[[int, int], None] | None = None) -> MixedResult:
-    """Greedy search (module docstring); `progress(done, total)` follows the per-layer sensitivity pass."""
+                 progress: Callable[[int, int], None] | None = None,
+                 rank_evaluate: Callable[[Model], Evaluation] | None = None) -> MixedResult:
+    """Greedy search (module docstring); `fp32` is `evaluate`'s score of the fp32 model. The per-layer sensitivity
+    pass scores with `rank_evaluate` (default `evaluate`): its output error needs fewer samples than the budget
+    check. `progress(done, total)` follows that pass."""
     if max_drop < 0:
         raise ConfigError(f"--max-accuracy-drop must be >= 0 points (got {max_drop}).")
     int8 = evaluate(calibrated.quantized())
     count = 1
-    result = MixedResult([], fp32_score - int8.score <= max_drop, fp32_score, int8.score, int8.score, metric)
+    result = MixedResult([], fp32.score - int8.score <= max_drop, fp32.score, int8.score, int8.score, metric,
+                         drop_standard_error(fp32, int8))
     if result.met:
         result.evaluations = count
         return result
     gains = dict(gains_ms or {})
+    rank = rank_evaluate or evaluate
+    int8_error = int8.error
+    if rank_evaluate is not None:
+        int8_error = rank_evaluate(calibrated.quantized()).error
+        count += 1
     ranked = []
     for i, node in enumerate(calibrated.plan.nodes, 1):
-        alone = evaluate(calibrated.quantized([node]))
+        alone = rank(calibrated.quantized([node]))
         count += 1
         if progress is not None:
             progress(i, len(calibrated.plan.nodes))
-        recovered = (int8.error - alone.error) / int8.error if int8.error > 0 else 0.0
+        recovered = (int8_error - alone.error) / int8_error if int8_error > 0 else 0.0
         gain = gains.get(node)
         priority = recovered / max(gain, _MIN_GAIN_MS) if gain is not None else recovered
         ranked.append((priority, node, recovered, gain))
@@ -97,11 +116,12 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
             "reason": f"alone in float it removes {100 * recovered:.1f}% of int8's output error"
                       + (f", and int8 saves only {gain:.4f} ms on it" if gain is not None else ""),
         })
-        if fp32_score - final.score <= max_drop:
+        if fp32.score - final.score <= max_drop:
             break
     result.keep_float = keep
     result.final_score = final.score
-    result.met = fp32_score - final.score <= max_drop
+    result.met = fp32.score - final.score <= max_drop
+    result.standard_error = drop_standard_error(fp32, final)
     result.evaluations = count
     return result
 
