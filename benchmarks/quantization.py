@@ -1,13 +1,14 @@
 """int8 side by side: edgec int8, edgec mixed, NNCF, ONNX Runtime quantize_static, against fp32.
 
     python benchmarks/quantization.py [--resolution 64|224] [--rounds 21] [--runs 50] [--skip-resnet]
-                                      [--preprocess graph|outside|both]
+                                      [--preprocess graph|outside|both] [--eval heldout|all|search|none]
 
 Everything runs in this one process on the same data:
 - MobileNetV2 (torchvision's ImageNet weights) + a linear head trained on Fashion-MNIST
-  (benchmarks/fmnist_probe.py; 512 calibration images from the train split). edgec mixed searches on the
-  first 2,000 test images (the probe's val split); accuracy is reported on the other 8,000 test images,
-  which no tool saw (--eval all: all 10,000; --eval search: the 2,000 only).
+  (benchmarks/fmnist_probe.py; 512 calibration images from the train split). edgec mixed checks its budget
+  on 1,000 of the first 2,000 test images (the probe's val split; edgec's default validation sample count);
+  accuracy is reported on the other 8,000 test images, which no tool saw (--eval all: all 10,000; --eval
+  search: the 2,000 only; --eval none: latency only, with the spread of the per-round ratios).
   Twice: with the 28x28 -> RxR resize and normalisation inside the graph (input [1,1,28,28]; every variant
   pays the same f32 Interpolate, ~0.22 ms at 224 on OpenVINO), and as the network alone (input
   [1,3,R,R], the same preprocessing done in PyTorch beforehand) -- the same weights and images.
@@ -31,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgec  # noqa: E402
+from edgec.passes.mixed import drop_standard_error  # noqa: E402
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 ORT_SAMPLES = 128
@@ -132,18 +134,10 @@ def nncf_quantize(onnx_path: Path, calib: np.ndarray, shape: list[int]):
     return nncf.quantize(model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]), subset_size=len(calib))
 
 
-def drop_standard_error(ref_top: np.ndarray, top: np.ndarray, labels: np.ndarray | None) -> float:
-    """Standard error (points) of the accuracy drop measured on these images: the drop is the mean of a per-image
-    difference (+1 fp32 right and this variant wrong, -1 the reverse, 0 otherwise), so only flips contribute."""
-    truth = ref_top if labels is None else labels
-    diff = (ref_top == truth).astype(np.float64) - (top == truth)
-    return 100.0 * float(diff.std()) / np.sqrt(len(diff))
-
-
 def run(name: str, onnx_path: Path, data: dict, x_val: np.ndarray, labels: np.ndarray | None, rounds: int,
-        runs: int, work: Path, budget: float | None, prepare: Callable = lambda a: a) -> None:
+        runs: int, work: Path, budget: float | None, prepare: Callable = lambda a: a, score: bool = True) -> None:
     """Quantize `onnx_path` every way, then compare accuracy on (prepare(x_val), labels) and interleaved latency.
-    budget None: no mixed."""
+    budget None: no mixed. score False: latency only (x_val[:1] is the timing input)."""
     calib = data["x"]
     shape = list(calib.shape[1:])
     t = {}
@@ -178,30 +172,41 @@ def run(name: str, onnx_path: Path, data: dict, x_val: np.ndarray, labels: np.nd
     }
     if mixed is not None:
         compiled[f"edgec mixed ({budget} pt)"] = ov_compile(str(mixed.output_dir / "model.xml"))
-    preds = {k: ov_predict(c, x_val, prepare) for k, c in compiled.items()}
-    preds["ORT quantize_static on ORT"] = ort_predict(ort_path, x_val, prepare)
-    preds["fp32 on ORT"] = ort_predict(onnx_path, x_val, prepare)
     runners = {k: ov_runner(c) for k, c in compiled.items()}
     runners["fp32 on ORT"] = ort_runner(onnx_path)
     runners["ORT quantize_static on ORT"] = ort_runner(ort_path)
     per_round = interleaved_rounds(runners, prepare(x_val[:1]), rounds, runs)
     lat = {k: float(np.median(v)) for k, v in per_round.items()}
 
-    ref = preds["fp32 (OpenVINO f32)"].argmax(1)
-    base_acc = float((ref == labels).mean()) if labels is not None else 1.0
-    print(f"{'variant':36} {'accuracy':>9} {'drop pt':>8} {'+-s.e.':>6} {'agree':>7} {'p50 ms':>8} {'vs fp32':>8}")
-    for k, p in preds.items():
-        top = p.argmax(1)
-        acc = float((top == labels).mean()) if labels is not None else float((top == ref).mean())
-        base = "fp32 on ORT" if k.endswith("on ORT") else "fp32 (OpenVINO f32)"
-        print(f"{k:36} {100 * acc:8.2f}% {100 * (base_acc - acc):8.2f} {drop_standard_error(ref, top, labels):6.2f} "
-              f"{100 * (top == ref).mean():6.1f}% {lat[k]:8.3f} {paired_ratio(per_round, k, base):8.3f}")
+    q = np.percentile  # spread of the per-round ratios: how firm "vs fp32" is on this machine today
+    if not score:
+        print(f"{'variant':36} {'p50 ms':>8} {'vs fp32':>8} {'ratio IQR over rounds':>22}")
+        for k in per_round:
+            base = "fp32 on ORT" if k.endswith("on ORT") else "fp32 (OpenVINO f32)"
+            r = np.array(per_round[k]) / np.array(per_round[base])
+            print(f"{k:36} {lat[k]:8.3f} {paired_ratio(per_round, k, base):8.3f} {q(r, 25):14.3f}-{q(r, 75):.3f}")
+    else:
+        preds = {k: ov_predict(c, x_val, prepare) for k, c in compiled.items()}
+        preds["ORT quantize_static on ORT"] = ort_predict(ort_path, x_val, prepare)
+        preds["fp32 on ORT"] = ort_predict(onnx_path, x_val, prepare)
+        ref = preds["fp32 (OpenVINO f32)"].argmax(1)
+        truth = labels if labels is not None else ref
+        base_acc = float((ref == truth).mean())
+        print(f"{'variant':36} {'accuracy':>9} {'drop pt':>8} {'+-s.e.':>6} {'agree':>7} {'p50 ms':>8} {'vs fp32':>8}")
+        for k, p in preds.items():
+            top = p.argmax(1)
+            acc = float((top == truth).mean())
+            base = "fp32 on ORT" if k.endswith("on ORT") else "fp32 (OpenVINO f32)"
+            print(f"{k:36} {100 * acc:8.2f}% {100 * (base_acc - acc):8.2f} "
+                  f"{drop_standard_error(ref == truth, top == truth):6.2f} {100 * (top == ref).mean():6.1f}% "
+                  f"{lat[k]:8.3f} {paired_ratio(per_round, k, base):8.3f}")
     if mixed is None:
         print("mixed: skipped (no labels and random weights: a budget on top-1 agreement means nothing here)")
     else:
         m = mixed.report["mixed_precision"]
         print(f"mixed kept {len(m['float_layers'])} of {len(m['float_layers']) + m['int8_layers']} quantizable layers "
-              f"in float: {', '.join(d['node'] for d in m['float_layers']) or '-'}")
+              f"in float: {', '.join(d['node'] for d in m['float_layers']) or '-'}; on its search data "
+              f"({m['search_data']}) fp32 {m['fp32']:.2f}, mixed {m['mixed']:.2f} (+-{m['standard_error_points']:.2f})")
     print("quantization time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
           + "  (edgec times include building, checking and profiling fp32/int8 variants)")
     print(f"latency: median of {rounds} interleaved rounds x {runs} runs, batch 1; vs fp32: median over rounds of "
@@ -218,8 +223,9 @@ def main() -> None:
     p.add_argument("--preprocess", choices=["graph", "outside", "both"], default="both",
                    help="MobileNetV2 probe with its 28->R resize + normalisation inside the graph (an f32 Interpolate "
                         "every variant pays), outside it (the network alone, input [1,3,R,R]), or both")
-    p.add_argument("--eval", choices=["heldout", "all", "search"], default="heldout",
-                   help="which Fashion-MNIST test images score accuracy (default: the 8,000 the mixed search never sees)")
+    p.add_argument("--eval", choices=["heldout", "all", "search", "none"], default="heldout",
+                   help="which Fashion-MNIST test images score accuracy (default: the 8,000 the mixed search never "
+                        "sees; none: latency only)")
     args = p.parse_args()
     from benchmarks.fmnist_probe import build_probe
 
@@ -232,12 +238,15 @@ def main() -> None:
         images, labels = load_fashion_mnist("t10k")
         search = len(data["val_x"])
         assert np.array_equal(images[:search].astype(np.float32) / 255, data["val_x"])  # val split = first test images
-        pick = {"heldout": slice(search, None), "all": slice(None), "search": slice(0, search)}[args.eval]
+        pick = {"heldout": slice(search, None), "all": slice(None), "search": slice(0, search),
+                "none": slice(search, search + 1)}[args.eval]
         x_eval, y_eval = images[pick].astype(np.float32) / 255, labels[pick].astype(np.int64)
-        print(f"accuracy on {len(x_eval)} Fashion-MNIST test images ({args.eval}); mixed searches on the first {search}")
+        score = args.eval != "none"
+        print(f"accuracy on {len(x_eval)} Fashion-MNIST test images ({args.eval}); the probe's val split (mixed's "
+              f"search data) is the first {search}" if score else "latency only (--eval none)")
         if args.preprocess in ("graph", "both"):
             run(f"mobilenetv2-fmnist-{args.resolution}", probe.onnx_path, data, x_eval, y_eval, args.rounds,
-                args.runs, work, args.budget)
+                args.runs, work, args.budget, score=score)
         if args.preprocess in ("outside", "both"):
             from benchmarks.fmnist_probe import export_network_only, preprocess
 
@@ -245,7 +254,7 @@ def main() -> None:
             path = export_network_only(probe, work / f"mobilenetv2-fmnist-{r}-rgb.onnx")
             rgb = {"x": preprocess(data["x"], r), "val_x": preprocess(data["val_x"], r), "val_y": data["val_y"]}
             run(f"mobilenetv2-fmnist-{r}-rgb", path, rgb, x_eval, y_eval, args.rounds, args.runs, work, args.budget,
-                prepare=lambda a: preprocess(a, r))
+                prepare=lambda a: preprocess(a, r), score=score)
             del rgb
         if not args.skip_resnet:
             import torch
@@ -256,7 +265,7 @@ def main() -> None:
             rng = np.random.default_rng(0)
             rdata = {"x": rng.standard_normal((256, 3, 224, 224), dtype=np.float32),
                      "val_x": rng.standard_normal((300, 3, 224, 224), dtype=np.float32)}
-            run("resnet18-like-224", path, rdata, rdata["val_x"], None, args.rounds, args.runs, work, None)
+            run("resnet18-like-224", path, rdata, rdata["val_x"], None, args.rounds, args.runs, work, None, score=score)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 import edgec
 from edgec import CalibrationSet, ConfigError
 from edgec.model import Model
-from edgec.passes.mixed import Evaluation, drop_standard_error, make_evaluator, search_mixed
+from edgec.passes.mixed import drop_standard_error, make_evaluator, search_mixed
 from edgec.passes.quantize import (PLACEMENTS, activation_qparams, calibrate, plan_quantization, quantize_weight)
 from models import tiny_conv_onnx, tiny_resnet_and_mobilenet
 
@@ -190,15 +190,15 @@ def test_mixed_precision_honours_the_budget() -> None:
     assert result.standard_error == 0.0  # met at 0 points: nothing flipped
     generous = search_mixed(calibrated, evaluate, fp32, max_drop=100.0)
     assert generous.keep_float == [] and generous.met and generous.evaluations == 1
-    assert generous.standard_error == pytest.approx(drop_standard_error(fp32, int8)) and generous.standard_error > 0
+    assert generous.standard_error == pytest.approx(drop_standard_error(fp32.correct, int8.correct)) and generous.standard_error > 0
 
 
 def test_drop_standard_error_counts_flipped_samples() -> None:
     """Drop = mean of +1 (fp32 right, other wrong) / -1 / 0 per sample; its standard error is that mean's."""
-    fp32 = Evaluation(80.0, 0.0, np.array([True] * 80 + [False] * 20))
-    other = Evaluation(78.0, 0.0, fp32.correct.copy())
-    other.correct[:3] = False   # 3 right -> wrong
-    other.correct[80] = True    # 1 wrong -> right
+    fp32 = np.array([True] * 80 + [False] * 20)
+    other = fp32.copy()
+    other[:3] = False   # 3 right -> wrong
+    other[80] = True    # 1 wrong -> right
     diff = np.array([1.0] * 3 + [-1.0] + [0.0] * 96)
     assert drop_standard_error(fp32, other) == pytest.approx(100 * diff.std() / 10)
     assert drop_standard_error(fp32, fp32) == 0.0

@@ -34,10 +34,10 @@ class Evaluation:
     correct: np.ndarray  # per sample: top-1 is right (labels) or agrees with fp32 (no labels)
 
 
-def drop_standard_error(fp32: Evaluation, other: Evaluation) -> float:
-    """Standard error (points) of fp32.score - other.score: the drop is the mean over samples of +1 (fp32 right,
-    the other wrong), -1 (the reverse) or 0, so only the samples whose prediction flipped contribute."""
-    diff = fp32.correct.astype(np.float64) - other.correct
+def drop_standard_error(fp32_correct: np.ndarray, other_correct: np.ndarray) -> float:
+    """Standard error (points) of an accuracy drop from per-sample correctness: the drop is the mean over samples
+    of +1 (fp32 right, the other wrong), -1 (the reverse) or 0, so only the samples whose prediction flipped count."""
+    diff = np.asarray(fp32_correct, dtype=np.float64) - np.asarray(other_correct, dtype=np.float64)
     return 100.0 * float(diff.std()) / float(np.sqrt(len(diff)))
 
 
@@ -80,7 +80,7 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
     int8 = evaluate(calibrated.quantized())
     count = 1
     result = MixedResult([], fp32.score - int8.score <= max_drop, fp32.score, int8.score, int8.score, metric,
-                         drop_standard_error(fp32, int8))
+                         drop_standard_error(fp32.correct, int8.correct))
     if result.met:
         result.evaluations = count
         return result
@@ -121,7 +121,7 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
     result.keep_float = keep
     result.final_score = final.score
     result.met = fp32.score - final.score <= max_drop
-    result.standard_error = drop_standard_error(fp32, final)
+    result.standard_error = drop_standard_error(fp32.correct, final.correct)
     result.evaluations = count
     return result
 
