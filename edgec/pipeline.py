@@ -327,7 +327,8 @@ class _Job:
         elif max_drop < 2 * result.standard_error:
             print(f"edgec: note: the {max_drop}-point budget is within the noise of {len(samples)} search samples "
                   f"(the drop is measured to +-{result.standard_error:.2f} points, one standard error); more labelled "
-                  f"validation samples (val_x/val_y) make it firmer", file=sys.stderr)
+                  f"validation samples (val_x/val_y: edgec scores up to {VALIDATION_SAMPLES}, or --calib-samples N) "
+                  f"make it firmer", file=sys.stderr)
         return calibrated.quantized(result.keep_float)
 
     def variant(self, model: Model, fp32: Model, precision: str, folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
