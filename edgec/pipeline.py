@@ -341,13 +341,18 @@ class _Job:
 
 
 def _speed_warnings(comparison: Mapping[str, Any], precision: str) -> list[str]:
-    """int8 must be faster than fp32; when it is not, say so loudly instead of shipping it quietly."""
-    fp32 = (comparison.get("fp32") or {}).get("latency_ms_p50")
-    mine = (comparison.get(precision) or {}).get("latency_ms_p50")
-    if not fp32 or not mine or mine < fp32:
+    """int8 must be faster than fp32; when it is not, say so loudly instead of shipping it quietly.
+
+    The two builds are profiled one after the other, so a burst of load on a shared machine can double one
+    median: the warning needs the quantized build to be no faster by its fastest run either."""
+    fp32, mine = comparison.get("fp32") or {}, comparison.get(precision) or {}
+    if not fp32.get("latency_ms_p50") or not mine.get("latency_ms_p50"):
         return []
-    warning = (f"the {precision} build is not faster than fp32 here (p50 {mine:.3f} ms vs {fp32:.3f} ms): the model is "
-               "too small for int8 to pay off on this CPU, or the timing is noisy; consider shipping fp32")
+    if any(mine.get(k) and fp32.get(k) and mine[k] < fp32[k] for k in ("latency_ms_p50", "latency_ms_min")):
+        return []
+    warning = (f"the {precision} build is not faster than fp32 here (p50 {mine['latency_ms_p50']:.3f} ms vs "
+               f"{fp32['latency_ms_p50']:.3f} ms): the model is too small for int8 to pay off on this CPU, or the "
+               "timing is noisy; consider shipping fp32")
     print(f"edgec: WARNING: {warning}", file=sys.stderr)
     return [warning]
 
@@ -358,6 +363,7 @@ def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) ->
     return {"accuracy": {k: acc[k] for k in ("top1_agreement", "cosine_mean", "max_abs_error", "labelled")
                          if k in acc},
             "latency_ms_p50": prof.get("latency_ms", {}).get("p50"),
+            "latency_ms_min": prof.get("latency_ms", {}).get("min"),
             "artifact_bytes": sum((folder / f).stat().st_size for f in files)}
 
 

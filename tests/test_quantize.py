@@ -298,3 +298,18 @@ def test_openvino_int8_weights_build(tmp_path: Path) -> None:
     sizes = build.report["comparison"]
     assert sizes["int8-weights"]["artifact_bytes"] < 0.5 * sizes["fp32"]["artifact_bytes"]
     assert [p["name"] for p in build.manifest["passes"]] == ["cleanup", "quantize-int8-weights"]
+
+
+def test_speed_warning_needs_both_median_and_fastest_run_not_faster(capsys) -> None:
+    from edgec.pipeline import _speed_warnings
+
+    def comparison(p50: float, fastest: float) -> dict:
+        return {"fp32": {"latency_ms_p50": 1.0, "latency_ms_min": 0.9},
+                "int8": {"latency_ms_p50": p50, "latency_ms_min": fastest}}
+
+    assert _speed_warnings(comparison(0.8, 0.7), "int8") == []
+    assert _speed_warnings(comparison(2.0, 0.7), "int8") == []  # a load burst doubled the median only
+    warned = _speed_warnings(comparison(1.2, 1.1), "int8")
+    assert len(warned) == 1 and "not faster than fp32" in warned[0] and "1.200 ms vs 1.000 ms" in warned[0]
+    assert "WARNING" in capsys.readouterr().err
+    assert _speed_warnings({"fp32": {"latency_ms_p50": 1.0}, "int8": {"latency_ms_p50": 1.5}}, "int8")  # no min: p50
