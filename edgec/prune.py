@@ -3,7 +3,8 @@
     result = edgec.prune(model, ratio=0.3, example_inputs=(x,), target="intel-cpu", data=(images, labels),
                          epochs=2)
     result.model            # the pruned nn.Module (a new object; the input model is not touched)
-    result.report           # params, MACs, accuracy before/after recovery, latency before/after on the target
+    result.report           # params, MACs, fp32 weight bytes, accuracy before/after recovery, latency
+                            # before/after on the target (and on each of `measure_on`)
 
 Dependencies across residual adds, concats and depthwise convolutions are tracked by torch-pruning's
 dependency graph (a maintained library; edgec chooses importance, rounding, kept layers and recovery).
@@ -33,13 +34,14 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
           round_to: int | None = None, importance: str = "l2", keep: Sequence[str] = (),
           data: Any = None, epochs: int = 0, finetune: Callable[[Any], Any] | None = None,
           lr: float = 1e-3, temperature: float = 4.0, batch_size: int = 64, measure: bool = True,
-          progress: bool = True) -> PruneResult:
+          measure_on: Sequence[str] = (), progress: bool = True) -> PruneResult:
     """Remove `ratio` of the channels of every prunable layer (except `keep` and the output layer).
 
     `data`: (inputs, labels) tensors or (inputs,) for distillation without labels; used by the Taylor
     importance and by the default recovery, knowledge distillation from the unpruned model for `epochs`.
     `finetune(model)` replaces the default recovery. With a `target` whose backend runs here, dense and
-    pruned latency are measured; a pruned model that is not faster is refused.
+    pruned latency are measured; a pruned model that is not faster is refused. `measure_on` names more
+    targets to measure on (report["latency_ms_by_target"]); being slower there is reported, not refused.
     """
     try:
         import torch_pruning as tp
@@ -52,6 +54,7 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
     from .target import load_target
 
     tgt = load_target(target) if target else None
+    others = [load_target(t) for t in measure_on]  # unknown names fail here, before any work
     round_to = round_to or (tgt.round_to if tgt else 1)
     example = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
     teacher = model.eval()
@@ -59,6 +62,7 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
     kept = _kept_modules(student, keep, example)
     log = _Log(progress)
     macs0, params0 = tp.utils.count_ops_and_params(student, example)
+    weights0 = _weight_bytes(student)
     imp = (tp.importance.GroupTaylorImportance() if importance == "taylor"
            else tp.importance.GroupMagnitudeImportance(p=1 if importance == "l1" else 2))
     try:
@@ -77,6 +81,7 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
     report: dict[str, Any] = {
         "ratio": ratio, "importance": importance, "round_to": round_to, "kept": [n for n, _ in kept],
         "params": [int(params0), int(params1)], "macs": [int(macs0), int(macs1)],
+        "weights_bytes": [weights0, _weight_bytes(student)],
         "channels": _channel_counts(student), "target": tgt.name if tgt else None,
     }
     inputs, labels = _split(data)
@@ -99,6 +104,17 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
             raise ConfigError(f"The {100 * ratio:.0f}%-pruned model is not faster on {tgt.name} ({pruned:.3f} ms vs "
                               f"dense {dense:.3f} ms): edgec does not emit it. Try round_to="
                               f"{max(8, 2 * round_to)} or a larger ratio.")
+    if measure and (others or tgt is not None):
+        by_target = {tgt.name: report["latency_ms"]} if tgt is not None else {}
+        for other in others:
+            if other.name not in by_target:
+                by_target[other.name] = _measure(teacher, student, example, other, log)
+        report["latency_ms_by_target"] = by_target
+        report["warnings"] = [f"the pruned model is not faster on {name} ({lat['pruned']:.3f} ms vs dense "
+                              f"{lat['dense']:.3f} ms)" for name, lat in by_target.items()
+                              if lat["dense"] is not None and lat["pruned"] >= lat["dense"]]
+        for warning in report["warnings"]:
+            print(f"edgec: WARNING: {warning}", file=sys.stderr)
     return PruneResult(student, report)
 
 
@@ -126,6 +142,11 @@ def _kept_modules(model: Any, patterns: Sequence[str], example: tuple) -> list[t
     last_name, last = weighted[-1]  # the classifier/head: its outputs are the model's outputs
     kept.setdefault(last_name, last)
     return list(kept.items())
+
+
+def _weight_bytes(model: Any) -> int:
+    """Bytes of the parameters and buffers (running stats included): what an fp32 artifact stores."""
+    return int(sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())))
 
 
 def _channel_counts(model: Any) -> dict[str, int]:

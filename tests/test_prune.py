@@ -134,3 +134,35 @@ def test_pruned_model_is_measured_on_the_target_and_never_slower() -> None:
         return
     lat = result.report["latency_ms"]
     assert lat["pruned"] < lat["dense"] and lat["ratio"] < 1.0
+
+
+@pytest.mark.requires_torch
+@pytest.mark.requires_openvino
+@pytest.mark.requires_tvm
+def test_report_has_weight_bytes_and_latency_per_backend(capsys) -> None:
+    import torch
+
+    model = tiny_concat_model()
+    result = edgec.prune(model, 0.5, (torch.zeros(1, 3, 32, 32),), measure_on=["intel-cpu", "x86-tvm", "rpi4"],
+                         progress=False)
+    report = result.report
+    dense_bytes, pruned_bytes = report["weights_bytes"]
+    assert 4 * report["params"][0] <= dense_bytes < 4 * report["params"][0] + 4096  # fp32 weights + BN stats
+    assert 4 * report["params"][1] <= pruned_bytes < 0.6 * dense_bytes
+    by_target = report["latency_ms_by_target"]
+    assert set(by_target) == {"intel-cpu", "x86-tvm", "rpi4"}
+    for name in ("intel-cpu", "x86-tvm"):  # built and timed here, OpenVINO and TVM
+        assert by_target[name]["dense"] > 0 and by_target[name]["pruned"] > 0
+        assert by_target[name]["ratio"] == pytest.approx(by_target[name]["pruned"] / by_target[name]["dense"], abs=1e-3)
+    assert by_target["rpi4"]["dense"] is None and "profile on the device" in by_target["rpi4"]["note"]
+    slower = [n for n in ("intel-cpu", "x86-tvm") if by_target[n]["pruned"] >= by_target[n]["dense"]]
+    assert len(report["warnings"]) == len(slower)  # slower elsewhere is reported, not refused
+    assert "latency_ms" not in report  # no target to prune for, so nothing to refuse
+
+
+def test_measure_on_an_unknown_target_fails_before_pruning() -> None:
+    pytest.importorskip("torch_pruning")
+    import torch
+
+    with pytest.raises(ConfigError, match="jetsn"):
+        edgec.prune(tiny_concat_model(), 0.5, (torch.zeros(1, 3, 32, 32),), measure_on=["jetsn"], progress=False)
