@@ -313,3 +313,26 @@ def test_speed_warning_needs_both_median_and_fastest_run_not_faster(capsys) -> N
     assert len(warned) == 1 and "not faster than fp32" in warned[0] and "1.200 ms vs 1.000 ms" in warned[0]
     assert "WARNING" in capsys.readouterr().err
     assert _speed_warnings({"fp32": {"latency_ms_p50": 1.0}, "int8": {"latency_ms_p50": 1.5}}, "int8")  # no min: p50
+
+
+@pytest.mark.requires_openvino
+def test_mixed_says_when_its_budget_is_inside_the_noise(tmp_path: Path, tiny_onnx: Path, monkeypatch, capsys) -> None:
+    from edgec.passes import mixed
+
+    real = mixed.search_mixed
+
+    def noisy(*args, **kwargs):  # the real search, with the drop measured to +-0.6 points as on 1,000 real images
+        result = real(*args, **kwargs)
+        result.standard_error = 0.6
+        return result
+
+    monkeypatch.setattr(mixed, "search_mixed", noisy)
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 3, 16, 16), dtype=np.float32)
+    build = edgec.compile(tiny_onnx, "intel-cpu", "mixed", calibration={"x": x[:32], "val_x": x[32:]},
+                          max_accuracy_drop=0.2, output_dir=tmp_path / "o", profile_runs=5, progress=False,
+                          use_cache=False)
+    err = capsys.readouterr().err
+    assert build.report["mixed_precision"]["standard_error_points"] == 0.6
+    assert "0.2-point budget is within the noise of 16 search samples" in err and "+-0.60 points" in err
+    assert "0.60 points, one standard error" in (tmp_path / "o" / "report.html").read_text().replace("&plusmn;", "")
