@@ -1,7 +1,8 @@
 """TVM RPC server for a board (real or emulated): `python board_server.py --port 9090 [--key K --tracker H:P]`.
 
 Runs on the board with only the standard library, numpy and the TVM runtime (keep it that way: it is copied
-to the board by scripts/arm_board.sh and never imports edgec). Differences from `python -m tvm.exec.rpc_server`:
+to the board by scripts/arm_board.sh and never imports edgec; it imports edgec_runtime, a copy of edgec/runtime.py
+placed beside it, which has the same rule). Differences from `python -m tvm.exec.rpc_server`:
 
 * the listen loop runs in this process (sessions are forked children; nothing re-launches sys.executable,
   which under qemu-user is an aarch64 binary the host kernel cannot exec);
@@ -24,9 +25,9 @@ import time
 
 import tvm
 import tvm.rpc.server as _server
+from edgec_runtime import time_call_sites  # edgec/runtime.py, copied beside this file by scripts/arm_board.sh
 
 log = logging.getLogger("edgec.board")
-_NO_OP = 0  # tvm.runtime.vm.VMInstrumentReturnKind.NO_OP
 _STATE = {"crashes": 0, "last_crash": None, "started": time.time()}
 _original_serving = _server._serving
 
@@ -83,8 +84,7 @@ def _last_crash() -> str:
 def _measure(lib, runs, warmup, kernel_runs, *args) -> str:
     """Run the VM's main on `args`: per-run wall times (ms), then mean time per kernel call site (ms).
 
-    Same conventions as edgec.runtime.Session.time_kernels: a kernel called from several places is listed
-    once per call site as symbol#k; VM builtins are left out.
+    Kernel times come from edgec/runtime.py's time_call_sites (symbol#k per call site; VM builtins left out).
     """
     from tvm.runtime.vm import VirtualMachine
 
@@ -97,43 +97,7 @@ def _measure(lib, runs, warmup, kernel_runs, *args) -> str:
         t0 = time.perf_counter()
         main(*args)
         samples.append((time.perf_counter() - t0) * 1000.0)
-    sites: dict[str, list[float]] = {}
-    order: list[str] = []
-    state = {"seen": {}, "t0": 0.0, "record": False}
-
-    def instrument(func, symbol, before, ret, *call_args):
-        if symbol.startswith("vm."):
-            return _NO_OP
-        if before:
-            state["t0"] = time.perf_counter()
-            return _NO_OP
-        elapsed = (time.perf_counter() - state["t0"]) * 1000.0
-        k = state["seen"].get(symbol, 0)
-        state["seen"][symbol] = k + 1
-        if state["record"]:
-            name = f"{symbol}#{k}"
-            if name not in sites:
-                sites[name] = []
-                order.append(name)
-            sites[name].append(elapsed)
-        return _NO_OP
-
-    if int(kernel_runs) > 0:
-        vm.set_instrument(instrument)
-        for i in range(1 + int(kernel_runs)):
-            state["seen"] = {}
-            state["record"] = i >= 1
-            main(*args)
-    calls: dict[str, int] = {}
-    for name in order:
-        symbol = name.rsplit("#", 1)[0]
-        calls[symbol] = calls.get(symbol, 0) + 1
-    kernels = []
-    for name in order:
-        symbol = name.rsplit("#", 1)[0]
-        times = sites[name]
-        kernels.append({"kernel": symbol if calls[symbol] == 1 else name, "symbol": symbol,
-                        "time_ms": round(sum(times) / len(times), 5), "samples": len(times)})
+    kernels = time_call_sites(vm, main, args, int(kernel_runs)) if int(kernel_runs) > 0 else []
     return json.dumps({"samples_ms": samples, "kernels": kernels})
 
 

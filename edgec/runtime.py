@@ -122,51 +122,56 @@ class Session:
         return samples
 
     def time_kernels(self, feeds: dict[str, np.ndarray], runs: int, warmup: int = 1) -> list[dict[str, Any]]:
-        """Mean time per kernel call site, in execution order, timed around each call by a VM instrument.
+        """Mean time per kernel call site: time_call_sites() on this session's VM."""
+        return time_call_sites(self.vm, self._main, self.to_device(feeds), runs, warmup)
 
-        A kernel called from several places is reported once per call site as `symbol#k` (k counts from 0);
-        a kernel called once keeps its plain symbol. VM builtins (allocation, reshape views) are not listed.
-        """
-        args = self.to_device(feeds)
-        sites: dict[str, list[float]] = {}
-        order: list[str] = []
-        state: dict[str, Any] = {"seen": {}, "t0": 0.0, "record": False}
 
-        def instrument(func: Any, symbol: str, before: bool, ret: Any, *call_args: Any) -> int:
-            if symbol.startswith("vm.builtin.") or symbol.startswith("vm."):
-                return _NO_OP
-            if before:
-                state["t0"] = time.perf_counter()
-                return _NO_OP
-            elapsed = (time.perf_counter() - state["t0"]) * 1000.0
-            k = state["seen"].get(symbol, 0)
-            state["seen"][symbol] = k + 1
-            if state["record"]:
-                name = f"{symbol}#{k}"
-                if name not in sites:
-                    sites[name] = []
-                    order.append(name)
-                sites[name].append(elapsed)
+def time_call_sites(vm: Any, main: Any, args: Sequence[Any], runs: int, warmup: int = 1) -> list[dict[str, Any]]:
+    """Mean time per kernel call site of `main(*args)` on `vm`, in execution order, timed around each call by
+    a VM instrument (the board server calls this too, on the board).
+
+    A kernel called from several places is reported once per call site as `symbol#k` (k counts from 0);
+    a kernel called once keeps its plain symbol. VM builtins (allocation, reshape views) are not listed.
+    """
+    sites: dict[str, list[float]] = {}
+    order: list[str] = []
+    state: dict[str, Any] = {"seen": {}, "t0": 0.0, "record": False}
+
+    def instrument(func: Any, symbol: str, before: bool, ret: Any, *call_args: Any) -> int:
+        if symbol.startswith("vm."):
             return _NO_OP
+        if before:
+            state["t0"] = time.perf_counter()
+            return _NO_OP
+        elapsed = (time.perf_counter() - state["t0"]) * 1000.0
+        k = state["seen"].get(symbol, 0)
+        state["seen"][symbol] = k + 1
+        if state["record"]:
+            name = f"{symbol}#{k}"
+            if name not in sites:
+                sites[name] = []
+                order.append(name)
+            sites[name].append(elapsed)
+        return _NO_OP
 
-        self.vm.set_instrument(instrument)
-        try:
-            for i in range(warmup + runs):
-                state["seen"] = {}
-                state["record"] = i >= warmup
-                self._main(*args)
-        finally:
-            self.vm.set_instrument(_null_instrument)
-        calls = {}
-        for name in order:
-            symbol = name.rsplit("#", 1)[0]
-            calls[symbol] = calls.get(symbol, 0) + 1
-        rows = []
-        for name in order:
-            symbol = name.rsplit("#", 1)[0]
-            rows.append({"kernel": symbol if calls[symbol] == 1 else name, "symbol": symbol,
-                         "time_ms": round(float(np.mean(sites[name])), 5), "samples": len(sites[name])})
-        return rows
+    vm.set_instrument(instrument)
+    try:
+        for i in range(warmup + runs):
+            state["seen"] = {}
+            state["record"] = i >= warmup
+            main(*args)
+    finally:
+        vm.set_instrument(_null_instrument)
+    calls: dict[str, int] = {}
+    for name in order:
+        symbol = name.rsplit("#", 1)[0]
+        calls[symbol] = calls.get(symbol, 0) + 1
+    rows = []
+    for name in order:
+        symbol = name.rsplit("#", 1)[0]
+        rows.append({"kernel": symbol if calls[symbol] == 1 else name, "symbol": symbol,
+                     "time_ms": round(float(np.mean(sites[name])), 5), "samples": len(sites[name])})
+    return rows
 
 
 def _null_instrument(func: Any, symbol: str, before: bool, ret: Any, *args: Any) -> int:

@@ -128,8 +128,12 @@ cmd_start() {
     say "WARNING: serving TVM RPC on $host: anyone who can reach this port can upload and run code on the board"
   # the server file is copied, not run from the repo: edgec/ holds modules named like stdlib ones (profile)
   mkdir -p "$BOARD_DIR/bin"
-  cp "$REPO/edgec/board_server.py" "$BOARD_DIR/bin/edgec_board_server.py.$$"
-  mv "$BOARD_DIR/bin/edgec_board_server.py.$$" "$BOARD_DIR/bin/edgec_board_server.py"
+  # edgec_runtime.py (edgec/runtime.py: standard library, numpy and tvm only) times kernels for the server
+  local f
+  for f in board_server runtime; do
+    cp "$REPO/edgec/$f.py" "$BOARD_DIR/bin/edgec_$f.py.$$"
+    mv "$BOARD_DIR/bin/edgec_$f.py.$$" "$BOARD_DIR/bin/edgec_$f.py"
+  done
   QEMU_CPU=$cpu board_python "$BOARD_DIR/bin/edgec_board_server.py" "${args[@]}"
 }
 
