@@ -18,7 +18,7 @@ import numpy as np
 
 from ..calibration import CalibrationSet
 from ..errors import ConfigError, PassError
-from ..model import Model, ort_session
+from ..model import Model
 
 _WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 MIN_CALIBRATION_SAMPLES = 8  # below this, activation ranges are guesses
@@ -390,10 +390,11 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: str =
 
 def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,
                    histograms: Mapping[str, Any], subset: Any, progress: Callable[[int, int], None] | None) -> tuple[dict, dict]:
+    from .. import accuracy
     from . import range_search as rs
     from .mixed import make_evaluator
 
-    reference = np.concatenate([ort_session(model.proto).run(None, feed)[0] for feed in subset.feeds]).astype(np.float64)
+    reference = accuracy.collect(accuracy.onnx_runtime_runner(model.proto), subset)[0].astype(np.float64)
     evaluate = make_evaluator(subset, reference)
     order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ())))
     candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in order}
