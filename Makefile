@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml
 	command -v aarch64-linux-gnu-gcc >/dev/null || (apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null 2>&1) \
 	  || echo "note: could not install gcc-aarch64-linux-gnu (needs root); ARM cross-compile tests will skip")
+	# strace lets the no-network test watch native code (ONNX Runtime's telemetry) too; without it that test skips.
+	command -v strace >/dev/null || apt-get install -y -q strace >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q strace >/dev/null 2>&1) \
+	  || echo "note: could not install strace (needs root); the no-network test will skip"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned explicitly first: a looser requirement would pull a multi-GB CUDA build.
@@ -28,7 +32,7 @@ test: $(STAMP)
 	# The emulated ARM board (qemu-user + an arm64 userland + aarch64 TVM wheels) for the board tests;
 	# if it cannot be set up here (no root, no qemu), those tests skip with the reason.
 	bash scripts/arm_board.sh setup || echo "note: emulated ARM board not set up; its tests will skip"
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) edgec-out .pytest_cache

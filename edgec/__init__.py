@@ -6,6 +6,7 @@
 
 Importing edgec needs only onnx; each backend imports its SDK when used.
 """
+from . import isolation  # noqa: F401  first: it turns ONNX Runtime's telemetry off before anything imports onnxruntime
 from ._version import __version__
 from .calibration import CalibrationSet
 from .errors import BackendUnavailable, BuildError, ConfigError, EdgecError, PassError

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .fileio import make_staging_dir, replace_dir
+from .fileio import staged_dir
 from .model import file_sha256
 
 
@@ -85,22 +85,18 @@ def store(key: str, out: Path) -> None:
     """Copy a finished output folder into the cache (atomically; a failure to cache never fails a build)."""
     entry = cache_dir() / key
     try:
-        staging = make_staging_dir(entry)
-        for p in out.iterdir():
-            if p.is_file():
-                shutil.copy2(p, staging / p.name)
-        replace_dir(staging, entry)
+        with staged_dir(entry) as staging:
+            _copy_files(out, staging)
     except OSError as e:
         print(f"edgec: could not write the build cache at {cache_dir()} ({e}); continuing", file=sys.stderr)
 
 
 def restore(entry: Path, out: Path) -> None:
-    staging = make_staging_dir(out)
-    try:
-        for p in entry.iterdir():
-            if p.is_file():
-                shutil.copy2(p, staging / p.name)
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_dir(out) as staging:
+        _copy_files(entry, staging)
+
+
+def _copy_files(src: Path, dst: Path) -> None:
+    for p in src.iterdir():
+        if p.is_file():
+            shutil.copy2(p, dst / p.name)

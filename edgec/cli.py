@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgec: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("edgec: interrupted; the output folder was left as it was.", file=sys.stderr)
+        print("edgec: interrupted; the output folder holds a whole build (the previous one unless the new one was "
+              "already in place), never a partial one.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug in edgec or an SDK: one line, the traceback only on request
         if os.environ.get("EDGEC_DEBUG"):

@@ -1,16 +1,19 @@
 """Atomic writes: a crash never leaves a valid-looking file or output folder.
 
 Files: temp file in the destination dir, fsync, os.replace.
-Folders: build in a sibling temp dir, then swap it in with renames (`replace_dir`).
+Folders: build in a sibling temp dir, then swap it in with renames (`staged_dir`, `replace_dir`).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def _umask() -> int:
@@ -50,11 +53,53 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def make_staging_dir(final: Path) -> Path:
-    """A fresh temp dir beside `final` (same filesystem, so the later rename is atomic).
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A fresh staging dir beside `final`, swapped in when the block completes.
 
-    Its name carries our pid, so staging dirs of killed builds (SIGKILL, power loss) are removed here.
+    On any exception or interrupt inside the block the staging dir is removed and `final` is left as it
+    was. SIGINT/SIGTERM never split the steps that keep this true (creating the staging dir, the swap, the
+    clean-up): they are raised as soon as those finish. A SIGKILL leaves the staging dir behind; its name
+    carries the pid, and the next build into `final` removes it.
     """
+    staging: Path | None = None
+    try:
+        with signals_deferred():
+            staging = _make_staging_dir(final)
+        yield staging
+        with signals_deferred():
+            replace_dir(staging, final)
+    except BaseException:
+        if staging is not None:
+            with signals_deferred():
+                shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM arriving inside the block are re-raised (to their own handlers) when it ends.
+
+    Only the main thread can hold signals back (Python runs handlers there); elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in _DEFERRED}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+def _make_staging_dir(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(final)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-{os.getpid()}-"))
@@ -63,10 +108,15 @@ def make_staging_dir(final: Path) -> Path:
 
 
 def remove_stale_staging(final: Path) -> None:
-    for path in final.parent.glob(f".{final.name}.staging-*-*"):
-        pid = path.name.rsplit(".staging-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+    """Remove what killed builds of `final` left (their pid is dead); a swap killed half-way is undone."""
+    for path in sorted(final.parent.glob(f".{final.name}.*-*-*")):
+        kind, _, rest = path.name[len(final.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("staging", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and (path / "out").is_dir() and not final.exists():
+            os.replace(path / "out", final)  # killed between the two renames of replace_dir: put the old back
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -83,7 +133,8 @@ def replace_dir(staging: Path, final: Path) -> None:
     """Swap a finished staging dir into place. Readers see the old folder or the new one, never a mix.
 
     Two renames (old aside, new in) because POSIX cannot atomically replace a non-empty directory;
-    between them `final` is briefly absent, never partial.
+    between them `final` is briefly absent, never partial. If the second rename fails the old folder
+    is put back.
     """
     for p in staging.rglob("*"):
         if p.is_file():
@@ -92,9 +143,15 @@ def replace_dir(staging: Path, final: Path) -> None:
     fsync_dir(staging)
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-{os.getpid()}-"))
         os.replace(final, old / "out")
-    os.replace(staging, final)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "out", final)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

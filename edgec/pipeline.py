@@ -20,8 +20,9 @@ from ._version import __version__
 from .backends import get_backend
 from .calibration import CalibrationSet, Samples, synthetic_samples
 from .errors import ConfigError
-from .fileio import make_staging_dir, replace_dir, write_json_atomic, write_text_atomic
+from .fileio import staged_dir, write_json_atomic, write_text_atomic
 from .frontend import to_model
+from .isolation import isolated
 from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
@@ -91,6 +92,7 @@ class Steps:
             print(f"edgec: {what} done ({self.timings[what]:.1f}s)", file=sys.stderr, flush=True)
 
 
+@isolated
 def compile(model: Any, target: str | Target = "intel-cpu", precision: str | None = None,
             calibration: Any = None, *, example_inputs: Sequence[Any] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None, output_dir: str | Path | None = None,
@@ -151,8 +153,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         return Build(out, json.loads((out / "manifest.json").read_text()),
                      json.loads((out / "report.json").read_text()))
     job = _Job(tgt, backend, calib, steps, profile_runs, versions, model_in)
-    staging = make_staging_dir(out)
-    try:
+    with staged_dir(out) as staging:
         fp32 = job.run_pass(CleanupPass(), model_in)
         if sparsity is not None:
             fp32 = job.run_pass(sparsity, fp32)
@@ -181,10 +182,6 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         manifest["files"] = [{"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                              for p in sorted(staging.iterdir()) if p.is_file()]
         write_json_atomic(staging / "manifest.json", manifest)  # last: its presence marks a whole build
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if cacheable:
         cache.store(key, out)
     return Build(out, manifest, report)
@@ -367,6 +364,7 @@ def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) ->
             "artifact_bytes": sum((folder / f).stat().st_size for f in files)}
 
 
+@isolated
 def profile(output_dir: str | Path, device: str = "local", runs: int = 100, warmup: int = 10,
             write: bool = True) -> Profile:
     """Profile a compiled output folder on `device`; writes `profile.json` into it."""
@@ -378,6 +376,7 @@ def profile(output_dir: str | Path, device: str = "local", runs: int = 100, warm
     return prof
 
 
+@isolated
 def build_engine(output_dir: str | Path) -> Path:
     """On the device: turn a TensorRT bundle into model.engine (edgec build OUT)."""
     out = Path(output_dir)

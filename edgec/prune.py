@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .errors import BackendUnavailable, ConfigError, brief
+from .isolation import isolated
 
 IMPORTANCE = ("l1", "l2", "taylor")
 
@@ -30,6 +31,7 @@ class PruneResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+@isolated
 def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: str | None = None,
           round_to: int | None = None, importance: str = "l2", keep: Sequence[str] = (),
           data: Any = None, epochs: int = 0, finetune: Callable[[Any], Any] | None = None,

@@ -16,6 +16,8 @@ _REQUIREMENTS = {
                      "Apache TVM is not installed: pip install 'edgec[tvm]'"),
     "requires_tensorrt": (lambda: importlib.util.find_spec("tensorrt") is not None,
                           "TensorRT is not installed (it ships with JetPack on a Jetson, or from NVIDIA's index)"),
+    "requires_strace": (lambda: shutil.which("strace") is not None,
+                        "strace watches for network connections in native code: apt-get install strace"),
     "requires_arm_board": (lambda: shutil.which("qemu-aarch64-static") is not None,
                            "the emulated ARM board needs qemu-user-static and an arm64 userland: bash scripts/arm_board.sh setup"),
 }

@@ -1,0 +1,85 @@
+"""How edgec behaves inside a process: no usage telemetry from its SDKs, no BLAS thread pool that can deadlock.
+
+`@isolated` wraps every public entry point (compile, profile, prune, build_engine); it nests.
+
+- ONNX Runtime telemetry. ONNX Runtime (1.31 on Linux) uploads usage events from native threads (DNS
+  look-ups of mobile.events.data.microsoft.com seen with strace) and writes a device ID under
+  ~/.cache/Microsoft. It reads its switch, ORT_DISABLE_TELEMETRY, once, when onnxruntime is imported:
+  importing edgec sets it to 1 (edgec/__init__.py imports this module first). If the user's code imported
+  onnxruntime before edgec, that is too late; then edgec turns its events off through
+  `onnxruntime.disable_telemetry_events()`, which is all ONNX Runtime offers at that point.
+- OpenVINO telemetry. OpenVINO (and NNCF, through the same `openvino_telemetry` package) send anonymous usage
+  data by default: each `ov.convert_model` forks a process that resolves and posts to Google Analytics.
+  While edgec runs, that package's own two gates say no: its consent check answers "declined" (so no
+  client-ID or consent file is written under ~/intel) and its sender drops messages (for a telemetry
+  object the user's code created earlier, consent given). The user's consent file is never read or changed,
+  and other processes (the user's own OpenVINO tools) are not affected. The SDK's telemetry object is
+  created once per process: one that edgec created stays declined in this process afterwards.
+- BLAS threads. A threaded OpenBLAS call in flight while another thread forks never returns: OpenBLAS's
+  fork handler stops its worker pool from the forking thread, and the caller spins in `exec_blas`
+  (numpy 2.4's OpenBLAS 0.3.31; reproduced by benchmarks/fork_race.py, which also shows that one BLAS
+  thread is immune). numpy's BLAS therefore runs single-threaded inside edgec (threadpoolctl, restored on
+  return). The SDKs' own pools (OpenVINO's TBB, TVM's, torch's OpenMP) are not touched.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+if "onnxruntime" in sys.modules:
+    sys.modules["onnxruntime"].disable_telemetry_events()
+
+_lock = threading.Lock()
+_depth = 0
+_saved: tuple[Any, ...] = ()
+
+
+@contextmanager
+def telemetry_declined() -> Iterator[None]:
+    """OpenVINO/NNCF usage telemetry declined for the duration (re-entrant, thread-safe)."""
+    global _depth, _saved
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+        from openvino_telemetry.utils.sender import TelemetrySender
+    except ImportError:  # no OpenVINO installed, or a release without this package: nothing to decline
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            _saved = (OptInChecker.check, TelemetrySender.send)
+            OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+            TelemetrySender.send = lambda self, backend, message: None
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                OptInChecker.check, TelemetrySender.send = _saved
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS on one thread for the duration; the previous limits are restored after."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def isolated(fn: F) -> F:
+    """Run `fn` with SDK telemetry declined and single-threaded BLAS."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with telemetry_declined(), single_threaded_blas():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
