@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -232,6 +232,11 @@ def load_recipe(name: str | Path) -> Recipe:
                       layout=data.get("layout", "NCHW"))
     except (tomllib.TOMLDecodeError, TypeError, ValueError) as e:
         raise ConfigError(f"Calibration recipe '{path}' is not valid: {e}") from e
+
+
+def recipe_fingerprint(name: str | Path | None) -> dict[str, Any] | None:
+    """What a recipe does (its parsed fields), for the build cache key: an edited recipe file is a new key."""
+    return None if name is None else asdict(load_recipe(name))
 
 
 def _is_image_folder(path: Path) -> bool:

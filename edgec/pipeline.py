@@ -18,7 +18,7 @@ import numpy as np
 from . import accuracy, cache
 from ._version import __version__
 from .backends import get_backend
-from .calibration import CalibrationSet, Samples, synthetic_samples
+from .calibration import CalibrationSet, Samples, recipe_fingerprint, synthetic_samples
 from .errors import ConfigError
 from .fileio import staged_dir, write_json_atomic, write_text_atomic
 from .frontend import to_model
@@ -92,6 +92,11 @@ class Steps:
             print(f"edgec: {what} done ({self.timings[what]:.1f}s)", file=sys.stderr, flush=True)
 
 
+# compile() arguments that say where a build goes and how it is reported, not what it is: the only ones
+# outside the build cache key (tests/test_cache_key.py checks every other one changes the key).
+NOT_IN_CACHE_KEY = frozenset({"output_dir", "progress", "use_cache"})
+
+
 @isolated
 def compile(model: Any, target: str | Target = "intel-cpu", precision: str | None = None,
             calibration: Any = None, *, example_inputs: Sequence[Any] | None = None,
@@ -144,7 +149,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         "edgec": __version__, "code": cache.code_fingerprint(), "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
         "precision": precision, "method": calibration_method, "rounding": weight_rounding, "range_search": range_search, "budget": max_accuracy_drop, "runs": profile_runs,
         "prune": prune, "data": data_print,
-        "data_options": [calib.limit, calib.seed, calib.recipe] if calib else None})
+        "data_options": [calib.limit, calib.seed, recipe_fingerprint(calib.recipe)] if calib else None})
     cacheable = use_cache and data_print != "uncacheable"
     entry = cache.lookup(key) if cacheable else None
     if entry is not None:

@@ -14,13 +14,22 @@ _REQUIREMENTS = {
                           "OpenVINO is not installed: pip install 'edgec[openvino]'"),
     "requires_tvm": (lambda: importlib.util.find_spec("tvm") is not None,
                      "Apache TVM is not installed: pip install 'edgec[tvm]'"),
-    "requires_tensorrt": (lambda: importlib.util.find_spec("tensorrt") is not None,
+    "requires_tensorrt": (lambda: _has_tensorrt_api(),
                           "TensorRT is not installed (it ships with JetPack on a Jetson, or from NVIDIA's index)"),
     "requires_strace": (lambda: shutil.which("strace") is not None,
                         "strace watches for network connections in native code: apt-get install strace"),
     "requires_arm_board": (lambda: shutil.which("qemu-aarch64-static") is not None,
                            "the emulated ARM board needs qemu-user-static and an arm64 userland: bash scripts/arm_board.sh setup"),
 }
+
+
+def _has_tensorrt_api() -> bool:
+    """An importable `tensorrt` may be an empty namespace package (tensorrt-stubs): look for its API."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import tensorrt
+
+    return hasattr(tensorrt, "Builder")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import edgec.target
 from edgec.cli import main
+from edgec.target import TARGETS_DIR
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
@@ -22,12 +25,30 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_targets_lists_backend_precisions_arch(capsys) -> None:
+def test_targets_lists_and_shows_what_the_target_files_say(capsys, tmp_path: Path, monkeypatch) -> None:
+    """`edgec targets` has one row per target file with its backend, arch, precisions and aliases (read here with
+    tomllib); `targets show ALIAS` prints that file's backend table; a folder with one other file lists only it."""
+    files = [tomllib.loads(p.read_text()) for p in sorted(TARGETS_DIR.glob("*.toml"))]
     code, out, _ = _run(capsys, "targets")
-    assert code == 0
-    assert "jetson-orin-nano" in out and "tensorrt" in out and "aarch64" in out and "fp32,fp16" in out
+    header, *lines = out.splitlines()
+    assert code == 0 and header.split() == ["target", "backend", "arch", "precisions", "aliases"]
+    expected = [[f["name"], f["backend"], f["arch"], ",".join(f["precisions"]), ",".join(f.get("aliases", []))]
+                for f in files]
+    assert [line.split() for line in lines] == [[v for v in row if v] for row in expected]
+    orin = next(f for f in files if "jetson" in f.get("aliases", ()))
     code, out, _ = _run(capsys, "targets", "show", "jetson")
-    assert code == 0 and json.loads(out)["tensorrt"]["compute_capability"] == "8.7"
+    shown = json.loads(out)
+    assert code == 0 and shown["name"] == orin["name"] and shown["tensorrt"] == orin["tensorrt"]
+    boards = tmp_path / "targets"
+    boards.mkdir()
+    (boards / "my-board.toml").write_text('name = "my-board"\naliases = ["mine"]\nbackend = "tvm"\narch = "riscv64"\n'
+                                          'precisions = ["fp32"]\n[tvm]\nmtriple = "riscv64-linux-gnu"\nmcpu = "x"\n')
+    monkeypatch.setattr(edgec.target, "TARGETS_DIR", boards)
+    code, out, _ = _run(capsys, "targets")
+    assert code == 0 and [line.split() for line in out.splitlines()[1:]] == [["my-board", "tvm", "riscv64", "fp32",
+                                                                             "mine"]]
+    code, out, _ = _run(capsys, "targets", "show", "mine")
+    assert code == 0 and json.loads(out)["tvm"] == {"mtriple": "riscv64-linux-gnu", "mcpu": "x"}
 
 
 @pytest.mark.parametrize("args, code, message", [

@@ -1,6 +1,7 @@
 """Structured pruning of PyTorch models (edgec.prune) and weight sparsity on ONNX (--prune)."""
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -121,19 +122,48 @@ def test_cli_prune_2_4_for_jetson_sets_sparse_weights(tmp_path: Path, tiny_onnx:
     assert code == 2 and "edgec.prune" in capsys.readouterr().err
 
 
+def _fixed_latency(monkeypatch, ms: dict[str, tuple[float, float]]) -> list[str]:
+    """Replace edgec.prune's latency measurement with fixed (dense, pruned) p50s per target; returns the targets
+    measured, in order. It checks it is handed the dense model and the smaller pruned one."""
+    measured = []
+
+    def measure(teacher, student, example, tgt, log):
+        assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+        measured.append(tgt.name)
+        dense, pruned = ms[tgt.name]
+        return {"dense": dense, "pruned": pruned, "ratio": round(pruned / dense, 3), "runs": 200}
+
+    monkeypatch.setattr(importlib.import_module("edgec.prune"), "_measure", measure)
+    return measured
+
+
 @pytest.mark.requires_torch
-@pytest.mark.requires_openvino
-def test_pruned_model_is_measured_on_the_target_and_never_slower() -> None:
+@pytest.mark.parametrize("pruned_ms", [1.0, 1.25])
+def test_a_pruned_model_not_faster_on_its_target_is_refused(monkeypatch, pruned_ms: float) -> None:
+    """Equal or slower p50 on the target: ConfigError naming both latencies, and nothing is returned."""
+    pytest.importorskip("torch_pruning")
     import torch
 
-    model = tiny_concat_model()
-    try:
-        result = edgec.prune(model, 0.5, (torch.zeros(1, 3, 32, 32),), target="intel-cpu", progress=False)
-    except ConfigError as e:  # refusing a pruned model that is not faster is the contract too
-        assert "not faster" in str(e)
-        return
-    lat = result.report["latency_ms"]
-    assert lat["pruned"] < lat["dense"] and lat["ratio"] < 1.0
+    measured = _fixed_latency(monkeypatch, {"intel-cpu": (1.0, pruned_ms)})
+    with pytest.raises(ConfigError, match=rf"not faster on intel-cpu \({pruned_ms:.3f} ms vs dense 1\.000 ms\)"):
+        edgec.prune(tiny_concat_model(), 0.5, (torch.zeros(1, 3, 32, 32),), target="intel-cpu", progress=False)
+    assert measured == ["intel-cpu"]
+
+
+@pytest.mark.requires_torch
+def test_a_faster_pruned_model_is_returned_and_slower_elsewhere_only_warns(monkeypatch, capsys) -> None:
+    """Faster on the target: returned with its latencies; slower on a `measure_on` target: a warning, not a refusal."""
+    pytest.importorskip("torch_pruning")
+    import torch
+
+    measured = _fixed_latency(monkeypatch, {"intel-cpu": (1.0, 0.6), "x86-tvm": (2.0, 2.5)})
+    result = edgec.prune(tiny_concat_model(), 0.5, (torch.zeros(1, 3, 32, 32),), target="intel-cpu",
+                         measure_on=["x86-tvm"], progress=False)
+    assert measured == ["intel-cpu", "x86-tvm"]
+    assert result.report["latency_ms"] == {"dense": 1.0, "pruned": 0.6, "ratio": 0.6, "runs": 200}
+    assert set(result.report["latency_ms_by_target"]) == {"intel-cpu", "x86-tvm"}
+    assert result.report["warnings"] == ["the pruned model is not faster on x86-tvm (2.500 ms vs dense 2.000 ms)"]
+    assert "edgec: WARNING: the pruned model is not faster on x86-tvm" in capsys.readouterr().err
 
 
 @pytest.mark.requires_torch

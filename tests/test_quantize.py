@@ -1,6 +1,7 @@
 """int8 Q/DQ placement per backend, quantization math, bias correction, mixed-precision budget."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -315,24 +316,64 @@ def test_speed_warning_needs_both_median_and_fastest_run_not_faster(capsys) -> N
     assert _speed_warnings({"fp32": {"latency_ms_p50": 1.0}, "int8": {"latency_ms_p50": 1.5}}, "int8")  # no min: p50
 
 
+def _top1(model_path: Path):
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return lambda x: np.array([session.run(None, {"x": x[i:i + 1]})[0].argmax() for i in range(len(x))])
+
+
+def _straddling_pair(top1, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two inputs about a float32 step apart on the segment a -> b, on either side of an fp32 top-1 boundary:
+    int8's error moves both alike, so at least one of them flips."""
+    lo, hi, start = 0.0, 1.0, top1(a[None])[0]
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if top1((a + mid * (b - a))[None].astype(np.float32))[0] == start else (lo, mid)
+    return np.stack([a + lo * (b - a), a + hi * (b - a)]).astype(np.float32)
+
+
 @pytest.mark.requires_openvino
-def test_mixed_says_when_its_budget_is_inside_the_noise(tmp_path: Path, tiny_onnx: Path, monkeypatch, capsys) -> None:
-    from edgec.passes import mixed
-
-    real = mixed.search_mixed
-
-    def noisy(*args, **kwargs):  # the real search, with the drop measured to +-0.6 points as on 1,000 real images
-        result = real(*args, **kwargs)
-        result.standard_error = 0.6
-        return result
-
-    monkeypatch.setattr(mixed, "search_mixed", noisy)
+def test_mixed_notes_a_budget_within_two_standard_errors(tmp_path: Path, tiny_onnx: Path, capsys) -> None:
+    """The standard error in report.json and report.html is that of the shipped model's top-1 flips on the search
+    samples (recounted here with ONNX Runtime); the within-the-noise note is printed when the met budget is under
+    two standard errors, and not when it is at or above."""
     rng = np.random.default_rng(0)
-    x = rng.random((48, 3, 16, 16), dtype=np.float32)
-    build = edgec.compile(tiny_onnx, "intel-cpu", "mixed", calibration={"x": x[:32], "val_x": x[32:]},
-                          max_accuracy_drop=0.2, output_dir=tmp_path / "o", profile_runs=5, progress=False,
-                          use_cache=False)
-    err = capsys.readouterr().err
-    assert build.report["mixed_precision"]["standard_error_points"] == 0.6
-    assert "0.2-point budget is within the noise of 16 search samples" in err and "+-0.60 points" in err
-    assert "0.60 points, one standard error" in (tmp_path / "o" / "report.html").read_text().replace("&plusmn;", "")
+
+    def images(n: int) -> np.ndarray:  # per-channel contrast, so the tiny model's top-1 varies
+        return (rng.random((n, 3, 16, 16)) * rng.random((n, 3, 1, 1)) * 4 - 1).astype(np.float32)
+
+    pool = images(200)
+    logits = _run(onnx.load(tiny_onnx), pool)
+    top, ranked = logits.argmax(1), np.sort(logits, 1)
+    margin = ranked[:, -1] - ranked[:, -2]
+    fp32_top1 = _top1(tiny_onnx)
+    pair = _straddling_pair(fp32_top1, pool[0], pool[top != top[0]][0])
+    val = np.concatenate([pool[margin > np.median(margin)][:14], pair])
+    calibration = {"x": images(32), "val_x": val}
+
+    def build(budget: float, name: str) -> tuple[dict, str, str]:
+        edgec.compile(tiny_onnx, "intel-cpu", "mixed", calibration=calibration, max_accuracy_drop=budget,
+                      output_dir=tmp_path / name, profile_runs=5, progress=False, use_cache=False)
+        report = json.loads((tmp_path / name / "report.json").read_text())["mixed_precision"]
+        return report, capsys.readouterr().err, (tmp_path / name / "report.html").read_text()
+
+    loose, err, html = build(100.0, "loose")
+    agree = _top1(tmp_path / "loose" / "model.onnx")(val) == fp32_top1(val)
+    flips, n = int((~agree).sum()), len(val)
+    se = drop_standard_error(np.ones(n, bool), agree)
+    assert se == pytest.approx(100 * np.sqrt(flips / n * (1 - flips / n) / n))
+    assert loose["met"] and loose["float_layers"] == [] and loose["mixed"] == pytest.approx(100 * agree.mean())
+    assert loose["standard_error_points"] == pytest.approx(se, abs=1e-3)
+    assert flips >= 1 and 100 * flips / n < 2 * se < 100.0
+    assert "within the noise" not in err
+    assert f"&plusmn;{se:.2f} points, one standard error" in html
+    budget = round((100 * flips / n + 2 * se) / 2, 1)
+    tight, err, html = build(budget, "tight")
+    assert tight["met"] and tight["standard_error_points"] == loose["standard_error_points"]
+    assert f"the {budget}-point budget is within the noise of {n} search samples" in err
+    assert f"(the drop is measured to +-{se:.2f} points, one standard error)" in err
+    assert f"&plusmn;{se:.2f} points, one standard error" in html
+    strict, err, _ = build(0.0, "strict")  # layers go back to float: the error is the final model's, not int8's
+    agree = _top1(tmp_path / "strict" / "model.onnx")(val) == fp32_top1(val)
+    assert strict["met"] and strict["float_layers"]
+    assert strict["standard_error_points"] == pytest.approx(drop_standard_error(np.ones(n, bool), agree), abs=1e-3)
+    assert "within the noise" not in err

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
+import pytest
 
 from edgec import CalibrationSet
 from edgec.model import Model
@@ -36,16 +38,33 @@ def test_sweep_keeps_only_candidates_that_lower_the_error() -> None:
     assert log["evaluations"] == 1 + 3 + 1                               # the current range is not rerun
 
 
-def test_calibrate_with_search_never_raises_the_output_error() -> None:
+def _output_mse(proto, model: Model, x: np.ndarray) -> float:
+    def run(p) -> np.ndarray:
+        session = ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float64)
+
+    return float(np.mean((run(proto) - run(model.proto)) ** 2))
+
+
+def test_search_clips_a_calibration_outlier_that_ruins_min_max() -> None:
+    """One 1000.0 pixel in a calibration sample outside the search subset stretches min/max ranges so far that
+    ordinary inputs quantize to zero: the search picks percentile ranges instead, its logged errors are the
+    models' real output errors, and held-out error falls by over 100x."""
     model = Model(tiny_conv_onnx(), {"source": "tiny", "kind": "onnx"})
     x = np.random.default_rng(5).random((32, 3, 16, 16), dtype=np.float32)
-    x[3] *= 20  # one outlier sample stretches min/max ranges
+    x[1, 0, 7, 7] = 1000.0
     cal = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax", range_search=16)
-    log = cal.range_search
-    assert log is not None and log["tensors"] == len(cal.plan.tensors())
-    assert log["output_mse_after"] <= log["output_mse_before"]
-    assert log["samples"].startswith("16 of")
     plain = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax")
-    assert plain.range_search is None
-    changed = set(log["changed"])
-    assert {t for t in cal.ranges if cal.ranges[t] != plain.ranges[t]} == changed
+    log = cal.range_search
+    assert plain.range_search is None and plain.ranges["x"][1] == 1000.0
+    assert log is not None and log["tensors"] == len(cal.plan.tensors()) and log["samples"].startswith("16 of")
+    assert cal.ranges["x"][1] < 2.0 and cal.ranges["r1"][1] < 0.1 * plain.ranges["r1"][1]
+    assert {t for t in cal.ranges if cal.ranges[t] != plain.ranges[t]} == set(log["changed"])
+    picked = np.unique(np.linspace(0, 31, 16).round().astype(int))  # search_subset's even spread
+    assert 1 not in picked
+    subset = x[picked]
+    assert log["output_mse_before"] == pytest.approx(_output_mse(plain.quantized().proto, model, subset), rel=1e-6)
+    assert log["output_mse_after"] == pytest.approx(_output_mse(cal.quantized().proto, model, subset), rel=1e-6)
+    held_out = np.random.default_rng(6).random((32, 3, 16, 16), dtype=np.float32)
+    searched, minmax = (_output_mse(c.quantized().proto, model, held_out) for c in (cal, plain))
+    assert searched < minmax / 100

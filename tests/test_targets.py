@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import edgec
 from edgec import ConfigError, list_targets, load_target
+from edgec.target import TARGETS_DIR
 
 REQUIRED = {"intel-cpu", "jetson-orin-nano", "jetson-agx-orin", "jetson-nano", "rpi4", "rpi5", "rk3588", "arm64"}
 
@@ -17,12 +21,46 @@ def test_every_required_target_exists_and_parses() -> None:
         assert t.default_precision in t.precisions
 
 
-def test_aliases_and_facts() -> None:
-    assert load_target("jetson").name == "jetson-orin-nano"
-    assert load_target("jetson").options["compute_capability"] == "8.7"
-    assert "int8" not in load_target("jetson-nano").precisions
-    assert load_target("rpi4").options["mcpu"] == "cortex-a72"
-    assert load_target("rk3588").options["mcpu"] == "cortex-a76"
+def _build_json(tmp_path: Path, model: Path, target: str, precision: str, **kw) -> dict:
+    out = tmp_path / f"{Path(target).stem}-{precision}"
+    edgec.compile(model, target, precision, output_dir=out, progress=False, **kw)
+    return {**json.loads((out / "build.json").read_text()),
+            "target": json.loads((out / "manifest.json").read_text())["target"]["name"]}
+
+
+def test_the_target_file_drives_the_tensorrt_build(tmp_path: Path, tiny_onnx: Path) -> None:
+    """`jetson` resolves to jetson-orin-nano and build.json takes compute capability, workspace and TensorRT flags
+    from its file; an edited copy of the file changes exactly those."""
+    stock = _build_json(tmp_path, tiny_onnx, "jetson", "fp16")
+    assert stock["target"] == "jetson-orin-nano"
+    assert (stock["compute_capability"], stock["workspace_mb"], stock["builder_flags"]) == ("8.7", 2048, ["FP16"])
+    text = (TARGETS_DIR / "jetson-orin-nano.toml").read_text()
+    edited = tmp_path / "orin-edited.toml"
+    edited.write_text(text.replace('name = "jetson-orin-nano"', 'name = "orin-edited"')
+                      .replace('compute_capability = "8.7"', 'compute_capability = "7.2"')
+                      .replace("workspace_mb = 2048", "workspace_mb = 512")
+                      .replace('tensorrt_version = "10.3"', 'tensorrt_version = "11.0"'))
+    changed = _build_json(tmp_path, tiny_onnx, str(edited), "fp16")
+    assert changed["target"] == "orin-edited"
+    assert (changed["compute_capability"], changed["workspace_mb"]) == ("7.2", 512)
+    assert changed["strongly_typed"] is True and changed["builder_flags"] == []
+    assert {k for k in changed if changed[k] != stock[k]} == {
+        "target", "compute_capability", "workspace_mb", "tensorrt_version", "strongly_typed", "builder_flags", "notes"}
+
+
+def test_the_target_files_precisions_gate_the_build(tmp_path: Path, tiny_onnx: Path) -> None:
+    """jetson-nano's file leaves out int8, so int8 is refused before any work; the same file with int8 listed builds
+    an int8 engine config."""
+    calibration = {"x": np.random.default_rng(0).random((32, 3, 16, 16), dtype=np.float32)}
+    with pytest.raises(ConfigError, match="jetson-nano cannot run int8: it supports fp32, fp16"):
+        edgec.compile(tiny_onnx, "nano", "int8", calibration=calibration, output_dir=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+    text = (TARGETS_DIR / "jetson-nano.toml").read_text()
+    with_int8 = tmp_path / "nano-int8.toml"
+    with_int8.write_text(text.replace('precisions = ["fp32", "fp16"]', 'precisions = ["fp32", "fp16", "int8"]'))
+    built = _build_json(tmp_path, tiny_onnx, str(with_int8), "int8", calibration=calibration)
+    assert built["precision"] == "int8" and built["builder_flags"] == ["FP16", "INT8"]
+    assert built["compute_capability"] == "5.3"
 
 
 def test_unknown_target_lists_the_valid_ones() -> None:

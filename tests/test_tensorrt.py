@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ from onnx import helper
 
 import edgec
 from edgec import BackendUnavailable, ConfigError
-from edgec.backends.tensorrt import onnx_names
+from edgec.backends.tensorrt import TensorRTBackend, onnx_names
 from edgec.cli import main
 from edgec.frontend import to_model
 from edgec.passes.cleanup import CleanupPass
@@ -127,13 +130,38 @@ def test_layer_names_map_back_to_onnx_nodes() -> None:
     assert onnx_names("fused", {"Metadata": meta}) == ["node_Conv_3", "node_relu"]
 
 
-def test_build_needs_tensorrt_or_names_the_device(tmp_path: Path, tiny_onnx: Path) -> None:
+def test_without_tensorrt_the_engine_build_names_the_device(tmp_path: Path, tiny_onnx: Path, monkeypatch,
+                                                            capsys) -> None:
+    """Where `import tensorrt` fails, the bundle still compiles, versions() says the engine is built on the device,
+    and `edgec build` stops with BackendUnavailable (exit 3) and the JetPack hint, writing no engine."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt raises ImportError
+    build = edgec.compile(tiny_onnx, "jetson", "fp16", output_dir=tmp_path / "o", progress=False)
+    assert build.manifest["sdk"]["tensorrt"].startswith("not installed here")
+    with pytest.raises(BackendUnavailable, match="JetPack ships TensorRT"):
+        edgec.pipeline.build_engine(tmp_path / "o")
+    capsys.readouterr()
+    assert main(["build", str(tmp_path / "o")]) == 3
+    assert "edgec: error: TensorRT is needed on the device" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model.engine").exists()
+
+
+def test_a_tensorrt_module_without_its_api_is_unavailable(tmp_path: Path, tiny_onnx: Path, monkeypatch) -> None:
+    """A `tensorrt` that imports but lacks the API (an empty namespace package) is BackendUnavailable too."""
     edgec.compile(tiny_onnx, "jetson", "fp16", output_dir=tmp_path / "o", progress=False)
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(BackendUnavailable, match="JetPack ships TensorRT"):
-            edgec.pipeline.build_engine(tmp_path / "o")
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    with pytest.raises(BackendUnavailable, match="JetPack ships TensorRT"):
+        edgec.pipeline.build_engine(tmp_path / "o")
+
+
+@pytest.mark.requires_tensorrt
+def test_an_installed_tensorrt_reports_its_version() -> None:
+    """Where TensorRT is installed, versions() (recorded in every manifest) is its release, not the device note."""
+    import tensorrt
+
+    if not hasattr(tensorrt, "Builder"):
+        pytest.skip("this tensorrt module lacks TensorRT's API (see the xfail test above)")
+    version = TensorRTBackend().versions()["tensorrt"]
+    assert version == tensorrt.__version__ and re.match(r"\d+\.\d+", version)
 
 
 @pytest.mark.requires_tensorrt

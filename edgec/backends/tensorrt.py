@@ -56,18 +56,16 @@ class TensorRTBackend:
         return _strongly_typed(target)
 
     def _trt(self):
-        try:
-            import tensorrt
-        except ImportError as e:
-            raise BackendUnavailable(_DEVICE_HINT) from e
+        tensorrt = _import_tensorrt()
+        if tensorrt is None:
+            raise BackendUnavailable(_DEVICE_HINT)
         return tensorrt
 
     def versions(self) -> dict[str, str]:
-        try:
-            import tensorrt
-            return {"tensorrt": tensorrt.__version__}
-        except ImportError:
+        tensorrt = _import_tensorrt()
+        if tensorrt is None:
             return {"tensorrt": "not installed here (the engine is built on the device)"}
+        return {"tensorrt": tensorrt.__version__}
 
     def can_run_here(self, target: Target) -> bool:
         import importlib.util
@@ -332,3 +330,13 @@ class _Session:
         end.record(self.stream)
         end.synchronize()
         return float(start.elapsed_time(end))
+
+
+def _import_tensorrt():
+    """TensorRT's Python module, or None where it is missing or has no API (an empty namespace package, as
+    `pip install tensorrt-stubs` or a failed `pip install tensorrt` leave behind)."""
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt if hasattr(tensorrt, "Builder") and hasattr(tensorrt, "__version__") else None
