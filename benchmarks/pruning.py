@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgec  # noqa: E402
+from edgec.isolation import telemetry_declined  # noqa: E402
 from benchmarks.quantization import interleaved_latency, ort_runner, ov_compile, ov_runner  # noqa: E402
 
 
@@ -66,4 +67,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with telemetry_declined():  # NNCF and ov.convert_model, called directly here, report usage otherwise
+        main()

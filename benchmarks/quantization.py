@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgec  # noqa: E402
+from edgec.isolation import telemetry_declined  # noqa: E402
 from edgec.passes.mixed import drop_standard_error  # noqa: E402
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
@@ -269,4 +270,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with telemetry_declined():  # NNCF and ov.convert_model, called directly here, report usage otherwise
+        main()
