@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgec  # noqa: E402
 from edgec.isolation import telemetry_declined  # noqa: E402
-from edgec.passes.mixed import drop_standard_error  # noqa: E402
+from edgec.accuracy import drop_standard_error  # noqa: E402
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 ORT_SAMPLES = 128

@@ -1,12 +1,14 @@
-"""Accuracy: a candidate's outputs against the fp32 ONNX Runtime reference, and against labels."""
+"""Accuracy: a candidate's outputs against the fp32 ONNX Runtime reference, and against labels; evaluators
+that score a model on samples (mixed precision, range search) and the standard error of an accuracy drop."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .calibration import Samples
-from .model import ort_session
+from .model import Model, ort_session
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -46,3 +48,31 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
             result["labelled"] = {"reference_accuracy": round(acc_ref, 5), "accuracy": round(acc_cand, 5),
                                   "drop_points": round(100 * (acc_ref - acc_cand), 3)}
     return result
+
+
+@dataclass
+class Evaluation:
+    score: float        # labelled accuracy % or top-1 agreement with fp32 %
+    error: float        # mean squared error of the first output vs fp32
+    correct: np.ndarray  # per sample: top-1 is right (labels) or agrees with fp32 (no labels)
+
+
+def drop_standard_error(fp32_correct: np.ndarray, other_correct: np.ndarray) -> float:
+    """Standard error (points) of an accuracy drop from per-sample correctness: the drop is the mean over samples
+    of +1 (fp32 right, the other wrong), -1 (the reverse) or 0, so only the samples whose prediction flipped count."""
+    diff = np.asarray(fp32_correct, dtype=np.float64) - np.asarray(other_correct, dtype=np.float64)
+    return 100.0 * float(diff.std()) / float(np.sqrt(len(diff)))
+
+
+def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[[Model], Evaluation]:
+    """Score a model with ONNX Runtime on `samples` against fp32 outputs (and labels when present)."""
+    def evaluate(model: Model) -> Evaluation:
+        session = ort_session(model.proto)
+        out = np.concatenate([session.run(None, feed)[0] for feed in samples.feeds])
+        error = float(np.mean((out.astype(np.float64) - reference_outputs) ** 2))
+        top = out.reshape(len(out), -1).argmax(1)
+        truth = samples.labels if samples.labels is not None else reference_outputs.reshape(len(out), -1).argmax(1)
+        correct = top == truth
+        return Evaluation(100.0 * float(correct.mean()), error, correct)
+
+    return evaluate

@@ -5,8 +5,9 @@
 - ONNX Runtime telemetry. ONNX Runtime (1.31 on Linux) uploads usage events from native threads (DNS
   look-ups of mobile.events.data.microsoft.com seen with strace) and writes a device ID under
   ~/.cache/Microsoft. It reads its switch, ORT_DISABLE_TELEMETRY, once, when onnxruntime is imported:
-  importing edgec sets it to 1 (edgec/__init__.py imports this module first). If the user's code imported
-  onnxruntime before edgec, that is too late; then edgec turns its events off through
+  edgec imports it only through `import_onnxruntime()`, with the switch set for that import alone (the
+  environment that child processes inherit is left as it was). If the user's code imported onnxruntime
+  before edgec, that is too late; then importing edgec turns its events off through
   `onnxruntime.disable_telemetry_events()`, which is all ONNX Runtime offers at that point.
 - OpenVINO telemetry. OpenVINO (and NNCF, through the same `openvino_telemetry` package) send anonymous usage
   data by default: each `ov.convert_model` forks a process that resolves and posts to Google Analytics.
@@ -32,9 +33,24 @@ from typing import Any, Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-if "onnxruntime" in sys.modules:
+if "onnxruntime" in sys.modules:  # imported by the user's code before edgec: its switch was read already
     sys.modules["onnxruntime"].disable_telemetry_events()
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, imported (the first time) with its telemetry switched off."""
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    previous = os.environ.get("ORT_DISABLE_TELEMETRY")
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    try:
+        import onnxruntime
+    finally:
+        if previous is None:
+            del os.environ["ORT_DISABLE_TELEMETRY"]
+        else:
+            os.environ["ORT_DISABLE_TELEMETRY"] = previous
+    return onnxruntime
 
 _lock = threading.Lock()
 _depth = 0

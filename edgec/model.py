@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ConfigError, brief
 from .fileio import write_bytes_atomic
+from .isolation import import_onnxruntime
 
 # Protobuf cannot serialise a message over 2 GiB; bigger models keep their weights as external data.
 _PROTO_LIMIT = 2**31 - 2**20
@@ -95,7 +96,7 @@ class Model:
 
 def ort_session(proto: Any, log_level: int = 3) -> Any:
     """An ONNX Runtime CPU session. Models over protobuf's 2 GiB limit go through a temp file with external data."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level

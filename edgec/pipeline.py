@@ -22,12 +22,14 @@ from .calibration import CalibrationSet, Samples, recipe_fingerprint, synthetic_
 from .errors import ConfigError
 from .fileio import staged_dir, write_json_atomic, write_text_atomic
 from .frontend import to_model
-from .isolation import isolated
+from .isolation import import_onnxruntime, isolated
 from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
 from .passes.sparsity import parse_prune_spec
-from .passes.quantize import WEIGHT_ROUNDINGS, WeightOnlyInt8Pass
+from .passes.mixed import layer_times, search_mixed
+from .passes.ptq import WEIGHT_ROUNDINGS, calibrate
+from .passes.qdq import WeightOnlyInt8Pass
 from .profile import Profile, attach_sources
 from .report import render_html
 from .target import Target, load_target
@@ -117,10 +119,10 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     _check_precision(tgt, precision)
     backend = get_backend(tgt.backend)
     versions = {**_base_versions(), **backend.versions()}  # fails fast (exit 3) when the SDK is missing
-    if precision not in backend.precisions:
-        reason = getattr(backend, "precision_refusal", lambda t, p: None)(tgt, precision)
+    if precision not in backend.capabilities.precisions:
+        reason = backend.precision_refusal(tgt, precision)
         raise ConfigError(reason or f"Precision '{precision}' on {tgt.name} ({backend.name}) is not available in "
-                          f"this edgec release; available: {', '.join(backend.precisions)}.")
+                          f"this edgec release; available: {', '.join(backend.capabilities.precisions)}.")
     sparsity = parse_prune_spec(prune) if prune else None
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
     if precision in ("int8", "mixed") and calib is None:
@@ -136,7 +138,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes)
-    if model_in.provenance.get("dynamic_shapes") and not getattr(backend, "dynamic_shapes", False):
+    if model_in.provenance.get("dynamic_shapes") and not backend.capabilities.dynamic_shapes:
         raise ConfigError(f"Dynamic input dims (MIN:OPT:MAX) are for TensorRT targets; {tgt.name} ({backend.name}) "
                           "builds static shapes: give plain sizes in --input-shape.")
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{precision}"
@@ -167,7 +169,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
         if precision in ("int8", "mixed"):
             final = job.quantize(fp32, precision, staging, comparison, calibration_method, max_accuracy_drop,
                                  weight_rounding, range_search)
-        elif precision == "fp16" and getattr(backend, "wants_fp16_graph", lambda t: False)(tgt):
+        elif precision == "fp16" and backend.wants_fp16_graph(tgt):
             final = job.run_pass(Fp16Pass(), fp32)
         elif precision == "int8-weights":
             if job.backend.can_run_here(tgt):
@@ -243,7 +245,7 @@ class _Job:
         report: dict[str, Any] = {"schema": REPORT_SCHEMA, "model": manifest["input"], "target": self.tgt.name,
                                   "precision": precision, "accuracy": None, "profile": None}
         if not self.backend.can_run_here(self.tgt):
-            if getattr(self.backend, "onnx_fidelity", False):
+            if self.backend.capabilities.off_device_check == "onnx-runtime":
                 with self.steps.step(f"checking {precision} model.onnx with ONNX Runtime (the device runs this function)"):
                     report["accuracy"] = _verify(self.reference(fp32), accuracy.onnx_runtime_runner(model.proto), precision)
                 report["accuracy"]["runtime"] = (f"onnxruntime on this {platform.machine()} machine, executing the "
@@ -263,19 +265,18 @@ class _Job:
     def quantize(self, fp32: Model, precision: str, staging: Path, comparison: dict[str, Any], method: str,
                  max_drop: float | None, weight_rounding: str = "gptq", range_search: int = 64) -> Model:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
-        from .passes.mixed import layer_times, make_evaluator, search_mixed
-        from .passes.quantize import calibrate
-
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
             comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")
-        placement = getattr(self.backend, "qdq_placement", self.backend.name)
+        placement = self.backend.qdq_placement(self.tgt)
+        if placement is None:
+            raise ConfigError(f"{self.backend.name} builds no int8 for {self.tgt.name}; use --precision fp32.")
         t0 = time.perf_counter()
-        with self.steps.step(f"calibrating int8 ranges ({method}) for {placement}"):
+        with self.steps.step(f"calibrating int8 ranges ({method}) for {placement.name}"):
             calibrated = calibrate(fp32, self.calib, placement, method, progress=self.steps.counter("samples"),
                                    weight_rounding=weight_rounding, range_search=range_search,
                                    search_progress=self.steps.counter("tensors searched"))
-        self.pass_log.append({"name": "calibrate", "config": {"method": method, "placement": placement,
+        self.pass_log.append({"name": "calibrate", "config": {"method": method, "placement": placement.name,
                                                               "weight_rounding": weight_rounding,
                                                               "gptq_weights": len(calibrated.weight_codes),
                                                               "bias_correction": "layers not rounded by GPTQ",
@@ -297,12 +298,12 @@ class _Job:
         # sensitivity (output error, a continuous measure) on the first SEARCH_SAMPLES of them.
         samples, (reference, *_) = self.reference(fp32)
         reference = reference.astype(np.float64)
-        evaluate = make_evaluator(samples, reference)
+        evaluate = accuracy.make_evaluator(samples, reference)
         rank = None
         if len(samples) > SEARCH_SAMPLES:
             ranking = samples.head(SEARCH_SAMPLES)
             rows_per_sample = len(reference) // len(samples)
-            rank = make_evaluator(ranking, reference[:rows_per_sample * SEARCH_SAMPLES])
+            rank = accuracy.make_evaluator(ranking, reference[:rows_per_sample * SEARCH_SAMPLES])
         fp32_eval = evaluate(fp32)
         metric = "labelled accuracy %" if samples.labels is not None else "top-1 agreement with fp32 %"
         t0 = time.perf_counter()
@@ -386,11 +387,7 @@ def build_engine(output_dir: str | Path) -> Path:
     """On the device: turn a TensorRT bundle into model.engine (edgec build OUT)."""
     out = Path(output_dir)
     manifest = read_manifest(out)
-    backend = get_backend(manifest["artifact"]["backend"])
-    if not hasattr(backend, "build_engine"):
-        raise ConfigError(f"'{out}' is a {backend.name} build: it is ready to run as it is; edgec build is for "
-                          "TensorRT bundles.")
-    return backend.build_engine(out, manifest)
+    return get_backend(manifest["artifact"]["backend"]).build_engine(out, manifest)
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -459,8 +456,7 @@ def _stem(model: Model) -> str:
 
 def _base_versions() -> dict[str, str]:
     import onnx
-    import onnxruntime
 
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {"onnx": onnx.__version__, "onnxruntime": import_onnxruntime().__version__}
 
 

@@ -1,11 +1,26 @@
 """Hardware and SDK by markers: a test marked requires_X is skipped, with the install hint, where X is missing."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# The suite itself sends nothing: ONNX Runtime imported by a test (or its children) has telemetry off, and
+# OpenVINO/NNCF calls made by tests directly are declined as edgec's own are (tests/test_no_network.py
+# unsets the switch for the processes it watches).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from edgec.isolation import telemetry_declined
+
+    session = contextlib.ExitStack()
+    session.enter_context(telemetry_declined())
+    config.add_cleanup(session.close)
 
 _REQUIREMENTS = {
     "requires_torch": (lambda: importlib.util.find_spec("torch") is not None,

@@ -9,7 +9,9 @@ from onnx import TensorProto, helper, numpy_helper
 from edgec import CalibrationSet
 from edgec.model import Model
 from edgec.passes.gptq import InputHessian, gptq_quantize, im2col
-from edgec.passes.quantize import _dequantize, calibrate, quantize_weight
+from edgec.backends.openvino import PLACEMENT as OPENVINO
+from edgec.passes.ptq import calibrate
+from edgec.passes.qmath import dequantize, quantize_weight
 
 
 def _conv_node(group: int = 1, stride: int = 1, pads=(1, 1, 1, 1)):
@@ -62,7 +64,7 @@ def test_gptq_lowers_output_error_on_correlated_inputs() -> None:
     q_near, scale_near = quantize_weight(w, 0)
     np.testing.assert_array_equal(scale, scale_near)                   # same grid, only the rounding differs
     assert q_gptq.dtype == np.int8 and np.abs(q_gptq).max() <= 127
-    err = {name: np.mean((x @ (_dequantize(q, scale, 0) - w).T) ** 2) for name, q in (("gptq", q_gptq), ("near", q_near))}
+    err = {name: np.mean((x @ (dequantize(q, scale, 0) - w).T) ** 2) for name, q in (("gptq", q_gptq), ("near", q_near))}
     assert err["gptq"] < 0.5 * err["near"]
 
 
@@ -71,8 +73,8 @@ def test_calibrate_uses_gptq_by_default_and_nearest_on_request() -> None:
 
     model = Model(tiny_conv_onnx(), {"source": "tiny", "kind": "onnx"})
     x = np.random.default_rng(3).random((24, 3, 16, 16), dtype=np.float32)
-    gptq = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax")
-    near = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax", weight_rounding="nearest")
+    gptq = calibrate(model, CalibrationSet({"x": x}), OPENVINO, "minmax")
+    near = calibrate(model, CalibrationSet({"x": x}), OPENVINO, "minmax", weight_rounding="nearest")
     assert set(gptq.weight_codes) == {w for w, _ in gptq.plan.weights.values()} and not near.weight_codes
     onnx.checker.check_model(gptq.quantized().proto)
 
@@ -99,7 +101,7 @@ def test_gptq_lowers_conv_output_error_on_smooth_images() -> None:
         cols = cols.reshape(group, -1, cols.shape[2])
 
         def err(q):
-            dw = (_dequantize(q, scale, 0) - w).reshape(group, w_shape[0] // group, -1)
+            dw = (dequantize(q, scale, 0) - w).reshape(group, w_shape[0] // group, -1)
             return np.mean(np.einsum("god,gdl->gol", dw, cols) ** 2)
 
         assert err(q_gptq) < bound * err(q_near), group

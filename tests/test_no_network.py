@@ -54,7 +54,9 @@ class Watched:
         self.home = tmp_path / "home"  # no OpenVINO consent file: its telemetry is on, as for a new user
         self.home.mkdir()
         self.hook_log, self.trace_log = tmp_path / "network.log", tmp_path / "strace.log"
-        self.env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+        # CI=true silences OpenVINO's converter; ORT_DISABLE_TELEMETRY must come from edgec, not from this process
+        unset = ("CI", "TF_BUILD", "JENKINS_URL", "ORT_DISABLE_TELEMETRY")
+        self.env = {k: v for k, v in os.environ.items() if k not in unset}
         self.env.update(HOME=str(self.home), EDGEC_TEST_NETWORK_LOG=str(self.hook_log),
                         PYTHONPATH=os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
         self.prefix = _offline_prefix() + ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg",

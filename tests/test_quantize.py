@@ -14,8 +14,13 @@ from onnx import numpy_helper
 import edgec
 from edgec import CalibrationSet, ConfigError
 from edgec.model import Model
-from edgec.passes.mixed import drop_standard_error, make_evaluator, search_mixed
-from edgec.passes.quantize import (PLACEMENTS, activation_qparams, calibrate, plan_quantization, quantize_weight)
+from edgec.accuracy import drop_standard_error, make_evaluator
+from edgec.backends.openvino import PLACEMENT as OPENVINO
+from edgec.backends.tensorrt import PLACEMENT as TENSORRT
+from edgec.passes.mixed import search_mixed
+from edgec.passes.ptq import calibrate
+from edgec.passes.qdq import WEIGHTED_OPS, Placement, plan_quantization
+from edgec.passes.qmath import activation_qparams, quantize_weight
 from models import tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
@@ -37,7 +42,7 @@ def _consumers(proto, tensor: str) -> list[str]:
 
 
 def test_openvino_placement_quantizes_weighted_ops_and_residual_adds() -> None:
-    q = calibrate(_model(), CalibrationSet(_samples()), "openvino").quantized().proto
+    q = calibrate(_model(), CalibrationSet(_samples()), OPENVINO).quantized().proto
     onnx.checker.check_model(q)
     ops = Counter(n.op_type for n in q.graph.node)
     # activations x (conv1), r1 (conv2 and the add), c2 (the add) and f (fc): 4 Q/DQ pairs; weights: 3 DQ
@@ -50,7 +55,7 @@ def test_openvino_placement_quantizes_weighted_ops_and_residual_adds() -> None:
 
 
 def test_tensorrt_placement_is_symmetric_and_covers_residual_adds() -> None:
-    q = calibrate(_model(), CalibrationSet(_samples()), "tensorrt").quantized().proto
+    q = calibrate(_model(), CalibrationSet(_samples()), TENSORRT).quantized().proto
     add = next(n for n in q.graph.node if n.op_type == "Add")
     assert add.input[0] == "c2" and add.input[1] == "r1_dequantized"  # conv output fused; residual quantized
     for node in q.graph.node:
@@ -62,7 +67,7 @@ def test_tensorrt_placement_is_symmetric_and_covers_residual_adds() -> None:
 
 
 def test_weights_per_output_channel() -> None:
-    q = calibrate(_model(), CalibrationSet(_samples()), "openvino").quantized().proto
+    q = calibrate(_model(), CalibrationSet(_samples()), OPENVINO).quantized().proto
     dq = {n.name: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
     w1 = dq["w1_DequantizeLinear"]
     assert {a.name: a.i for a in w1.attribute}["axis"] == 0
@@ -76,7 +81,7 @@ def test_quantized_nodes_keep_provenance() -> None:
     proto = tiny_conv_onnx()
     for node in proto.graph.node:
         node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=f"['', '{node.name}', 'op']")
-    q = calibrate(Model(proto), CalibrationSet(_samples()), "openvino").quantized().proto
+    q = calibrate(Model(proto), CalibrationSet(_samples()), OPENVINO).quantized().proto
     for node in q.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             assert any(p.key == "pkg.torch.onnx.name_scopes" for p in node.metadata_props), node.name
@@ -85,7 +90,7 @@ def test_quantized_nodes_keep_provenance() -> None:
 def test_int8_model_stays_close_to_fp32() -> None:
     x = _samples(64, seed=1)["x"]
     model = _model()
-    q = calibrate(model, CalibrationSet(_samples(64)), "openvino").quantized().proto
+    q = calibrate(model, CalibrationSet(_samples(64)), OPENVINO).quantized().proto
     ref, got = _run(model.proto, x), _run(q, x)
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() > 0.99
@@ -118,8 +123,8 @@ def test_bias_correction_removes_the_mean_shift() -> None:
     x = (rng.random((64, 3, 16, 16), dtype=np.float32) + 2.0)  # large positive mean exposes weight error
     calib = CalibrationSet({"x": x})
     model = _model()
-    plain = calibrate(model, calib, "openvino", "minmax", bias_correction=False, weight_rounding="nearest").quantized().proto
-    corrected = calibrate(model, calib, "openvino", "minmax", bias_correction=True,
+    plain = calibrate(model, calib, OPENVINO, "minmax", bias_correction=False, weight_rounding="nearest").quantized().proto
+    corrected = calibrate(model, calib, OPENVINO, "minmax", bias_correction=True,
                           weight_rounding="nearest").quantized().proto
     ref = _run(model.proto, x)
     shift_plain = np.abs((_run(plain, x) - ref).mean(0)).mean()
@@ -128,10 +133,10 @@ def test_bias_correction_removes_the_mean_shift() -> None:
 
 
 def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
-    plan = plan_quantization(tiny_conv_onnx(), PLACEMENTS["tvm"])
+    plan = plan_quantization(tiny_conv_onnx(), Placement("no-residual", WEIGHTED_OPS, residual_add="none", symmetric_activations=False))
     assert plan.nodes == ("conv1", "conv2", "fc")
     assert plan.tensors() == sorted({"x", "r1", "f"})
-    plan = plan_quantization(tiny_conv_onnx(), PLACEMENTS["openvino"])
+    plan = plan_quantization(tiny_conv_onnx(), OPENVINO)
     assert plan.nodes == ("conv1", "conv2", "add", "fc")
     assert plan.activations["add"] == ("c2", "r1") and plan.tensors() == sorted({"x", "r1", "c2", "f"})
     assert plan.weights["conv1"] == ("w1", 0)
@@ -147,12 +152,12 @@ def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
 ])
 def test_bad_calibration_input(data, match) -> None:
     with pytest.raises(ConfigError, match=match):
-        calibrate(_model(), CalibrationSet(data) if data is not None else None, "openvino")
+        calibrate(_model(), CalibrationSet(data) if data is not None else None, OPENVINO)
 
 
 def test_empty_calibration_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="holds no .npy/.npz"):
-        calibrate(_model(), CalibrationSet(tmp_path), "openvino")
+        calibrate(_model(), CalibrationSet(tmp_path), OPENVINO)
 
 
 def test_calibration_subset_is_seeded(tmp_path: Path) -> None:
@@ -174,7 +179,7 @@ def test_mixed_precision_honours_the_budget() -> None:
     x = rng.random((96, 3, 16, 16), dtype=np.float32)
     x[::7, :, 0, 0] = 1000.0  # rare huge outliers: a per-tensor int8 input range then flattens every other pixel
     model = _sensitive_model()
-    calibrated = calibrate(model, CalibrationSet({"x": x[:64]}), "openvino", "minmax")
+    calibrated = calibrate(model, CalibrationSet({"x": x[:64]}), OPENVINO, "minmax")
     held = CalibrationSet({"x": x[64:]}).load(model.inputs)
     reference = _run(model.proto, x[64:]).astype(np.float64)
     evaluate = make_evaluator(held, reference)
@@ -271,7 +276,7 @@ def test_mixed_build_reports_float_layers(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_weight_only_int8_keeps_activations_float() -> None:
-    from edgec.passes.quantize import WeightOnlyInt8Pass
+    from edgec.passes.qdq import WeightOnlyInt8Pass
     from models import tiny_mlp_onnx
 
     model = Model(tiny_mlp_onnx())

@@ -8,7 +8,8 @@ import pytest
 from edgec import CalibrationSet
 from edgec.model import Model
 from edgec.passes.calibrate import PercentileObserver
-from edgec.passes.quantize import calibrate
+from edgec.backends.openvino import PLACEMENT as OPENVINO
+from edgec.passes.ptq import calibrate
 from edgec.passes.range_search import candidate_ranges, search_ranges
 from models import tiny_conv_onnx
 
@@ -53,8 +54,8 @@ def test_search_clips_a_calibration_outlier_that_ruins_min_max() -> None:
     model = Model(tiny_conv_onnx(), {"source": "tiny", "kind": "onnx"})
     x = np.random.default_rng(5).random((32, 3, 16, 16), dtype=np.float32)
     x[1, 0, 7, 7] = 1000.0
-    cal = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax", range_search=16)
-    plain = calibrate(model, CalibrationSet({"x": x}), "openvino", "minmax")
+    cal = calibrate(model, CalibrationSet({"x": x}), OPENVINO, "minmax", range_search=16)
+    plain = calibrate(model, CalibrationSet({"x": x}), OPENVINO, "minmax")
     log = cal.range_search
     assert plain.range_search is None and plain.ranges["x"][1] == 1000.0
     assert log is not None and log["tensors"] == len(cal.plan.tensors()) and log["samples"].startswith("16 of")

@@ -18,7 +18,8 @@ from edgec.backends.tensorrt import TensorRTBackend, onnx_names
 from edgec.cli import main
 from edgec.frontend import to_model
 from edgec.passes.cleanup import CleanupPass
-from edgec.passes.quantize import calibrate
+from edgec.backends.tensorrt import PLACEMENT as TENSORRT
+from edgec.passes.ptq import calibrate
 from models import tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
@@ -50,7 +51,7 @@ def test_qdq_placement_follows_tensorrt_fusion_rules(which: int) -> None:
     module = tiny_resnet_and_mobilenet()[which]
     model = CleanupPass().run(to_model(module, example_inputs=(torch.zeros(1, 3, 16, 16),)))
     data = {"x": np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32)}
-    q = calibrate(model, edgec.CalibrationSet(data), "tensorrt").quantized().proto
+    q = calibrate(model, edgec.CalibrationSet(data), TENSORRT).quantized().proto
     onnx.checker.check_model(q)
     _check_tensorrt_qdq(q)
     adds = [n for n in q.graph.node if n.op_type == "Add"]

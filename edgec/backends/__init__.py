@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import BackendUnavailable
-from .base import Artifact, Backend
+from ..errors import ConfigError
+from .base import Artifact, Backend, Capabilities
 
 BACKENDS = {
     "openvino": "edgec.backends.openvino:OpenVINOBackend",
@@ -15,9 +15,15 @@ BACKENDS = {
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
-        raise BackendUnavailable(f"edgec has no backend '{name}'. Available backends: {', '.join(BACKENDS)}.")
+        raise ConfigError(f"edgec has no backend '{name}' (named by the target file). Available backends: "
+                          f"{', '.join(BACKENDS)}.")
     module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    backend = getattr(importlib.import_module(module), cls)()
+    if not isinstance(backend, Backend):
+        declared = [*Backend.__annotations__, *(m for m in vars(Backend) if not m.startswith("_"))]
+        missing = [m for m in declared if not hasattr(backend, m)]
+        raise TypeError(f"{BACKENDS[name]} does not implement the Backend protocol: it lacks {', '.join(missing)}")
+    return backend
 
 
-__all__ = ["Artifact", "Backend", "BACKENDS", "get_backend"]
+__all__ = ["Artifact", "Backend", "BACKENDS", "Capabilities", "get_backend"]

@@ -10,9 +10,10 @@ import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, ConfigError, brief
 from ..model import Model
+from ..passes.qdq import WEIGHTED_OPS, Placement
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
-from .base import Artifact, Runner
+from .base import Artifact, Capabilities, Runner
 
 # OpenVINO's CPU plugin runs "fp32" models in bf16 on CPUs that have it: ask for the precision explicitly.
 # int8/mixed: Q/DQ layers run int8; everything else stays true f32 (not bf16).
@@ -20,10 +21,28 @@ _INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "mixed": "
 _INSTALL_HINT = "OpenVINO is not installed: pip install 'edgec[openvino]'"
 
 
+# OpenVINO's low-precision transformations fuse FakeQuantize into u8 x i8 kernels (brgconv_*_I8). With both Add
+# inputs quantized (NNCF's scheme) the CPU plugin fuses the residual add into the producing convolution as an
+# int8 sum post-op; otherwise each block output keeps an f32 add + FakeQuantize subgraph.
+PLACEMENT = Placement("openvino", WEIGHTED_OPS, residual_add="both", symmetric_activations=False)
+
+
 class OpenVINOBackend:
     name = "openvino"
-    precisions = ("fp32", "bf16", "int8", "mixed", "int8-weights")
-    qdq_placement = "openvino"
+    capabilities = Capabilities(precisions=("fp32", "bf16", "int8", "mixed", "int8-weights"))
+
+    def precision_refusal(self, target: Target, precision: str) -> str | None:
+        return None
+
+    def qdq_placement(self, target: Target) -> Placement:
+        return PLACEMENT
+
+    def wants_fp16_graph(self, target: Target) -> bool:
+        return False
+
+    def build_engine(self, out_dir: Path, manifest: dict[str, Any]) -> Path:
+        raise ConfigError(f"'{out_dir}' is an OpenVINO build: it is ready to run as it is; edgec build is for "
+                          "TensorRT bundles.")
 
     def _ov(self):
         try:

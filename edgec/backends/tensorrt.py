@@ -22,9 +22,10 @@ import numpy as np
 from ..errors import BackendUnavailable, BuildError, ConfigError
 from ..fileio import write_bytes_atomic, write_json_atomic
 from ..model import Model, node_sources
+from ..passes.qdq import WEIGHTED_OPS, Placement
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
-from .base import Artifact, Runner
+from .base import Artifact, Capabilities, Runner
 
 # ONNX ops TensorRT 10's ONNX parser imports (onnx-tensorrt docs/operators.md), for the pre-flight check.
 SUPPORTED_OPS = frozenset("""
@@ -44,12 +45,22 @@ _DEVICE_HINT = ("TensorRT is needed on the device to build and profile this bund
                 "Jetson (JetPack ships TensorRT), then run `edgec build OUT` and `edgec profile OUT` there.")
 
 
+# TensorRT explicit quantization: symmetric int8 everywhere; Q/DQ on the residual input of an Add lets the add
+# fuse into the preceding convolution's int8 epilogue (TensorRT's Q/DQ placement guide).
+PLACEMENT = Placement("tensorrt", WEIGHTED_OPS, residual_add="residual", symmetric_activations=True)
+
+
 class TensorRTBackend:
     name = "tensorrt"
-    precisions = ("fp32", "fp16", "int8", "mixed")
-    qdq_placement = "tensorrt"
-    dynamic_shapes = True
-    onnx_fidelity = True  # the device runs exactly model.onnx's function: ONNX Runtime can check it here
+    # The device runs exactly model.onnx's function: ONNX Runtime checks it here.
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8", "mixed"), dynamic_shapes=True,
+                                off_device_check="onnx-runtime", builds_on_device=True)
+
+    def precision_refusal(self, target: Target, precision: str) -> str | None:
+        return None
+
+    def qdq_placement(self, target: Target) -> Placement:
+        return PLACEMENT
 
     def wants_fp16_graph(self, target: Target) -> bool:
         """TensorRT 11 builds strongly typed networks: fp16 must be in the ONNX (Casts), not a builder flag."""

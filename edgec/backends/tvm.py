@@ -25,7 +25,7 @@ from ..fileio import write_bytes_atomic
 from ..model import Model
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
-from .base import Artifact, Runner
+from .base import Artifact, Capabilities, Runner
 
 _INSTALL_HINT = "Apache TVM is not installed: pip install 'edgec[tvm]'"
 RUNTIME_FILE = "edgec_runtime.py"
@@ -33,22 +33,28 @@ RUNTIME_FILE = "edgec_runtime.py"
 # Pooling and elementwise ops follow their input's layout (pools take no desired layout in 0.27).
 _LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
 _VAR_PREFIX = re.compile(r"^e(\d+)_")
-
-# Measured with `python benchmarks/tvm.py --int8` (x86 AMD EPYC, 2 cores; ResNet-18-like, 1x3x224x224; ORT
-# quantize_static per-channel QDQ built through the same Relax pipeline, 7 interleaved rounds x 30 runs).
-INT8_MEASURED = ("; measured on x86 with a ResNet-18-like model: fake-quant 'int8' 13.6 ms vs fp32 11.2 ms (1.22x "
-                 "slower), max abs error 0.07 vs fp32")
+# `python benchmarks/tvm.py --int8` measures a fake-quant build against fp32 on the machine it runs on.
 INT8_REFUSAL = (
     "--precision {precision} is not available on {target} (TVM): TVM 0.27's Relax imports a Q/DQ model as "
     "float fake-quant (every QuantizeLinear/DequantizeLinear becomes float arithmetic; Relax has no QNN "
-    "lowering to int8 kernels), so an 'int8' build would be slower than fp32 and less accurate{numbers}. "
+    "lowering to int8 kernels), so an 'int8' build would be slower than fp32 and less accurate. "
     "Use --precision fp32 (the default)."
 )
 
 
 class TVMBackend:
     name = "tvm"
-    precisions = ("fp32",)
+    capabilities = Capabilities(precisions=("fp32",))
+
+    def qdq_placement(self, target: Target) -> None:
+        return None  # Relax has no int8 lowering (INT8_REFUSAL)
+
+    def wants_fp16_graph(self, target: Target) -> bool:
+        return False
+
+    def build_engine(self, out_dir: Path, manifest: dict[str, Any]) -> Path:
+        raise ConfigError(f"'{out_dir}' is a TVM build: it is ready to run as it is (model.so + edgec_runtime.py); "
+                          "edgec build is for TensorRT bundles.")
 
     # ---------------------------------------------------------------------------------------------- SDK
     def _tvm(self):
@@ -73,7 +79,7 @@ class TVMBackend:
     def precision_refusal(self, target: Target, precision: str) -> str | None:
         """Why `precision` is refused on `target`, for the pipeline's error message (None: no special reason)."""
         if precision in ("int8", "mixed", "int8-weights"):
-            return INT8_REFUSAL.format(precision=precision, target=target.name, numbers=INT8_MEASURED)
+            return INT8_REFUSAL.format(precision=precision, target=target.name)
         return None
 
     def can_run_here(self, target: Target) -> bool:

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .qmath import quantize_weight
+
 DEFAULT_SAMPLES = 128  # calibration samples that feed each H: GPTQ's usual count
 DEFAULT_DAMP = 0.1
 
@@ -114,8 +116,6 @@ def gptq_quantize(w: np.ndarray, axis: int, hessian: np.ndarray, damp: float = D
 
     Conv weights [Cout, Cin/g, kh, kw] with hessian [g, d, d]; Gemm/MatMul 2-D weights with [1, K, K].
     """
-    from .quantize import quantize_weight
-
     _, scale = quantize_weight(w, axis)
     if w.ndim == 4:
         groups = hessian.shape[0]

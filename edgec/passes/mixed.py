@@ -17,28 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
-from ..calibration import Samples
+from ..accuracy import Evaluation, drop_standard_error
 from ..errors import ConfigError
-from ..model import Model, ort_session
-from .quantize import Calibrated
+from ..model import Model
+from .ptq import Calibrated
 
 _MIN_GAIN_MS = 1e-4
-
-
-@dataclass
-class Evaluation:
-    score: float        # labelled accuracy % or top-1 agreement with fp32 %
-    error: float        # mean squared error of the first output vs fp32
-    correct: np.ndarray  # per sample: top-1 is right (labels) or agrees with fp32 (no labels)
-
-
-def drop_standard_error(fp32_correct: np.ndarray, other_correct: np.ndarray) -> float:
-    """Standard error (points) of an accuracy drop from per-sample correctness: the drop is the mean over samples
-    of +1 (fp32 right, the other wrong), -1 (the reverse) or 0, so only the samples whose prediction flipped count."""
-    diff = np.asarray(fp32_correct, dtype=np.float64) - np.asarray(other_correct, dtype=np.float64)
-    return 100.0 * float(diff.std()) / float(np.sqrt(len(diff)))
 
 
 @dataclass
@@ -52,20 +36,6 @@ class MixedResult:
     standard_error: float = 0.0  # of the final drop, points
     decisions: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
-
-
-def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[[Model], Evaluation]:
-    """Score a model with ONNX Runtime on `samples` against fp32 outputs (and labels when present)."""
-    def evaluate(model: Model) -> Evaluation:
-        session = ort_session(model.proto)
-        out = np.concatenate([session.run(None, feed)[0] for feed in samples.feeds])
-        error = float(np.mean((out.astype(np.float64) - reference_outputs) ** 2))
-        top = out.reshape(len(out), -1).argmax(1)
-        truth = samples.labels if samples.labels is not None else reference_outputs.reshape(len(out), -1).argmax(1)
-        correct = top == truth
-        return Evaluation(100.0 * float(correct.mean()), error, correct)
-
-    return evaluate
 
 
 def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation], fp32: Evaluation,

@@ -1,0 +1,248 @@
+"""Q/DQ planning and insertion: which nodes run int8 under a backend's `Placement`, and the graph rewrite.
+
+Weights: int8, symmetric, per output channel, stored as int8 initializers behind a DequantizeLinear.
+Activations: per tensor, a QuantizeLinear -> DequantizeLinear pair on the edge, uint8 asymmetric or int8
+symmetric as the placement says. Each backend owns its Placement (edgec/backends/*.py); this module knows
+no backend by name. Every node this pass creates copies `metadata_props` of the node it quantizes, so
+profiles still map fused int8 kernels back to PyTorch modules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import ConfigError, PassError
+from ..model import Model
+from .qmath import activation_qparams, dequantize, quantize_weight
+
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which ops run in int8 on a backend, and how activations are quantized there."""
+
+    name: str
+    ops: tuple[str, ...]
+    # Q/DQ on the inputs of two-input Adds, so residual adds fuse into int8 convolutions:
+    # "none", "residual" (only the input that does not come straight from a weighted op) or "both".
+    residual_add: str
+    symmetric_activations: bool
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The graph's quantizable nodes and the activation tensors whose ranges calibration must observe."""
+
+    nodes: tuple[str, ...]                      # names of nodes that will run in int8
+    activations: dict[str, tuple[str, ...]]     # node -> activation inputs to quantize
+    weights: dict[str, tuple[str, int]]         # node -> (weight initializer, channel axis)
+
+    def tensors(self) -> list[str]:
+        return sorted({t for ts in self.activations.values() for t in ts})
+
+
+def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    nodes, activations, weights = [], {}, {}
+    for node in graph.node:
+        if node.op_type in placement.ops:
+            acts, weight = _weighted_inputs(node, inits, constants)
+            if weight is None and len(acts) < 2 and node.op_type == "MatMul":
+                continue  # MatMul by a computed constant: leave it
+            nodes.append(node.name)
+            activations[node.name] = tuple(acts)
+            if weight is not None:
+                weights[node.name] = weight
+        elif node.op_type == "Add" and placement.residual_add != "none":
+            acts = [i for i in node.input if i not in constants]
+            if len(acts) == 2:
+                # TensorRT fuses Conv + Add when the add's *other* (residual) input is quantized: quantize the
+                # inputs that do not come straight from a weighted op; if both or neither do, quantize both.
+                residual = [a for a in acts if producers.get(a) not in placement.ops]
+                nodes.append(node.name)
+                one_side = placement.residual_add == "residual" and len(residual) == 1
+                activations[node.name] = tuple(residual if one_side else acts)
+    return QuantPlan(tuple(nodes), activations, weights)
+
+
+def _weighted_inputs(node: Any, inits: Mapping[str, Any], constants: set[str]) -> tuple[list[str], tuple[str, int] | None]:
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "Conv":
+        data, weight = node.input[0], node.input[1]
+        axis = 0
+    elif node.op_type == "Gemm":
+        data, weight = node.input[0], node.input[1]
+        axis = 0 if attrs.get("transB") is not None and attrs["transB"].i == 1 else 1
+        if attrs.get("transA") is not None and attrs["transA"].i == 1:
+            return [], None
+    else:  # MatMul
+        data, weight = node.input[0], node.input[1]
+        if weight in inits:
+            axis = len(inits[weight].dims) - 1
+        else:
+            return [t for t in (data, weight) if t not in constants], None
+    if weight not in inits or inits[weight].data_type != 1:
+        return [data], None
+    return [data], (weight, axis)
+
+
+def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, float]], placement: Placement,
+               keep_float: Iterable[str] = (), channel_means: Mapping[str, np.ndarray] | None = None,
+               weight_codes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
+    """A copy of `proto` with Q/DQ for every planned node except those in `keep_float`.
+
+    Weights in `weight_codes` ({initializer: (int8, scales)}, e.g. rounded by GPTQ) are used as given;
+    the others are rounded to nearest, and with `channel_means` (per-channel means of each weighted
+    node's input on calibration data) the bias of each such Conv/Gemm absorbs the mean output shift
+    its int8 weights cause (bias correction).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    keep = set(keep_float)
+    by_name = {n.name: n for n in graph.node}
+    inits = {t.name: t for t in graph.initializer}
+    new_inits: list[Any] = []
+    act_dq: dict[str, str] = {}       # activation tensor -> its DQ output
+    pending: dict[str, list[Any]] = {}  # DQ output -> [Q, DQ] nodes, emitted before the first consumer
+    weight_dq: dict[str, str] = {}
+    for name in plan.nodes:
+        if name in keep:
+            continue
+        node = by_name[name]
+        meta = list(node.metadata_props)
+        for tensor in plan.activations.get(name, ()):
+            if tensor not in act_dq:
+                if tensor not in ranges:
+                    raise PassError(f"quantize: no calibration range for tensor '{tensor}' (input of {name}).")
+                scale, zero = activation_qparams(*ranges[tensor], placement.symmetric_activations)
+                base = _safe(tensor)
+                new_inits += [numpy_helper.from_array(scale, f"{base}_scale"),
+                              numpy_helper.from_array(zero, f"{base}_zero_point")]
+                q = helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zero_point"],
+                                     [f"{base}_quantized"], name=f"{base}_QuantizeLinear")
+                dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                                      [f"{base}_dequantized"], name=f"{base}_DequantizeLinear")
+                for n in (q, dq):
+                    n.metadata_props.extend(meta)
+                act_dq[tensor] = dq.output[0]
+                pending[dq.output[0]] = [q, dq]
+            _replace_input(node, tensor, act_dq[tensor])
+        if name in plan.weights:
+            wname, axis = plan.weights[name]
+            w = numpy_helper.to_array(inits[wname])
+            given = (weight_codes or {}).get(wname)
+            q, scale = given if given is not None else quantize_weight(w, axis)
+            data = node.input[0] if node.input[0] not in act_dq.values() else _source_of(node.input[0], act_dq)
+            if given is None and channel_means is not None and data in channel_means:
+                new_inits += _correct_bias(node, w, dequantize(q, scale, axis), channel_means[data], inits)
+            if wname not in weight_dq:
+                base = _safe(wname)
+                new_inits += [numpy_helper.from_array(q, f"{base}_quantized"),
+                              numpy_helper.from_array(scale, f"{base}_scale"),
+                              numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")]
+                dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                                      [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=axis)
+                dq.metadata_props.extend(meta)
+                weight_dq[wname] = dq.output[0]
+                pending[dq.output[0]] = [dq]
+            _replace_input(node, wname, weight_dq[wname])
+    ordered = []
+    for node in graph.node:
+        for i in node.input:
+            ordered.extend(pending.pop(i, ()))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    still_used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept_inits = [t for t in graph.initializer if t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits + new_inits)
+    return out
+
+
+def _source_of(dq_output: str, act_dq: Mapping[str, str]) -> str:
+    return next(t for t, d in act_dq.items() if d == dq_output)
+
+
+def _correct_bias(node: Any, w: np.ndarray, wq: np.ndarray, mean_in: np.ndarray, inits: Mapping[str, Any]) -> list[Any]:
+    """Shift the bias by -(Wq - W) @ E[x] so the int8 layer's mean output matches fp32. Returns new initializers."""
+    from onnx import numpy_helper
+
+    dw = (wq - w).astype(np.float64)
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "Conv":
+        groups = attrs["group"].i if "group" in attrs else 1
+        cout, cin_g = dw.shape[0], dw.shape[1]
+        if mean_in.shape[0] != cin_g * groups:
+            return []
+        per_out = dw.reshape(cout, cin_g, -1).sum(2)                    # [Cout, Cin/g]
+        means = mean_in.reshape(groups, cin_g)[np.arange(cout) // (cout // groups)]
+        shift = (per_out * means).sum(1)
+    elif node.op_type == "Gemm":
+        trans_b = "transB" in attrs and attrs["transB"].i == 1
+        shift = dw @ mean_in if trans_b else mean_in @ dw
+        beta = attrs["beta"].f if "beta" in attrs else 1.0
+        shift = shift / beta if beta else shift * 0
+        if len(node.input) > 2 and node.input[2] and node.input[2] in inits:
+            bias = numpy_helper.to_array(inits[node.input[2]])
+            if bias.shape != shift.shape:
+                return []  # broadcast bias of another shape: leave it
+    else:
+        return []
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in inits:
+            return []
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+    else:
+        bias = np.zeros(shift.shape, np.float64)
+    name = f"{_safe(node.name)}_corrected_bias"
+    if len(node.input) > 2:
+        node.input[2] = name
+    else:
+        node.input.append(name)
+    return [numpy_helper.from_array((bias - shift).astype(np.float32), name)]
+
+
+def _replace_input(node: Any, old: str, new: str) -> None:
+    for i, name in enumerate(node.input):
+        if name == old:
+            node.input[i] = new
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace(":", "_")
+
+
+@dataclass(frozen=True)
+class WeightOnlyInt8Pass:
+    """int8 weights, float activations: for models whose activations do not quantize statically
+    (LSTM/Transformer MatMuls). Weights are stored int8 (per output channel) behind a DequantizeLinear;
+    the runtime decompresses them (OpenVINO keeps MatMul weights compressed). Needs no calibration data.
+    """
+
+    ops: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    name: str = "quantize-int8-weights"
+
+    def config(self) -> dict[str, Any]:
+        return {"ops": list(self.ops)}
+
+    def run(self, model: Model) -> Model:
+        placement = Placement("weights-only", self.ops, residual_add="none", symmetric_activations=True)
+        full = plan_quantization(model.proto, placement)
+        plan = QuantPlan(tuple(n for n in full.nodes if n in full.weights), {}, full.weights)
+        if not plan.nodes:
+            raise ConfigError("int8-weights: the model has no MatMul, Gemm or Conv with float weight initializers.")
+        proto = insert_qdq(model.proto, plan, {}, placement)
+        return Model(proto, {**model.provenance, "quantization": {"placement": "weights-only",
+                                                                  "int8_nodes": len(plan.nodes), "float_nodes": []}})
