@@ -25,11 +25,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEC_CACHE_DIR") or Path.home() / ".cache" / "edgec" / "builds")
 
 
-def build_key(parts: dict[str, Any]) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """Hash of edgec's own source and data files: a changed pass or schedule never reuses an old build."""

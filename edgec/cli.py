@@ -9,7 +9,14 @@ import sys
 from collections import Counter
 from typing import Any, Sequence
 
-from .errors import EdgecError
+from . import board
+from .calibration import CalibrationSet
+from .errors import ConfigError, EdgecError
+from .frontend import parse_input_shapes
+from .model import load_model, node_sources
+from .pipeline import build_engine, compile, profile
+from .profile import Profile
+from .target import list_targets, load_target
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -112,9 +119,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .calibration import CalibrationSet
-    from .frontend import parse_input_shapes
-    from .pipeline import compile
 
     calib = CalibrationSet(args.calib, limit=args.calib_samples, seed=args.calib_seed,
                                    recipe=args.calib_recipe) if args.calib else None
@@ -126,7 +130,6 @@ def _compile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(build.summary(), indent=2))
         return EXIT_OK
-    from .profile import Profile
 
     if build.report.get("profile"):
         print(Profile.from_json(build.report["profile"]).table())
@@ -157,7 +160,6 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .pipeline import profile
 
     prof = profile(args.out, device=args.device, runs=args.runs, warmup=args.warmup)
     if args.json:
@@ -172,28 +174,24 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .pipeline import build_engine
 
     print(f"wrote {build_engine(args.out)}")
     return EXIT_OK
 
 
 def _board(args: argparse.Namespace) -> int:
-    from . import board
 
     if args.action == "setup":
         board.setup()
         return EXIT_OK
     cpu = args.cpu
     if cpu is None and args.target:
-        from .target import load_target
 
         cpu = load_target(args.target).options.get("qemu_cpu")
     return board.serve(args.port, cpu or "cortex-a72", key=args.key, tracker=args.tracker, host=args.host)
 
 
 def _targets(args: argparse.Namespace) -> int:
-    from .target import list_targets, load_target
 
     if args.action == "show":
         if not args.name:
@@ -214,7 +212,6 @@ def _targets(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .model import load_model, node_sources
 
     model = load_model(args.model)
     ops = Counter(n.op_type for n in model.proto.graph.node)
@@ -238,7 +235,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _usage(msg: str) -> EdgecError:
-    from .errors import ConfigError
 
     return ConfigError(f"usage: {msg}")
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from . import accuracy, cache
 from ._version import __version__
-from .backends import get_backend
-from .calibration import CalibrationSet, Samples, recipe_fingerprint, synthetic_samples
+from .backends import Backend, get_backend
+from .calibration import CalibrationSet, Samples, synthetic_samples
 from .errors import ConfigError
 from .fileio import staged_dir, write_json_atomic, write_text_atomic
 from .frontend import to_model
@@ -26,12 +26,12 @@ from .isolation import import_onnxruntime, isolated
 from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
-from .passes.sparsity import parse_prune_spec
 from .passes.mixed import layer_times, search_mixed
-from .passes.ptq import WEIGHT_ROUNDINGS, calibrate
+from .passes.ptq import calibrate
 from .passes.qdq import WeightOnlyInt8Pass
 from .profile import Profile, attach_sources
 from .report import render_html
+from .request import CompileOptions, CompileRequest
 from .target import Target, load_target
 
 MANIFEST_SCHEMA = "edgec.manifest/1"
@@ -95,7 +95,8 @@ class Steps:
 
 
 # compile() arguments that say where a build goes and how it is reported, not what it is: the only ones
-# outside the build cache key (tests/test_cache_key.py checks every other one changes the key).
+# outside the CompileRequest and so the build cache key (tests/test_cache_key.py checks every other one
+# changes the key).
 NOT_IN_CACHE_KEY = frozenset({"output_dir", "progress", "use_cache"})
 
 
@@ -115,81 +116,58 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     any failure or interrupt the previous folder (or nothing) remains.
     """
     tgt = load_target(target)
-    precision = precision or tgt.default_precision
-    _check_precision(tgt, precision)
-    backend = get_backend(tgt.backend)
-    versions = {**_base_versions(), **backend.versions()}  # fails fast (exit 3) when the SDK is missing
-    if precision not in backend.capabilities.precisions:
-        reason = backend.precision_refusal(tgt, precision)
-        raise ConfigError(reason or f"Precision '{precision}' on {tgt.name} ({backend.name}) is not available in "
-                          f"this edgec release; available: {', '.join(backend.capabilities.precisions)}.")
-    sparsity = parse_prune_spec(prune) if prune else None
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
-    if precision in ("int8", "mixed") and calib is None:
-        raise ConfigError(f"--precision {precision} needs calibration data: --calib PATH (.npz/.npy file or "
-                          "folder), or calibration=... in Python.")
-    if not isinstance(range_search, int) or range_search < 0:
-        raise ConfigError(f"range_search must be a sample count >= 0 (0 turns it off), got {range_search!r}.")
-    if weight_rounding not in WEIGHT_ROUNDINGS:  # checked again in calibrate(); here it fails before any work
-        raise ConfigError(f"Unknown weight rounding '{weight_rounding}': choose {' or '.join(WEIGHT_ROUNDINGS)}.")
-    if precision == "mixed" and max_accuracy_drop is None:
-        raise ConfigError("--precision mixed needs a budget: --max-accuracy-drop POINTS (e.g. 0.5).")
-
+    options = CompileOptions(tgt, precision or tgt.default_precision, calib, calibration_method, weight_rounding,
+                             range_search, max_accuracy_drop, prune, profile_runs)
+    backend = get_backend(tgt.backend)
+    sdk = _sdk_versions(backend, options)
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes)
-    if model_in.provenance.get("dynamic_shapes") and not backend.capabilities.dynamic_shapes:
-        raise ConfigError(f"Dynamic input dims (MIN:OPT:MAX) are for TensorRT targets; {tgt.name} ({backend.name}) "
-                          "builds static shapes: give plain sizes in --input-shape.")
-    out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{precision}"
+    request = plan(model_in, options, backend, sdk)
+    out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{options.precision}"
     _check_output_dir(out)
-    if model_in.provenance.get("kind") == "torch":
-        import torch
+    return execute(request, backend, out, steps, use_cache)
+
+
+def _sdk_versions(backend: Backend, options: CompileOptions) -> dict[str, str]:
+    """The SDK versions for the cache key; fails fast (exit 3) when the SDK is missing, and refuses (exit 2) a
+    precision the backend does not build, before any work."""
+    versions = {**_base_versions(), **backend.versions()}
+    if options.precision not in backend.capabilities.precisions:
+        tgt = options.target
+        reason = backend.precision_refusal(tgt, options.precision)
+        raise ConfigError(reason or f"Precision '{options.precision}' on {tgt.name} ({backend.name}) is not available "
+                          f"in this edgec release; available: {', '.join(backend.capabilities.precisions)}.")
+    return versions
+
+
+def plan(model: Model, options: CompileOptions, backend: Backend, sdk: Mapping[str, str]) -> CompileRequest:
+    """The request for `model`, checked against what the backend can build."""
+    if model.provenance.get("dynamic_shapes") and not backend.capabilities.dynamic_shapes:
+        raise ConfigError(f"Dynamic input dims (MIN:OPT:MAX) are for TensorRT targets; {options.target.name} "
+                          f"({backend.name}) builds static shapes: give plain sizes in --input-shape.")
+    versions = dict(sdk)
+    if model.provenance.get("kind") == "torch":
+        import torch  # the exporter's version shapes the graph; torch is loaded already when kind is torch
+
         versions["torch"] = torch.__version__
-    data_print = cache.data_fingerprint(calib.source) if calib else None  # hashes every calibration file: once
-    key = cache.build_key({
-        "edgec": __version__, "code": cache.code_fingerprint(), "sdk": versions, "model": model_in.sha256(), "target": tgt.to_json(),
-        "precision": precision, "method": calibration_method, "rounding": weight_rounding, "range_search": range_search, "budget": max_accuracy_drop, "runs": profile_runs,
-        "prune": prune, "data": data_print,
-        "data_options": [calib.limit, calib.seed, recipe_fingerprint(calib.recipe)] if calib else None})
-    cacheable = use_cache and data_print != "uncacheable"
-    entry = cache.lookup(key) if cacheable else None
+    return CompileRequest(model, options, versions)
+
+
+def execute(request: CompileRequest, backend: Backend, out: Path, steps: Steps, use_cache: bool = True) -> Build:
+    """Build `request` into `out` atomically (or restore it from the build cache)."""
+    key = request.cache_key if use_cache else None
+    entry = cache.lookup(key) if key else None
     if entry is not None:
         with steps.step(f"reusing the cached build {entry}"):
             cache.restore(entry, out)
         return Build(out, json.loads((out / "manifest.json").read_text()),
                      json.loads((out / "report.json").read_text()))
-    job = _Job(tgt, backend, calib, steps, profile_runs, versions, model_in)
+    job = _Job(request, backend, steps)
     with staged_dir(out) as staging:
-        fp32 = job.run_pass(CleanupPass(), model_in)
-        if sparsity is not None:
-            fp32 = job.run_pass(sparsity, fp32)
-        comparison: dict[str, Any] = {}
-        final = fp32
-        if precision in ("int8", "mixed"):
-            final = job.quantize(fp32, precision, staging, comparison, calibration_method, max_accuracy_drop,
-                                 weight_rounding, range_search)
-        elif precision == "fp16" and backend.wants_fp16_graph(tgt):
-            final = job.run_pass(Fp16Pass(), fp32)
-        elif precision == "int8-weights":
-            if job.backend.can_run_here(tgt):
-                comparison["fp32"], _ = job.variant(fp32, fp32, "fp32", staging / ".fp32")
-            final = job.run_pass(WeightOnlyInt8Pass(), fp32)
-        manifest, report = job.build_and_check(final, fp32, precision, staging, profile_runs)
-        if comparison:
-            comparison[precision] = _summarize(report, staging, manifest["artifact"]["files"])
-            report["comparison"] = comparison
-            report["warnings"] = _speed_warnings(comparison, precision)
-        if job.mixed is not None:
-            report["mixed_precision"] = job.mixed
-        report["size"] = {f: (staging / f).stat().st_size for f in ["model.onnx", *manifest["artifact"]["files"]]}
-        report["timings_s"] = steps.timings
-        write_json_atomic(staging / "report.json", report)
-        write_text_atomic(staging / "report.html", render_html(report, manifest))
-        manifest["files"] = [{"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                             for p in sorted(staging.iterdir()) if p.is_file()]
-        write_json_atomic(staging / "manifest.json", manifest)  # last: its presence marks a whole build
-    if cacheable:
+        manifest, report = job.run(staging)
+    if key:
         cache.store(key, out)
     return Build(out, manifest, report)
 
@@ -197,13 +175,46 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
 class _Job:
     """One compile's state: runs passes, builds variants into folders, checks and profiles them."""
 
-    def __init__(self, tgt: Target, backend: Any, calib: CalibrationSet | None, steps: Steps, runs: int,
-                 versions: dict[str, str], model_in: Model):
-        self.tgt, self.backend, self.calib, self.steps, self.runs = tgt, backend, calib, steps, runs
-        self.versions, self.model_in = versions, model_in
+    def __init__(self, request: CompileRequest, backend: Backend, steps: Steps):
+        o = request.options
+        self.request, self.backend, self.steps = request, backend, steps
+        self.tgt, self.calib, self.runs, self.versions, self.model_in = (o.target, o.calibration, o.profile_runs,
+                                                                         dict(request.sdk), request.model)
         self.pass_log: list[dict[str, Any]] = []
         self.mixed: dict[str, Any] | None = None
         self._reference: tuple[Samples, list[Any]] | None = None
+
+    def run(self, staging: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Passes, build, check and profile into `staging`; writes report.json, report.html, manifest.json (last)."""
+        o = self.request.options
+        fp32 = self.run_pass(CleanupPass(), self.model_in)
+        if o.sparsity is not None:
+            fp32 = self.run_pass(o.sparsity, fp32)
+        comparison: dict[str, Any] = {}
+        final = fp32
+        if o.precision in ("int8", "mixed"):
+            final = self.quantize(fp32, staging, comparison)
+        elif o.precision == "fp16" and self.backend.wants_fp16_graph(self.tgt):
+            final = self.run_pass(Fp16Pass(), fp32)
+        elif o.precision == "int8-weights":
+            if self.backend.can_run_here(self.tgt):
+                comparison["fp32"], _ = self.variant(fp32, fp32, "fp32", staging / ".fp32")
+            final = self.run_pass(WeightOnlyInt8Pass(), fp32)
+        manifest, report = self.build_and_check(final, fp32, o.precision, staging, o.profile_runs)
+        if comparison:
+            comparison[o.precision] = _summarize(report, staging, manifest["artifact"]["files"])
+            report["comparison"] = comparison
+            report["warnings"] = _speed_warnings(comparison, o.precision)
+        if self.mixed is not None:
+            report["mixed_precision"] = self.mixed
+        report["size"] = {f: (staging / f).stat().st_size for f in ["model.onnx", *manifest["artifact"]["files"]]}
+        report["timings_s"] = self.steps.timings
+        write_json_atomic(staging / "report.json", report)
+        write_text_atomic(staging / "report.html", render_html(report, manifest))
+        manifest["files"] = [{"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                             for p in sorted(staging.iterdir()) if p.is_file()]
+        write_json_atomic(staging / "manifest.json", manifest)  # last: its presence marks a whole build
+        return manifest, report
 
     def reference(self, fp32: Model) -> tuple[Samples, list[Any]]:
         """Validation samples and the fp32 ONNX Runtime outputs on them: computed once per compile, shared by
@@ -262,9 +273,11 @@ class _Job:
         report["profile"] = prof.to_json()
         return manifest, report
 
-    def quantize(self, fp32: Model, precision: str, staging: Path, comparison: dict[str, Any], method: str,
-                 max_drop: float | None, weight_rounding: str = "gptq", range_search: int = 64) -> Model:
+    def quantize(self, fp32: Model, staging: Path, comparison: dict[str, Any]) -> Model:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
+        o = self.request.options
+        precision, method, max_drop = o.precision, o.calibration_method, o.max_accuracy_drop
+        weight_rounding, range_search = o.weight_rounding, o.range_search
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
             comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")
@@ -433,12 +446,6 @@ def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int =
     limited = dataclasses.replace(calib, limit=limit or calib.limit or VALIDATION_SAMPLES)
     return (limited.load(model.inputs, "validation") or limited.load(model.inputs, "calibration")
             or synthetic_samples(model.inputs))
-
-
-def _check_precision(tgt: Target, precision: str) -> None:
-    if precision not in tgt.precisions:
-        raise ConfigError(f"Target {tgt.name} cannot run {precision}: it supports {', '.join(tgt.precisions)}. "
-                          f"({tgt.description})")
 
 
 def _check_output_dir(out: Path) -> None:

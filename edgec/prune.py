@@ -15,12 +15,16 @@ from __future__ import annotations
 import copy
 import fnmatch
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .backends import get_backend
 from .errors import BackendUnavailable, ConfigError, brief
 from .isolation import isolated
+from .pipeline import compile as edgec_compile
+from .target import load_target
 
 IMPORTANCE = ("l1", "l2", "taylor")
 
@@ -53,7 +57,6 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
         raise ConfigError(f"Pruning ratio must be between 0 and 1 (got {ratio}).")
     if importance not in IMPORTANCE:
         raise ConfigError(f"Unknown importance '{importance}'; choose from {', '.join(IMPORTANCE)}.")
-    from .target import load_target
 
     tgt = load_target(target) if target else None
     others = [load_target(t) for t in measure_on]  # unknown names fail here, before any work
@@ -231,10 +234,6 @@ def _distill(student: Any, teacher: Any, inputs: Any, labels: Any, epochs: int, 
 
 def _measure(teacher: Any, student: Any, example: tuple, tgt: Any, log: _Log) -> dict[str, Any]:
     """fp32 p50 latency of dense and pruned models built for `tgt` (when its backend runs here)."""
-    import tempfile
-
-    from .backends import get_backend
-    from .pipeline import compile as edgec_compile
 
     backend = get_backend(tgt.backend)
     if not backend.can_run_here(tgt):

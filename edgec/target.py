@@ -8,6 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .backends import BACKENDS
 from .errors import ConfigError
 
 TARGETS_DIR = Path(__file__).parent / "targets"
@@ -71,7 +72,9 @@ def _parse(path: Path) -> Target:
     missing = [k for k in ("name", "backend", "arch", "precisions") if k not in data]
     if missing:
         raise ConfigError(f"Target file '{path}' lacks {', '.join(missing)}.")
-    backend = data["backend"]  # a name in edgec.backends.BACKENDS: get_backend checks it
+    backend = data["backend"]
+    if backend not in BACKENDS:
+        raise ConfigError(f"Target file '{path}': backend '{backend}' is not one of {', '.join(BACKENDS)}.")
     bad = [p for p in data["precisions"] if p not in PRECISIONS]
     if bad:
         raise ConfigError(f"Target file '{path}': unknown precision {bad}; use {', '.join(PRECISIONS)}.")

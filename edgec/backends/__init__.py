@@ -15,8 +15,7 @@ BACKENDS = {
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
-        raise ConfigError(f"edgec has no backend '{name}' (named by the target file). Available backends: "
-                          f"{', '.join(BACKENDS)}.")
+        raise ConfigError(f"edgec has no backend '{name}'. Available backends: {', '.join(BACKENDS)}.")
     module, _, cls = BACKENDS[name].partition(":")
     backend = getattr(importlib.import_module(module), cls)()
     if not isinstance(backend, Backend):

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..model import Model
 from ..passes.qdq import Placement
 from ..profile import Profile
-from ..target import Target
+
+if TYPE_CHECKING:  # edgec.target imports BACKENDS to check target files; annotations only here
+    from ..target import Target
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 

@@ -22,10 +22,12 @@ import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, ConfigError, EdgecError, brief
 from ..fileio import write_bytes_atomic
-from ..model import Model
+from ..model import Model, load_model, ort_session
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
+from ..runtime import Session, cpu_name, num_threads, seeded_feeds
 from .base import Artifact, Capabilities, Runner
+from .tvm_schedules import schedule_module
 
 _INSTALL_HINT = "Apache TVM is not installed: pip install 'edgec[tvm]'"
 RUNTIME_FILE = "edgec_runtime.py"
@@ -94,7 +96,6 @@ class TVMBackend:
         tvm = self._tvm()
         from tvm import relax
 
-        from .tvm_schedules import schedule_module
 
         shapes = _static_shapes(model)
         target_json = tvm_target_json(target)
@@ -162,7 +163,6 @@ class TVMBackend:
     # ----------------------------------------------------------------------------------------- run/time
     def _session(self, out_dir: Path, manifest: dict[str, Any]):
         self._tvm()
-        from ..runtime import Session
 
         target = manifest["target"]
         if target.get("arch") != platform.machine():
@@ -183,7 +183,6 @@ class TVMBackend:
     def profile(self, out_dir: Path, manifest: dict[str, Any], device: str, runs: int, warmup: int) -> Profile:
         if device != "local":
             return self._profile_remote(out_dir, manifest, device, runs, warmup)
-        from ..runtime import cpu_name, num_threads, seeded_feeds
 
         session = self._session(out_dir, manifest)
         feeds = seeded_feeds(manifest["inputs"])
@@ -205,7 +204,6 @@ class TVMBackend:
         """Upload model.so to a board over TVM RPC, check its outputs against ONNX Runtime here, time it there."""
         address = parse_device(device)  # ConfigError on a malformed address, before anything slow
         self._tvm()
-        from ..runtime import seeded_feeds
 
         path = out_dir / "model.so"
         if not path.is_file():
@@ -437,12 +435,6 @@ def _board_failure(address: DeviceAddress, manifest: dict[str, Any], stage: str,
 
 def _onnx_runtime_outputs(path: Path, feeds: dict[str, Any]) -> list[Any]:
     """The fp32 reference for the board's outputs: the build's model.onnx in ONNX Runtime on this host."""
-    from ..model import load_model, ort_session
-
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise BackendUnavailable("Checking a board's outputs needs ONNX Runtime on this host: pip install onnxruntime")
     session = ort_session(load_model(path).proto)
     names = {i.name for i in session.get_inputs()}
     return session.run(None, {k: v for k, v in feeds.items() if k in names})
