@@ -31,7 +31,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	# The emulated ARM board (qemu-user + an arm64 userland + aarch64 TVM wheels) for the board tests;
 	# if it cannot be set up here (no root, no qemu), those tests skip with the reason.
-	bash scripts/arm_board.sh setup || echo "note: emulated ARM board not set up; its tests will skip"
+	$(PY) -m edgec.cli board setup || echo "note: emulated ARM board not set up; its tests will skip"
 	$(PY) -m pytest -q --durations=15 tests
 
 clean:

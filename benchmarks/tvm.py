@@ -27,7 +27,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import edgec  # noqa: E402
-from edgec.runtime import Session  # noqa: E402
+from edgec.device.tvm_runner import Session  # noqa: E402
 
 
 def interleaved_latency(runners: dict, rounds: int, runs: int, warmup: int = 10) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """The emulated ARM board from Python: setup(), start_board(), start_tracker() (tests and `edgec board`).
 
-A thin layer over scripts/arm_board.sh (the one place that knows how the board is built and launched): an
+A thin layer over edgec/arm_board.sh (the one place that knows how the board is built and launched; shipped in
+the package, so it works from a wheel as from a checkout): an
 aarch64 Debian userland with the aarch64 TVM runtime under qemu-user, serving TVM RPC with
-edgec/board_server.py on 127.0.0.1. Handles are context managers; stop() ends the process group this module
+edgec/device/board_server.py on 127.0.0.1. Handles are context managers; stop() ends the process group this module
 started, nothing else.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .errors import BackendUnavailable, ConfigError
 
 __all__ = ["SCRIPT", "BoardProcess", "board_dir", "free_port", "is_set_up", "serve", "setup", "start_board", "start_tracker"]
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "arm_board.sh"
+SCRIPT = Path(__file__).resolve().parent / "arm_board.sh"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -41,17 +42,18 @@ def is_set_up() -> bool:
 
 def _script() -> Path:
     if not SCRIPT.is_file():
-        raise BackendUnavailable(f"{SCRIPT} is missing: the emulated board needs an edgec source checkout "
-                                 "(scripts/arm_board.sh).")
+        raise BackendUnavailable(f"{SCRIPT} is missing: reinstall edgec (the emulated board's script ships "
+                                 "inside the package).")
     return SCRIPT
 
 
 def setup(quiet: bool = False) -> None:
     """Build the board (idempotent; about a minute the first time, seconds after)."""
-    result = subprocess.run(["bash", str(_script()), "setup"], capture_output=quiet, text=True)
+    result = subprocess.run(["bash", str(_script()), "setup"], capture_output=quiet, text=True,
+                            env={**os.environ, "EDGEC_PYTHON": sys.executable})  # its pip fetches the board's wheels
     if result.returncode != 0:
         detail = (result.stderr or "")[-2000:] if quiet else "see the lines above"
-        raise BackendUnavailable(f"scripts/arm_board.sh setup failed (exit {result.returncode}): {detail}")
+        raise BackendUnavailable(f"edgec board setup ({SCRIPT}) failed (exit {result.returncode}): {detail}")
 
 
 def serve(port: int = 9090, cpu: str = "cortex-a72", key: str | None = None, tracker: str | None = None,
@@ -164,7 +166,7 @@ def start_board(port: int = 9090, cpu: str = "cortex-a72", key: str | None = Non
     With `tracker` ("HOST:PORT") and `key` it registers with that tracker (and this waits until it is listed).
     """
     if not is_set_up():
-        raise BackendUnavailable(f"No emulated board in {board_dir()}: run scripts/arm_board.sh setup "
+        raise BackendUnavailable(f"No emulated board in {board_dir()}: run edgec board setup "
                                  "(or edgec board setup) first.")
     argv = _start_argv(port, cpu, host, key, tracker)
     log = _log_path(f"board-{port}.log")

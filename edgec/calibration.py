@@ -21,10 +21,11 @@ import numpy as np
 
 from .errors import ConfigError
 from .model import TensorSpec
+from .shipped import shipped
 
 _LABEL_KEYS = ("y", "labels")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = shipped("calibration")
 
 
 @dataclass(frozen=True)

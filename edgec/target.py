@@ -10,8 +10,9 @@ from typing import Any, Mapping
 
 from .backends import BACKENDS
 from .errors import ConfigError
+from .shipped import shipped
 
-TARGETS_DIR = Path(__file__).parent / "targets"
+TARGETS_DIR = shipped("targets")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int8-weights")
 
 

@@ -34,7 +34,7 @@ _REQUIREMENTS = {
     "requires_strace": (lambda: shutil.which("strace") is not None,
                         "strace watches for network connections in native code: apt-get install strace"),
     "requires_arm_board": (lambda: shutil.which("qemu-aarch64-static") is not None,
-                           "the emulated ARM board needs qemu-user-static and an arm64 userland: bash scripts/arm_board.sh setup"),
+                           "the emulated ARM board needs qemu-user-static and an arm64 userland: edgec board setup"),
 }
 
 

@@ -1,6 +1,6 @@
 """Profiling TVM builds on an emulated ARM board (qemu-user aarch64) over TVM RPC, directly and via a tracker.
 
-The board is built once per session by scripts/arm_board.sh setup (about half a minute the first time,
+The board is built once per session by edgec board setup (edgec/arm_board.sh) (about half a minute the first time,
 seconds when cached in $EDGEC_BOARD_DIR); each board starts in a few seconds.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 import edgec
 from edgec import BackendUnavailable, ConfigError
 from edgec.errors import BuildError
+from edgec.target import TARGETS_DIR
 
 pytestmark = pytest.mark.requires_tvm
 board_test = pytest.mark.requires_arm_board
@@ -82,7 +83,7 @@ def test_cli_profile_over_rpc(rpi4_build: Path, a72_board, capsys) -> None:
 @board_test
 def test_a_build_for_a_cpu_the_board_lacks_fails_with_illegal_instruction(tiny: Path, rpi4_build: Path, a72_board,
                                                                           tmp_path: Path) -> None:
-    rpi4 = (Path(edgec.__file__).parent / "targets" / "rpi4.toml").read_text()
+    rpi4 = (TARGETS_DIR / "rpi4.toml").read_text()
     sve = (rpi4.replace('name = "rpi4"', 'name = "a72-sve"').replace('aliases = ["raspberry-pi-4"]', "aliases = []")
            .replace('mattr = ["+neon"]', 'mattr = ["+neon", "+sve"]'))
     (tmp_path / "a72-sve.toml").write_text(sve)
@@ -145,7 +146,7 @@ def test_an_unreachable_device_fails_fast_naming_the_address() -> None:
 
     port = free_port()
     t0 = time.monotonic()
-    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{port}.*scripts/arm_board.sh start"):
+    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{port}.*edgec board start"):
         connect(parse_device(f"rpc://127.0.0.1:{port}"))
     with pytest.raises(BackendUnavailable, match=f"tracker at 127.0.0.1:{port}"):
         connect(parse_device(f"tracker://127.0.0.1:{port}/rpi4"))
@@ -176,5 +177,5 @@ def test_board_commands_without_a_board_say_how_to_set_one_up(tmp_path: Path, mo
     monkeypatch.setenv("EDGEC_BOARD_DIR", str(tmp_path / "no-board"))
     assert main(["board", "start", "--target", "rk3588", "--port", "9"]) == 3
     assert "edgec board setup" in capsys.readouterr().err
-    with pytest.raises(BackendUnavailable, match="scripts/arm_board.sh setup"):
+    with pytest.raises(BackendUnavailable, match="edgec board setup"):
         start_board(9)

@@ -17,6 +17,7 @@ import edgec
 from edgec import cache
 from edgec.backends.openvino import OpenVINOBackend
 from edgec.pipeline import NOT_IN_CACHE_KEY
+from edgec.target import TARGETS_DIR
 from models import tiny_conv_onnx
 
 pytestmark = pytest.mark.requires_openvino
@@ -52,7 +53,7 @@ def setup(tmp_path: Path):
     recipe = tmp_path / "photos.toml"
     recipe.write_text('description = "test"\nscale = 255.0\nmean = [0.5]\nstd = [0.25]\n')
     target = tmp_path / "my-cpu.toml"
-    shutil.copy(Path(edgec.__file__).parent / "targets" / "intel-cpu.toml", target)
+    shutil.copy(TARGETS_DIR / "intel-cpu.toml", target)
     base = dict(target=str(target), precision="int8", input_shapes={"x": [1, 3, 16, 16]},
                 calibration=edgec.CalibrationSet(str(images), limit=4, seed=0, recipe=str(recipe)),
                 max_accuracy_drop=None, calibration_method="percentile", weight_rounding="gptq", range_search=64,

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import edgec
+import edgec.device.tvm_runner
 from edgec import BackendUnavailable, ConfigError
 from edgec.backends.tvm import TVMBackend
-from edgec.runtime import elf_machine
+from edgec.device.tvm_runner import elf_machine
 
 pytestmark = pytest.mark.requires_tvm
 
@@ -38,6 +39,8 @@ def test_x86_build_matches_onnx_runtime_and_profiles(x86_build) -> None:
     files = {f["path"] for f in x86_build.manifest["files"]}
     assert {"model.so", "edgec_runtime.py", "model.onnx", "report.json"} <= files
     assert elf_machine(x86_build.output_dir / "model.so") == "x86_64"
+    runner = (x86_build.output_dir / "edgec_runtime.py").read_bytes()
+    assert runner == Path(edgec.device.tvm_runner.__file__).read_bytes()  # the device module, copied as it is
     cfg = x86_build.manifest["artifact"]["config"]
     assert cfg["tvm_target"]["kind"] == "llvm" and cfg["inputs"][0]["name"] == "x"
     assert "conv2d-nhwc" in cfg["kernels"].values()  # the convs got edgec's schedule, not the unscheduled default
@@ -68,7 +71,7 @@ def test_standalone_runner_prints_json(x86_build) -> None:
 
 
 def test_runtime_matches_the_runner(x86_build) -> None:
-    from edgec.runtime import Session, seeded_feeds
+    from edgec.device.tvm_runner import Session, seeded_feeds
 
     session = Session(x86_build.output_dir)
     feeds = seeded_feeds(x86_build.manifest["inputs"])

@@ -25,7 +25,8 @@ from ..fileio import write_bytes_atomic
 from ..model import Model, load_model, ort_session
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
-from ..runtime import Session, cpu_name, num_threads, seeded_feeds
+from ..device import tvm_runner
+from ..device.tvm_runner import Session, cpu_name, num_threads, seeded_feeds
 from .base import Artifact, Capabilities, Runner
 from .tvm_schedules import schedule_module
 
@@ -129,7 +130,7 @@ class TVMBackend:
         except Exception as e:  # noqa: BLE001 - wrap with context (convention 4)
             raise BuildError(f"TVM could not compile the model for {target.name}: {brief(e)}") from e
         _export(executable, out_dir / "model.so", cc)
-        write_bytes_atomic(out_dir / RUNTIME_FILE, (Path(__file__).resolve().parents[1] / "runtime.py").read_bytes())
+        write_bytes_atomic(out_dir / RUNTIME_FILE, Path(tvm_runner.__file__).read_bytes())
         unscheduled = sorted(k for k, rule in kernels.items() if rule == "unscheduled")
         config = {
             "tvm_target": target_json, "cc": cc, "layout": "NHWC inside the model (transposed at its inputs and "
@@ -297,7 +298,7 @@ def _reachable(address: DeviceAddress, timeout: float) -> None:
             pass
     except OSError as e:
         raise BackendUnavailable(f"Cannot reach the {what} at {address.host}:{address.port} ({brief(e, 120)}). "
-                                 f"Start it (an emulated one: scripts/arm_board.sh start --port {address.port}) "
+                                 f"Start it (an emulated one: edgec board start --port {address.port}) "
                                  "or check the address.") from e
 
 
@@ -393,7 +394,7 @@ def remote_measure(address: DeviceAddress, model_so: Path, manifest: dict[str, A
             kernels = []
             latency_timing = "on the board: TVM time_evaluator, one run per sample"
             kernel_timing = ("none: the board runs a stock TVM RPC server; per-kernel rows need edgec's "
-                             "board_server.py (scripts/arm_board.sh start) or --device local on the board")
+                             "edgec/device/board_server.py (edgec board start) or --device local on the board")
     except EdgecError:
         raise
     except Exception as e:  # noqa: BLE001 - find out whether the board crashed, then re-raise with context

@@ -1,7 +1,8 @@
 """`make demo`: compile the bundled Fashion-MNIST ResNet-8 for this CPU (OpenVINO), check it, profile it.
 
 The model was trained here by train.py (91.4% test accuracy); weights ship as resnet8_fmnist.pt and
-samples.npz holds 512 calibration images plus 1,000 labelled test images.
+calibration/fashion-mnist-samples.npz (shipped with edgec) holds 512 calibration images plus 1,000 labelled
+test images.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ sys.path.insert(0, str(HERE))
 from model import ResNet8  # noqa: E402
 
 import edgec  # noqa: E402
+from edgec.shipped import shipped  # noqa: E402
 
 
 def main() -> None:
@@ -23,7 +25,7 @@ def main() -> None:
     model.load_state_dict(torch.load(HERE / "resnet8_fmnist.pt", weights_only=True))
     build = edgec.compile(model, target="intel-cpu", precision="fp32",
                           example_inputs=(torch.zeros(1, 1, 28, 28),),
-                          calibration=HERE / "samples.npz",
+                          calibration=shipped("calibration") / "fashion-mnist-samples.npz",
                           output_dir=Path("edgec-out") / "fashion-mnist-intel-cpu")
     profile = edgec.Profile.from_json(build.report["profile"])
     print()

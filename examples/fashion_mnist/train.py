@@ -4,7 +4,7 @@
 
 Writes, next to this script:
   resnet8_fmnist.pt   state_dict (load with torch.load(..., weights_only=True))
-  samples.npz         x: 512 training images, float32 [N,1,28,28] in [0,1] (calibration)
+  calibration/fashion-mnist-samples.npz  x: 512 training images, float32 [N,1,28,28] in [0,1] (calibration)
                       val_x / val_y: 1,000 test images and labels (accuracy check)
 Deterministic on one machine (seeded, deterministic algorithms, fixed thread count).
 """
@@ -64,8 +64,9 @@ def main() -> None:
     torch.save(model.state_dict(), HERE / "resnet8_fmnist.pt")
     rng = np.random.default_rng(0)
     calib = rng.choice(len(Xtr), 512, replace=False)
-    np.savez_compressed(HERE / "samples.npz", x=Xtr[calib].numpy(), val_x=Xte[:1000].numpy(), val_y=yte[:1000])
-    print(f"wrote {HERE / 'resnet8_fmnist.pt'} and {HERE / 'samples.npz'}")
+    samples = HERE.parents[1] / "calibration" / "fashion-mnist-samples.npz"
+    np.savez_compressed(samples, x=Xtr[calib].numpy(), val_x=Xte[:1000].numpy(), val_y=yte[:1000])
+    print(f"wrote {HERE / 'resnet8_fmnist.pt'} and {samples}")
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -1,7 +1,7 @@
 """TVM RPC server for a board (real or emulated): `python board_server.py --port 9090 [--key K --tracker H:P]`.
 
 Runs on the board with only the standard library, numpy and the TVM runtime (keep it that way: it is copied
-to the board by scripts/arm_board.sh and never imports edgec; it imports edgec_runtime, a copy of edgec/runtime.py
+to the board by edgec/arm_board.sh and never imports edgec; it imports edgec_runtime, a copy of edgec/device/tvm_runner.py
 placed beside it, which has the same rule). Differences from `python -m tvm.exec.rpc_server`:
 
 * the listen loop runs in this process (sessions are forked children; nothing re-launches sys.executable,
@@ -25,7 +25,7 @@ import time
 
 import tvm
 import tvm.rpc.server as _server
-from edgec_runtime import time_call_sites  # edgec/runtime.py, copied beside this file by scripts/arm_board.sh
+from edgec_runtime import time_call_sites  # edgec/device/tvm_runner.py, copied beside this file by edgec/arm_board.sh
 
 log = logging.getLogger("edgec.board")
 _STATE = {"crashes": 0, "last_crash": None, "started": time.time()}
@@ -84,7 +84,7 @@ def _last_crash() -> str:
 def _measure(lib, runs, warmup, kernel_runs, *args) -> str:
     """Run the VM's main on `args`: per-run wall times (ms), then mean time per kernel call site (ms).
 
-    Kernel times come from edgec/runtime.py's time_call_sites (symbol#k per call site; VM builtins left out).
+    Kernel times come from tvm_runner.py's time_call_sites (symbol#k per call site; VM builtins left out).
     """
     from tvm.runtime.vm import VirtualMachine
 

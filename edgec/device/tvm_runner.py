@@ -1,6 +1,6 @@
 """Run and time an edgec TVM build with nothing but the TVM runtime and numpy.
 
-    python -m edgec.runtime OUT [--runs 100] [--warmup 10] [--inputs x.npz] [--save-outputs y.npz] [--no-kernels]
+    python -m edgec.device.tvm_runner OUT [--runs 100] [--warmup 10] [--inputs x.npz] [--save-outputs y.npz] [--no-kernels]
 
 OUT is an edgec output folder (model.so + manifest.json). Prints one JSON object: latency (mean, p50, p90,
 p99, min, max, std in ms over `runs` timed runs after `warmup` untimed ones), per-kernel times, and the
@@ -276,7 +276,7 @@ def measure(out_dir: str | os.PathLike, runs: int = 100, warmup: int = 10, feeds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgec.runtime", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m edgec.device.tvm_runner", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="edgec output folder with model.so and manifest.json")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         feeds = npz_feeds(args.inputs, spec["inputs"]) if args.inputs else None
         result = measure(args.out, args.runs, args.warmup, feeds, kernels=not args.no_kernels, spec=spec)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"edgec.runtime: {e}", file=sys.stderr)
+        print(f"edgec_runtime: {e}", file=sys.stderr)
         return 2
     outputs = result.pop("_outputs")
     if args.save_outputs:

@@ -2,11 +2,12 @@
 # An emulated aarch64 board for edgec: a Debian arm64 userland with the aarch64 TVM runtime, run under
 # qemu-user, serving TVM RPC. No binfmt_misc, no chroot, and the host's dpkg is never touched.
 #
-#   scripts/arm_board.sh setup                      # idempotent; ~1 minute the first time
-#   scripts/arm_board.sh start [--port 9090] [--cpu cortex-a72] [--key rpi4 --tracker HOST:PORT]
+# Run through `edgec board setup | start` (edgec/board.py), or directly:
+#   bash edgec/arm_board.sh setup                   # idempotent; ~1 minute the first time
+#   bash edgec/arm_board.sh start [--port 9090] [--cpu cortex-a72] [--key rpi4 --tracker HOST:PORT]
 #                              [--host 127.0.0.1] [--port-end N]
-#   scripts/arm_board.sh python [ARGS...]           # the board's python3.11 (aarch64, under qemu)
-#   scripts/arm_board.sh dir                        # print the board folder
+#   bash edgec/arm_board.sh python [ARGS...]             # the board's python3.11 (aarch64, under qemu)
+#   bash edgec/arm_board.sh dir                     # print the board folder
 #
 # The board lives in $EDGEC_BOARD_DIR (default ~/.cache/edgec/arm-board). `start` runs in the foreground
 # (Ctrl-C stops it) and binds to 127.0.0.1 unless --host says otherwise.
@@ -15,8 +16,7 @@ set -euo pipefail
 BOARD_DIR=${EDGEC_BOARD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/edgec/arm-board}
 ROOTFS=$BOARD_DIR/rootfs
 SITE=$ROOTFS/opt/edgec-site
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$HERE")
+PKG=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)   # the edgec package folder (checkout or installed)
 TVM_VERSION=${EDGEC_BOARD_TVM:-0.27.0.post1}
 TVM_FFI_VERSION=${EDGEC_BOARD_TVM_FFI:-0.1.14.post0}
 QEMU=${EDGEC_QEMU:-qemu-aarch64-static}
@@ -26,7 +26,7 @@ die() { say "error: $*"; exit 1; }
 
 host_pip() {
   # any x86 pip will do: it only downloads aarch64 wheels and unpacks them with --target
-  if [ -x "$REPO/.venv/bin/python" ]; then "$REPO/.venv/bin/python" -m pip "$@"
+  if [ -n "${EDGEC_PYTHON:-}" ]; then "$EDGEC_PYTHON" -m pip "$@"   # edgec/board.py passes its own python
   elif command -v python3 >/dev/null; then python3 -m pip "$@"
   else die "no python3 with pip on this machine"; fi
 }
@@ -90,8 +90,8 @@ setup_wheels() {
 
 board_python() {
   [ -e "$ROOTFS/.edgec-debs" ] && [ -x "$ROOTFS/usr/bin/python3.11" ] \
-    || die "no board in $BOARD_DIR: run scripts/arm_board.sh setup"
-  command -v "$QEMU" >/dev/null || die "$QEMU is missing: run scripts/arm_board.sh setup"
+    || die "no board in $BOARD_DIR: run edgec board setup"
+  command -v "$QEMU" >/dev/null || die "$QEMU is missing: run edgec board setup"
   QEMU_LD_PREFIX=$ROOTFS QEMU_CPU=${QEMU_CPU:-cortex-a72} PYTHONPATH=$SITE \
   TVM_USE_RUNTIME_LIB=1 PYTHONDONTWRITEBYTECODE=1 PYTHONNOUSERSITE=1 \
     exec "$QEMU" "$ROOTFS/usr/bin/python3.11" "$@"
@@ -128,12 +128,11 @@ cmd_start() {
     say "WARNING: serving TVM RPC on $host: anyone who can reach this port can upload and run code on the board"
   # the server file is copied, not run from the repo: edgec/ holds modules named like stdlib ones (profile)
   mkdir -p "$BOARD_DIR/bin"
-  # edgec_runtime.py (edgec/runtime.py: standard library, numpy and tvm only) times kernels for the server
-  local f
-  for f in board_server runtime; do
-    cp "$REPO/edgec/$f.py" "$BOARD_DIR/bin/edgec_$f.py.$$"
-    mv "$BOARD_DIR/bin/edgec_$f.py.$$" "$BOARD_DIR/bin/edgec_$f.py"
-  done
+  # edgec_runtime.py (edgec/device/tvm_runner.py: standard library, numpy and tvm only) times kernels for the server
+  cp "$PKG/device/board_server.py" "$BOARD_DIR/bin/edgec_board_server.py.$$"
+  mv "$BOARD_DIR/bin/edgec_board_server.py.$$" "$BOARD_DIR/bin/edgec_board_server.py"
+  cp "$PKG/device/tvm_runner.py" "$BOARD_DIR/bin/edgec_runtime.py.$$"
+  mv "$BOARD_DIR/bin/edgec_runtime.py.$$" "$BOARD_DIR/bin/edgec_runtime.py"
   QEMU_CPU=$cpu board_python "$BOARD_DIR/bin/edgec_board_server.py" "${args[@]}"
 }
 
