@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .device.tvm_runner import seeded_feeds
 from .model import TensorSpec
 from .shipped import shipped
 
@@ -156,11 +157,11 @@ def _match_inputs(arrays: dict[str, np.ndarray], inputs: Sequence[TensorSpec], w
 
 
 def synthetic_samples(inputs: Sequence[TensorSpec], count: int = 16, seed: int = 0) -> Samples:
-    """Seeded uniform [0, 1) inputs, for checks when the user gave no data. Says so in its description."""
-    rng = np.random.default_rng(seed)
-    shapes = {s.name: tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in inputs}  # dynamic dims: 1
-    feeds = [{s.name: rng.random(shapes[s.name], dtype=np.float32).astype(s.dtype) for s in inputs}
-             for _ in range(count)]
+    """Seeded inputs (tvm_runner.seeded_feeds: uniform [0, 1), zeros for integer inputs; dynamic dims 1), for
+    checks when the user gave no data. Says so in its description."""
+    specs = [{"name": s.name, "shape": [d if isinstance(d, int) else 1 for d in s.shape], "dtype": s.dtype}
+             for s in inputs]
+    feeds = [seeded_feeds(specs, seed + i) for i in range(count)]
     return Samples(feeds, None, f"{count} synthetic random samples (no data given: agreement on noise says "
                                 "little about real accuracy; pass --calib)")
 

@@ -52,7 +52,16 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgec", description="Compile, quantize and profile models for edge boards.")
     sub = p.add_subparsers(metavar="COMMAND")
+    _add_compile_command(sub)
+    _add_profile_command(sub)
+    _add_build_command(sub)
+    _add_board_command(sub)
+    _add_targets_command(sub)
+    _add_inspect_command(sub)
+    return p
 
+
+def _add_compile_command(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compile", help="compile a model for a target board")
     c.add_argument("model", help="path to an .onnx file")
     c.add_argument("--target", "-t", default="intel-cpu", help="target name, alias or .toml path (edgec targets)")
@@ -82,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     c.set_defaults(func=_compile)
 
+
+def _add_profile_command(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("profile", help="profile a compiled output folder")
     pr.add_argument("out", metavar="OUT", help="folder written by edgec compile")
     pr.add_argument("--device", default="local",
@@ -91,10 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print edgec.profile/1 JSON")
     pr.set_defaults(func=_profile)
 
+
+def _add_build_command(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="on the device: build the TensorRT engine of a compiled bundle")
     b.add_argument("out", metavar="OUT", help="folder written by edgec compile --target jetson...")
     b.set_defaults(func=_build)
 
+
+def _add_board_command(sub: argparse._SubParsersAction) -> None:
     bo = sub.add_parser("board", help="an emulated ARM board (qemu-user) serving TVM RPC: `board setup`, `board start`")
     bo.add_argument("action", choices=["setup", "start"], help="setup: build it (idempotent); start: serve (Ctrl-C stops)")
     bo.add_argument("--port", type=int, default=9090, help="TVM RPC port (default 9090)")
@@ -105,21 +120,23 @@ def _parser() -> argparse.ArgumentParser:
     bo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else warns)")
     bo.set_defaults(func=_board)
 
+
+def _add_targets_command(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("targets", help="list targets, or `targets show NAME`")
     t.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     t.add_argument("name", nargs="?")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_targets)
 
+
+def _add_inspect_command(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("inspect", help="show a model's inputs, outputs, ops and provenance")
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_inspect)
-    return p
 
 
 def _compile(args: argparse.Namespace) -> int:
-
     calib = CalibrationSet(args.calib, limit=args.calib_samples, seed=args.calib_seed,
                                    recipe=args.calib_recipe) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
@@ -160,7 +177,6 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-
     prof = profile(args.out, device=args.device, runs=args.runs, warmup=args.warmup)
     if args.json:
         print(json.dumps(prof.to_json(), indent=2))
@@ -174,25 +190,21 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-
     print(f"wrote {build_engine(args.out)}")
     return EXIT_OK
 
 
 def _board(args: argparse.Namespace) -> int:
-
     if args.action == "setup":
         board.setup()
         return EXIT_OK
     cpu = args.cpu
     if cpu is None and args.target:
-
         cpu = load_target(args.target).options.get("qemu_cpu")
     return board.serve(args.port, cpu or "cortex-a72", key=args.key, tracker=args.tracker, host=args.host)
 
 
 def _targets(args: argparse.Namespace) -> int:
-
     if args.action == "show":
         if not args.name:
             raise _usage("edgec targets show NAME")
@@ -212,7 +224,6 @@ def _targets(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-
     model = load_model(args.model)
     ops = Counter(n.op_type for n in model.proto.graph.node)
     sources = node_sources(model.proto)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import ConfigError, brief
-from .model import Model, check_model, load_model, ort_session
+from .model import Model, TensorSpec, check_model, load_model, ort_session
 
 ONNX_OPSET = 18
 
@@ -112,9 +112,6 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]]) -> Model:
 
     A (min, opt, max) dim stays symbolic; its range is kept in provenance["dynamic_shapes"].
     """
-    import onnx
-
-    graph = model.proto.graph
     by_name = {spec.name: spec for spec in model.inputs}
     unknown = sorted(set(shapes) - set(by_name))
     if unknown:
@@ -123,53 +120,24 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]]) -> Model:
     notes = []
     dynamic_shapes: dict[str, dict[str, list[int]]] = {}
     opt_shapes: dict[str, tuple[int, ...]] = {}
-    for value in graph.input:
+    for value in model.proto.graph.input:
         if value.name not in by_name:
             continue
         spec = by_name[value.name]
-        wanted = shapes.get(value.name)
-        if wanted is not None:
-            wanted = tuple(tuple(int(v) for v in d) if isinstance(d, tuple) else int(d) for d in wanted)
-            if len(wanted) != len(spec.shape):
-                raise ConfigError(f"Input '{spec.name}' has rank {len(spec.shape)} {_fmt(spec.shape)}, but "
-                                  f"--input-shape gives rank {len(wanted)} {_fmt(wanted)}.")
-            clash = [i for i, (have, want) in enumerate(zip(spec.shape, wanted))
-                     if isinstance(have, int) and (have != want if isinstance(want, int) else {have} != set(want))]
-            if clash:
-                raise ConfigError(f"Input '{spec.name}' is fixed at {_fmt(spec.shape)}; --input-shape "
-                                  f"{_fmt(wanted)} does not match it at dim {clash[0]}.")
+        given = shapes.get(value.name)
+        if given is not None:
+            wanted = _checked_shape(spec, given)
         else:
-            dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int)]
-            if not dynamic:
+            wanted = _batch_of_one(spec)
+            if wanted is None:
                 continue
-            if dynamic != [0]:
-                raise ConfigError(f"Input '{spec.name}' has dynamic dims {_fmt(spec.shape)}. Give a concrete "
-                                  f"shape: --input-shape {spec.name}=" + "x".join(
-                                      "1" if not isinstance(d, int) else str(d) for d in spec.shape))
-            wanted = (1,) + tuple(spec.shape[1:])
             notes.append(f"dynamic batch dim of '{spec.name}' set to 1 (use --input-shape to change it)")
-        dims = value.type.tensor_type.shape.dim
-        for i, (dim, size) in enumerate(zip(dims, wanted)):
-            dim.Clear()
-            if isinstance(size, tuple):
-                dim.dim_param = f"{spec.name}_dim{i}"
-            else:
-                dim.dim_value = size
+        _write_dims(value, spec.name, wanted)
         if any(isinstance(d, tuple) for d in wanted):
             dynamic_shapes[spec.name] = {key: [d[k] if isinstance(d, tuple) else d for d in wanted]
                                          for k, key in enumerate(("min", "opt", "max"))}
         opt_shapes[spec.name] = tuple(d[1] if isinstance(d, tuple) else d for d in wanted)
-    # Outputs and intermediate shapes may still carry the old symbols: drop them and re-infer.
-    del graph.value_info[:]
-    for out in graph.output:
-        for dim in out.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.Clear()
-    try:
-        proto = onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as e:
-        given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
-        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
+    proto = _reinfer_shapes(model)
     if shapes:
         _dry_run(proto, opt_shapes)
     provenance = dict(model.provenance)
@@ -178,6 +146,63 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]]) -> Model:
     if dynamic_shapes:
         provenance["dynamic_shapes"] = dynamic_shapes
     return Model(proto, provenance)
+
+
+def _checked_shape(spec: TensorSpec, given: Sequence[Dim]) -> tuple[Dim, ...]:
+    """`given` as ints and (min, opt, max) int tuples; ConfigError unless it has the input's rank and agrees
+    with its fixed dims."""
+    wanted = tuple(tuple(int(v) for v in d) if isinstance(d, tuple) else int(d) for d in given)
+    if len(wanted) != len(spec.shape):
+        raise ConfigError(f"Input '{spec.name}' has rank {len(spec.shape)} {_fmt(spec.shape)}, but "
+                          f"--input-shape gives rank {len(wanted)} {_fmt(wanted)}.")
+    clash = [i for i, (have, want) in enumerate(zip(spec.shape, wanted))
+             if isinstance(have, int) and (have != want if isinstance(want, int) else {have} != set(want))]
+    if clash:
+        raise ConfigError(f"Input '{spec.name}' is fixed at {_fmt(spec.shape)}; --input-shape "
+                          f"{_fmt(wanted)} does not match it at dim {clash[0]}.")
+    return wanted
+
+
+def _batch_of_one(spec: TensorSpec) -> tuple[int, ...] | None:
+    """The input's shape with its dynamic batch dim set to 1; None when it has no dynamic dim. ConfigError
+    when another dim is dynamic (that needs an explicit --input-shape)."""
+    dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int)]
+    if not dynamic:
+        return None
+    if dynamic != [0]:
+        raise ConfigError(f"Input '{spec.name}' has dynamic dims {_fmt(spec.shape)}. Give a concrete "
+                          f"shape: --input-shape {spec.name}=" + "x".join(
+                              "1" if not isinstance(d, int) else str(d) for d in spec.shape))
+    return (1,) + tuple(spec.shape[1:])
+
+
+def _write_dims(value: Any, name: str, wanted: Sequence[Dim]) -> None:
+    """Set the dims of graph input `value` in place: a size, or a symbol `<name>_dim<i>` for a range."""
+    dims = value.type.tensor_type.shape.dim
+    for i, (dim, size) in enumerate(zip(dims, wanted)):
+        dim.Clear()
+        if isinstance(size, tuple):
+            dim.dim_param = f"{name}_dim{i}"
+        else:
+            dim.dim_value = size
+
+
+def _reinfer_shapes(model: Model) -> Any:
+    """The model's proto with every non-input shape inferred again from its (new) input shapes."""
+    import onnx
+
+    graph = model.proto.graph
+    # Outputs and intermediate shapes may still carry the old symbols: drop them and re-infer.
+    del graph.value_info[:]
+    for out in graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    try:
+        return onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:
+        given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
+        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
 
 
 def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:

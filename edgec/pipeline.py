@@ -7,11 +7,10 @@ import platform
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -26,10 +25,11 @@ from .isolation import import_onnxruntime, isolated
 from .model import Model, file_sha256, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
-from .passes.mixed import layer_times, search_mixed
-from .passes.ptq import calibrate
+from .passes.mixed import MixedResult, layer_times, search_mixed
+from .passes.ptq import Calibrated, calibrate
 from .passes.qdq import WeightOnlyInt8Pass
-from .profile import Profile, attach_sources
+from .profile import Profile, attach_sources, not_faster
+from .progress import Steps
 from .report import render_html
 from .request import CompileOptions, CompileRequest
 from .target import Target, load_target
@@ -60,38 +60,6 @@ class Build:
                 "precision": m["precision"], "inputs": m["inputs"], "outputs": m["outputs"],
                 "files": [f["path"] for f in m["files"]], "accuracy": self.report["accuracy"],
                 "latency_ms": prof.get("latency_ms"), "passes": [p["name"] for p in m["passes"]]}
-
-
-class Steps:
-    """Progress lines on stderr: `edgec: <step> ... 1.2s`."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.timings: dict[str, float] = {}
-
-    def counter(self, unit: str) -> Callable[[int, int], None] | None:
-        """A progress callback for long loops: `edgec:   250/1000 samples`, at most every 2 seconds."""
-        if not self.enabled:
-            return None
-        last = [0.0]
-
-        def report(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if now - last[0] >= 2.0 or done == total:
-                last[0] = now
-                print(f"edgec:   {done}/{total} {unit}", file=sys.stderr, flush=True)
-
-        return report
-
-    @contextmanager
-    def step(self, what: str) -> Iterator[None]:
-        if self.enabled:
-            print(f"edgec: {what} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        yield
-        self.timings[what] = round(time.perf_counter() - t0, 3)
-        if self.enabled:
-            print(f"edgec: {what} done ({self.timings[what]:.1f}s)", file=sys.stderr, flush=True)
 
 
 # compile() arguments that say where a build goes and how it is reported, not what it is: the only ones
@@ -275,31 +243,14 @@ class _Job:
 
     def quantize(self, fp32: Model, staging: Path, comparison: dict[str, Any]) -> Model:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
-        o = self.request.options
-        precision, method, max_drop = o.precision, o.calibration_method, o.max_accuracy_drop
-        weight_rounding, range_search = o.weight_rounding, o.range_search
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
             comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")
-        placement = self.backend.qdq_placement(self.tgt)
-        if placement is None:
-            raise ConfigError(f"{self.backend.name} builds no int8 for {self.tgt.name}; use --precision fp32.")
-        t0 = time.perf_counter()
-        with self.steps.step(f"calibrating int8 ranges ({method}) for {placement.name}"):
-            calibrated = calibrate(fp32, self.calib, placement, method, progress=self.steps.counter("samples"),
-                                   weight_rounding=weight_rounding, range_search=range_search,
-                                   search_progress=self.steps.counter("tensors searched"))
-        self.pass_log.append({"name": "calibrate", "config": {"method": method, "placement": placement.name,
-                                                              "weight_rounding": weight_rounding,
-                                                              "gptq_weights": len(calibrated.weight_codes),
-                                                              "bias_correction": "layers not rounded by GPTQ",
-                                                              "range_search": calibrated.range_search,
-                                                              "data": calibrated.samples},
-                              "seconds": round(time.perf_counter() - t0, 3)})
+        calibrated = self._calibrate(fp32)
         int8 = calibrated.quantized()
         self.pass_log.append({"name": "quantize-int8", "config": {"int8_nodes": len(calibrated.plan.nodes)},
                               "seconds": 0.0})
-        if precision == "int8":
+        if self.request.options.precision == "int8":
             return int8
         gains = None
         if fp32_layers is not None:
@@ -307,23 +258,44 @@ class _Job:
             t32 = layer_times(fp32_layers, calibrated.plan.nodes)
             t8 = layer_times(int8_layers, calibrated.plan.nodes)
             gains = {n: t32[n] - t8.get(n, 0.0) for n in t32}
-        # The budget is checked on the samples the report's accuracy comparison scores; the per-layer
-        # sensitivity (output error, a continuous measure) on the first SEARCH_SAMPLES of them.
+        return calibrated.quantized(self._search_mixed(fp32, calibrated, gains))
+
+    def _calibrate(self, fp32: Model) -> Calibrated:
+        o = self.request.options
+        placement = self.backend.qdq_placement(self.tgt)
+        if placement is None:
+            raise ConfigError(f"{self.backend.name} builds no int8 for {self.tgt.name}; use --precision fp32.")
+        t0 = time.perf_counter()
+        with self.steps.step(f"calibrating int8 ranges ({o.calibration_method}) for {placement.name}"):
+            calibrated = calibrate(fp32, self.calib, placement, o.calibration_method,
+                                   progress=self.steps.counter("samples"), weight_rounding=o.weight_rounding,
+                                   range_search=o.range_search, search_progress=self.steps.counter("tensors searched"))
+        self.pass_log.append({"name": "calibrate", "config": {"method": o.calibration_method, "placement": placement.name,
+                                                              "weight_rounding": o.weight_rounding,
+                                                              "gptq_weights": len(calibrated.weight_codes),
+                                                              "bias_correction": "layers not rounded by GPTQ",
+                                                              "range_search": calibrated.range_search,
+                                                              "data": calibrated.samples},
+                              "seconds": round(time.perf_counter() - t0, 3)})
+        return calibrated
+
+    def _search_mixed(self, fp32: Model, calibrated: Calibrated, gains: dict[str, float] | None) -> list[str]:
+        """The layers to keep in float for the budget. The budget is checked on the samples the report's accuracy
+        comparison scores; the per-layer sensitivity (output error, a continuous measure) on the first
+        SEARCH_SAMPLES of them."""
+        max_drop = self.request.options.max_accuracy_drop
         samples, (reference, *_) = self.reference(fp32)
         reference = reference.astype(np.float64)
         evaluate = accuracy.make_evaluator(samples, reference)
         rank = None
         if len(samples) > SEARCH_SAMPLES:
-            ranking = samples.head(SEARCH_SAMPLES)
             rows_per_sample = len(reference) // len(samples)
-            rank = accuracy.make_evaluator(ranking, reference[:rows_per_sample * SEARCH_SAMPLES])
-        fp32_eval = evaluate(fp32)
+            rank = accuracy.make_evaluator(samples.head(SEARCH_SAMPLES), reference[:rows_per_sample * SEARCH_SAMPLES])
         metric = "labelled accuracy %" if samples.labels is not None else "top-1 agreement with fp32 %"
         t0 = time.perf_counter()
         with self.steps.step(f"mixed precision: searching layers to keep in float (budget {max_drop} points)"):
-            result = search_mixed(calibrated, evaluate, fp32_eval, float(max_drop), gains, metric,
-                                  progress=self.steps.counter("layers scored"),
-                                  rank_evaluate=rank)
+            result = search_mixed(calibrated, evaluate, evaluate(fp32), float(max_drop), gains, metric,
+                                  progress=self.steps.counter("layers scored"), rank_evaluate=rank)
         self.pass_log.append({"name": "mixed-precision", "config": {"max_accuracy_drop": max_drop, "metric": metric,
                                                                     "search_data": samples.description},
                               "seconds": round(time.perf_counter() - t0, 3)})
@@ -337,15 +309,8 @@ class _Job:
                       "float_layers": result.decisions,
                       "int8_layers": len(calibrated.plan.nodes) - len(result.keep_float),
                       "evaluations": result.evaluations}
-        if not result.met:
-            print(f"edgec: WARNING: mixed precision could not meet the {max_drop}-point budget on the search data "
-                  f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
-        elif max_drop < 2 * result.standard_error:
-            print(f"edgec: note: the {max_drop}-point budget is within the noise of {len(samples)} search samples "
-                  f"(the drop is measured to +-{result.standard_error:.2f} points, one standard error); more labelled "
-                  f"validation samples (val_x/val_y: edgec scores up to {VALIDATION_SAMPLES}, or --calib-samples N) "
-                  f"make it firmer", file=sys.stderr)
-        return calibrated.quantized(result.keep_float)
+        _mixed_notes(result, max_drop, len(samples))
+        return result.keep_float
 
     def variant(self, model: Model, fp32: Model, precision: str, folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Build, check and profile a comparison build in `folder` (half the runs, at least 20), then remove it:
@@ -357,20 +322,30 @@ class _Job:
 
 
 def _speed_warnings(comparison: Mapping[str, Any], precision: str) -> list[str]:
-    """int8 must be faster than fp32; when it is not, say so loudly instead of shipping it quietly.
-
-    The two builds are profiled one after the other, so a burst of load on a shared machine can double one
-    median: the warning needs the quantized build to be no faster by its fastest run either."""
+    """int8 must be faster than fp32 (profile.not_faster); when it is not, say so loudly instead of shipping it
+    quietly."""
     fp32, mine = comparison.get("fp32") or {}, comparison.get(precision) or {}
     if not fp32.get("latency_ms_p50") or not mine.get("latency_ms_p50"):
         return []
-    if any(mine.get(k) and fp32.get(k) and mine[k] < fp32[k] for k in ("latency_ms_p50", "latency_ms_min")):
+    if not not_faster(*({"p50": e["latency_ms_p50"], "min": e.get("latency_ms_min")} for e in (mine, fp32))):
         return []
     warning = (f"the {precision} build is not faster than fp32 here (p50 {mine['latency_ms_p50']:.3f} ms vs "
                f"{fp32['latency_ms_p50']:.3f} ms): the model is too small for int8 to pay off on this CPU, or the "
                "timing is noisy; consider shipping fp32")
     print(f"edgec: WARNING: {warning}", file=sys.stderr)
     return [warning]
+
+
+def _mixed_notes(result: MixedResult, max_drop: float, samples: int) -> None:
+    """Say when the budget was missed, or when it is within the noise of the search samples."""
+    if not result.met:
+        print(f"edgec: WARNING: mixed precision could not meet the {max_drop}-point budget on the search data "
+              f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
+    elif max_drop < 2 * result.standard_error:
+        print(f"edgec: note: the {max_drop}-point budget is within the noise of {samples} search samples "
+              f"(the drop is measured to +-{result.standard_error:.2f} points, one standard error); more labelled "
+              f"validation samples (val_x/val_y: edgec scores up to {VALIDATION_SAMPLES}, or --calib-samples N) "
+              f"make it firmer", file=sys.stderr)
 
 
 def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) -> dict[str, Any]:

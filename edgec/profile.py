@@ -163,3 +163,17 @@ def attach_sources(rows: Iterable[LayerRow], sources: Mapping[str, NodeSource]) 
 def with_shares(rows: Sequence[LayerRow]) -> list[LayerRow]:
     total = sum(r.time_ms for r in rows) or 1.0
     return [LayerRow(**{**asdict(r), "onnx_nodes": r.onnx_nodes, "share": round(r.time_ms / total, 5)}) for r in rows]
+
+
+def not_faster(candidate: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
+    """The one "not faster" rule, on latency dicts with `p50` and (optionally) `min` in ms.
+
+    Builds profiled one after the other on a shared machine can meet a burst of load that doubles one
+    median, so a candidate counts as not faster only when neither its median nor its fastest run beats
+    the baseline's."""
+    return not any(candidate.get(k) and baseline.get(k) and candidate[k] < baseline[k] for k in ("p50", "min"))
+
+
+def batch_size(manifest: Mapping[str, Any]) -> int:
+    """The leading dim of the first input of a build (1 for a model without inputs)."""
+    return int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1

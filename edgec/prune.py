@@ -18,12 +18,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .backends import get_backend
 from .errors import BackendUnavailable, ConfigError, brief
 from .isolation import isolated
 from .pipeline import compile as edgec_compile
+from .profile import not_faster
+from .progress import Steps
 from .target import load_target
 
 IMPORTANCE = ("l1", "l2", "taylor")
@@ -63,9 +65,20 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
     round_to = round_to or (tgt.round_to if tgt else 1)
     example = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
     teacher = model.eval()
-    student = copy.deepcopy(model).eval()
+    log = Steps(progress).note
+    student, report = _prune_channels(tp, teacher, ratio, example, importance, keep, round_to, data, batch_size, log)
+    report["target"] = tgt.name if tgt else None
+    student = _recover(student, teacher, report, data, epochs, finetune, lr, temperature, batch_size, log)
+    if measure:
+        _check_latency(teacher, student, example, tgt, others, report, log)
+    return PruneResult(student, report)
+
+
+def _prune_channels(tp: Any, teacher: Any, ratio: float, example: tuple, importance: str, keep: Sequence[str],
+                    round_to: int, data: Any, batch_size: int, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """A pruned copy of `teacher` and the report's size entries (params, MACs, weight bytes, channels)."""
+    student = copy.deepcopy(teacher).eval()
     kept = _kept_modules(student, keep, example)
-    log = _Log(progress)
     macs0, params0 = tp.utils.count_ops_and_params(student, example)
     weights0 = _weight_bytes(student)
     imp = (tp.importance.GroupTaylorImportance() if importance == "taylor"
@@ -77,18 +90,22 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
             _taylor_gradients(student, teacher, data, batch_size)
         pruner.step()
     except Exception as e:
-        raise ConfigError(f"torch-pruning could not prune {type(model).__name__}: {brief(e)}. Keep the layers it "
+        raise ConfigError(f"torch-pruning could not prune {type(teacher).__name__}: {brief(e)}. Keep the layers it "
                           "names with keep=[...].") from e
     student.zero_grad(set_to_none=True)
     macs1, params1 = tp.utils.count_ops_and_params(student, example)
     log(f"pruned {100 * ratio:.0f}% of channels (round_to={round_to}): params {params0:,} -> {params1:,}, "
         f"MACs {macs0:,.0f} -> {macs1:,.0f}")
-    report: dict[str, Any] = {
+    return student, {
         "ratio": ratio, "importance": importance, "round_to": round_to, "kept": [n for n, _ in kept],
         "params": [int(params0), int(params1)], "macs": [int(macs0), int(macs1)],
-        "weights_bytes": [weights0, _weight_bytes(student)],
-        "channels": _channel_counts(student), "target": tgt.name if tgt else None,
-    }
+        "weights_bytes": [weights0, _weight_bytes(student)], "channels": _channel_counts(student)}
+
+
+def _recover(student: Any, teacher: Any, report: dict[str, Any], data: Any, epochs: int,
+             finetune: Callable[[Any], Any] | None, lr: float, temperature: float, batch_size: int,
+             log: Callable[[str], None]) -> Any:
+    """Recovery training (the user's `finetune`, or distillation from the dense model); accuracies in `report`."""
     inputs, labels = _split(data)
     if labels is not None:
         report["accuracy_dense"] = _accuracy(teacher, inputs, labels, batch_size)
@@ -101,35 +118,30 @@ def prune(model: Any, ratio: float, example_inputs: Sequence[Any], *, target: st
         report["recovery"] = f"distillation from the dense model, {epochs} epochs, T={temperature}"
     if labels is not None and report.get("recovery"):
         report["accuracy_recovered"] = _accuracy(student, inputs, labels, batch_size)
-    student.eval()
-    if tgt is not None and measure:
+    return student.eval()
+
+
+def _check_latency(teacher: Any, student: Any, example: tuple, tgt: Any, others: Sequence[Any],
+                   report: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Dense vs pruned latency on `tgt` (not faster there: refused) and on `others` (not faster: a warning)."""
+    if tgt is not None:
         report["latency_ms"] = _measure(teacher, student, example, tgt, log)
         dense, pruned = report["latency_ms"]["dense"], report["latency_ms"]["pruned"]
-        if dense is not None and pruned is not None and pruned >= dense:
-            raise ConfigError(f"The {100 * ratio:.0f}%-pruned model is not faster on {tgt.name} ({pruned:.3f} ms vs "
-                              f"dense {dense:.3f} ms): edgec does not emit it. Try round_to="
-                              f"{max(8, 2 * round_to)} or a larger ratio.")
-    if measure and (others or tgt is not None):
-        by_target = {tgt.name: report["latency_ms"]} if tgt is not None else {}
-        for other in others:
-            if other.name not in by_target:
-                by_target[other.name] = _measure(teacher, student, example, other, log)
-        report["latency_ms_by_target"] = by_target
-        report["warnings"] = [f"the pruned model is not faster on {name} ({lat['pruned']:.3f} ms vs dense "
-                              f"{lat['dense']:.3f} ms)" for name, lat in by_target.items()
-                              if lat["dense"] is not None and lat["pruned"] >= lat["dense"]]
-        for warning in report["warnings"]:
-            print(f"edgec: WARNING: {warning}", file=sys.stderr)
-    return PruneResult(student, report)
-
-
-class _Log:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __call__(self, text: str) -> None:
-        if self.enabled:
-            print(f"edgec: {text}", file=sys.stderr, flush=True)
+        if _pruned_not_faster(report["latency_ms"]):
+            raise ConfigError(f"The {100 * report['ratio']:.0f}%-pruned model is not faster on {tgt.name} "
+                              f"({pruned:.3f} ms vs dense {dense:.3f} ms): edgec does not emit it. Try round_to="
+                              f"{max(8, 2 * report['round_to'])} or a larger ratio.")
+    if not others and tgt is None:
+        return
+    by_target = {tgt.name: report["latency_ms"]} if tgt is not None else {}
+    for other in others:
+        if other.name not in by_target:
+            by_target[other.name] = _measure(teacher, student, example, other, log)
+    report["latency_ms_by_target"] = by_target
+    report["warnings"] = [f"the pruned model is not faster on {name} ({lat['pruned']:.3f} ms vs dense "
+                          f"{lat['dense']:.3f} ms)" for name, lat in by_target.items() if _pruned_not_faster(lat)]
+    for warning in report["warnings"]:
+        print(f"edgec: WARNING: {warning}", file=sys.stderr)
 
 
 def _kept_modules(model: Any, patterns: Sequence[str], example: tuple) -> list[tuple[str, Any]]:
@@ -203,7 +215,7 @@ def _taylor_gradients(student: Any, teacher: Any, data: Any, batch_size: int) ->
 
 
 def _distill(student: Any, teacher: Any, inputs: Any, labels: Any, epochs: int, lr: float, temperature: float,
-             batch_size: int, log: _Log) -> None:
+             batch_size: int, log: Callable[[str], None]) -> None:
     """Knowledge distillation: KL to the dense model's softened outputs, plus cross-entropy when labelled."""
     import torch
     import torch.nn.functional as F
@@ -232,18 +244,26 @@ def _distill(student: Any, teacher: Any, inputs: Any, labels: Any, epochs: int, 
     student.eval()
 
 
-def _measure(teacher: Any, student: Any, example: tuple, tgt: Any, log: _Log) -> dict[str, Any]:
-    """fp32 p50 latency of dense and pruned models built for `tgt` (when its backend runs here)."""
+def _measure(teacher: Any, student: Any, example: tuple, tgt: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """fp32 latency (p50, and the fastest run as `<name>_min`) of dense and pruned models built for `tgt` (when
+    its backend runs here)."""
 
     backend = get_backend(tgt.backend)
     if not backend.can_run_here(tgt):
         return {"dense": None, "pruned": None, "note": f"{tgt.name} does not run here; profile on the device"}
     with tempfile.TemporaryDirectory() as tmp:
-        p50 = {}
+        latency = {}
         for name, m in (("dense", teacher), ("pruned", student)):
             build = edgec_compile(m, tgt, "fp32", example_inputs=example, output_dir=f"{tmp}/{name}",
                                   profile_runs=200, progress=False, use_cache=False)
-            p50[name] = build.report["profile"]["latency_ms"]["p50"]
-    log(f"latency on {tgt.name}: dense {p50['dense']:.3f} ms, pruned {p50['pruned']:.3f} ms "
-        f"({p50['pruned'] / p50['dense']:.2f}x)")
-    return {**p50, "ratio": round(p50["pruned"] / p50["dense"], 3), "runs": 200}
+            stats = build.report["profile"]["latency_ms"]
+            latency[name], latency[f"{name}_min"] = stats["p50"], stats["min"]
+    log(f"latency on {tgt.name}: dense {latency['dense']:.3f} ms, pruned {latency['pruned']:.3f} ms "
+        f"({latency['pruned'] / latency['dense']:.2f}x)")
+    return {**latency, "ratio": round(latency["pruned"] / latency["dense"], 3), "runs": 200}
+
+
+def _pruned_not_faster(latency: Mapping[str, Any]) -> bool:
+    return latency["dense"] is not None and not_faster(
+        {"p50": latency["pruned"], "min": latency.get("pruned_min")},
+        {"p50": latency["dense"], "min": latency.get("dense_min")})

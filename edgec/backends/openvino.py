@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import resource
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,8 @@ import numpy as np
 from ..errors import BackendUnavailable, BuildError, ConfigError, brief
 from ..model import Model
 from ..passes.qdq import WEIGHTED_OPS, Placement
-from ..profile import LatencyStats, LayerRow, Profile, with_shares
+from ..device.tvm_runner import seeded_feeds, time_runs
+from ..profile import LatencyStats, LayerRow, Profile, batch_size, with_shares
 from ..target import Target
 from .base import Artifact, Capabilities, Runner
 
@@ -99,26 +99,21 @@ class OpenVINOBackend:
         if device != "local":
             raise ConfigError(f"OpenVINO artifacts are profiled on the machine that runs them: use --device local "
                               f"(got '{device}'). Copy the output folder to that machine and run edgec profile there.")
-        feeds = _timing_feeds(manifest)
-        rss_before = _peak_rss_mb()
+        feeds = seeded_feeds(manifest["inputs"])
+        rss_before = _rss_mb()
         # Latency without per-layer counters (they add overhead), then a second compile with them.
         compiled = self._compile(out_dir, manifest, {"PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
-        for _ in range(warmup):
-            _infer_in_place(request, feeds)
-        samples = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            _infer_in_place(request, feeds)
-            samples.append((time.perf_counter() - t0) * 1000.0)
+        samples = time_runs(lambda: _infer_in_place(request, feeds), runs, warmup)
+        model_mb = _rss_mb() - rss_before  # the compiled model, its request and buffers, after the timed runs
         layers = self._layers(out_dir, manifest, feeds, max(5, min(runs, 30)), warmup)
         cfg = manifest["artifact"]["config"]
         return Profile(
             backend=self.name, device=f"{cfg.get('device', 'CPU')} ({self._cpu_name(cfg.get('device', 'CPU'))})",
-            target=manifest["target"]["name"], precision=manifest["precision"], batch=_batch(manifest),
+            target=manifest["target"]["name"], precision=manifest["precision"], batch=batch_size(manifest),
             runs=runs, warmup=warmup, latency_ms=LatencyStats.from_samples(samples), layers=layers,
-            memory={"weights_bytes": (out_dir / "model.bin").stat().st_size,
-                    "peak_rss_mb": round(max(_peak_rss_mb(), rss_before), 1)},
+            memory={"weights_bytes": (out_dir / "model.bin").stat().st_size, "model_rss_mb": round(model_mb, 1),
+                    "process_peak_rss_mb": round(_peak_rss_mb(), 1)},
             extra={"runtime": {"openvino": self.versions()["openvino"],
                                "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
                                "threads": int(compiled.get_property("INFERENCE_NUM_THREADS"))}},
@@ -179,16 +174,15 @@ def _precision_of(exec_type: str) -> str:
     return {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8", "i32": "int32"}.get(suffix, suffix)
 
 
-def _timing_feeds(manifest: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Seeded uniform [0, 1) inputs (zeros for integer inputs): deterministic and valid."""
-    rng = np.random.default_rng(0)
-    return {s["name"]: (rng.random(s["shape"]) if s["dtype"].startswith("float") else np.zeros(s["shape"]))
-            .astype(s["dtype"]) for s in manifest["inputs"]}
-
-
-def _batch(manifest: dict[str, Any]) -> int:
-    return int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1
-
-
 def _peak_rss_mb() -> float:
+    """The whole process's high-water mark (everything it did before, calibration included)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _rss_mb() -> float:
+    """Resident memory now (Linux /proc; elsewhere the peak, the best this process can say)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return _peak_rss_mb()
+    return pages * resource.getpagesize() / 2**20

@@ -23,10 +23,10 @@ import numpy as np
 from ..errors import BackendUnavailable, BuildError, ConfigError, EdgecError, brief
 from ..fileio import write_bytes_atomic
 from ..model import Model, load_model, ort_session
-from ..profile import LatencyStats, LayerRow, Profile, with_shares
+from ..profile import LatencyStats, LayerRow, Profile, batch_size, with_shares
 from ..target import Target
 from ..device import tvm_runner
-from ..device.tvm_runner import Session, cpu_name, num_threads, seeded_feeds
+from ..device.tvm_runner import Session, cpu_name, flatten_outputs, num_threads, seeded_feeds
 from .base import Artifact, Capabilities, Runner
 from .tvm_schedules import schedule_module
 
@@ -192,7 +192,7 @@ class TVMBackend:
         cfg = manifest["artifact"]["config"]
         return Profile(
             backend=self.name, device=f"CPU ({cpu_name()})", target=manifest["target"]["name"],
-            precision=manifest["precision"], batch=_batch(manifest), runs=runs, warmup=warmup,
+            precision=manifest["precision"], batch=batch_size(manifest), runs=runs, warmup=warmup,
             latency_ms=LatencyStats.from_samples(samples), layers=with_shares(_kernel_rows(manifest, kernels)),
             memory={"model_so_bytes": (out_dir / "model.so").stat().st_size},
             extra={"runtime": {"tvm": self.versions()["tvm"], "threads": num_threads(),
@@ -227,7 +227,7 @@ class TVMBackend:
         layers = with_shares(_kernel_rows(manifest, result["kernels"])) if result["kernels"] else []
         return Profile(
             backend=self.name, device=label, target=manifest["target"]["name"], precision=manifest["precision"],
-            batch=_batch(manifest), runs=runs, warmup=warmup, latency_ms=LatencyStats.from_samples(result["samples_ms"]),
+            batch=batch_size(manifest), runs=runs, warmup=warmup, latency_ms=LatencyStats.from_samples(result["samples_ms"]),
             layers=layers, memory={"model_so_bytes": path.stat().st_size},
             extra={"accuracy": {"reference": "ONNX Runtime (CPU) on this host, same seeded inputs",
                                 "max_abs_error": max_abs, "per_output_max_abs_error": errors, "ok": ok},
@@ -377,7 +377,7 @@ def remote_measure(address: DeviceAddress, model_so: Path, manifest: dict[str, A
         stage = "running the model"
         args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]]), dev) for s in manifest["inputs"]]
         vm = VirtualMachine(lib, dev)
-        outputs = _flatten(vm["main"](*args))
+        outputs = flatten_outputs(vm["main"](*args))
         stage = "timing the model"
         measured = _remote_json(remote, "edgec.measure", lib, runs, warmup, kernel_runs, *args) \
             if info else None
@@ -439,19 +439,6 @@ def _onnx_runtime_outputs(path: Path, feeds: dict[str, Any]) -> list[Any]:
     session = ort_session(load_model(path).proto)
     names = {i.name for i in session.get_inputs()}
     return session.run(None, {k: v for k, v in feeds.items() if k in names})
-
-
-def _flatten(value: Any) -> list[Any]:
-    if hasattr(value, "numpy"):
-        return [value.numpy()]
-    out: list[Any] = []
-    for item in value:
-        out.extend(_flatten(item))
-    return out
-
-
-def _batch(manifest: dict[str, Any]) -> int:
-    return int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1
 
 
 def _kernel_rows(manifest: dict[str, Any], kernels: list[dict[str, Any]]) -> list[LayerRow]:

@@ -186,34 +186,71 @@ def conv_tile(out_w: int, out_c: int, info: CPUInfo) -> tuple[int, int]:
 
 @_rule
 def _conv_nhwc(sch: Any, info: CPUInfo, target: Any) -> bool:
+    """One conv2d_nhwc/group_conv2d_nhwc block with injective producers (padding) and consumers (epilogue)."""
+    matched = _match_conv(sch)
+    if matched is None:
+        return False
+    block, spatial, reduce, before, after = matched
+    epilogue = _inline_epilogue(sch, after)
+    tiled = _tile_conv_loops(sch, spatial, reduce, info)
+    if tiled is None:
+        return False
+    tile, wi, ci = tiled
+    writer = _accumulate_in_registers(sch, block, epilogue, tile)
+    if writer is None:
+        return False
+    # Vectorize/unroll before splitting off the init: the update block alone is no longer a reduction block.
+    if wi is not None:
+        sch.unroll(wi)
+    sch.vectorize(ci)
+    init = sch.decompose_reduction(block, reduce[0])
+    _vectorize_innermost(sch, init, info.lanes)
+    _vectorize_innermost(sch, writer, info.lanes)
+    # Producers (the zero padding): their own parallel, vectorized loop nest.
+    for b in before:
+        _schedule_injective_block(sch, b.block_rv, info)
+    return True
+
+
+def _match_conv(sch: Any) -> tuple[Any, list[Any], list[Any], list[Any], list[Any]] | None:
+    """(conv block, spatial loops, reduction loops, blocks before, blocks after), or None unless the kernel is
+    exactly one NHWC conv whose other blocks are all injective."""
     infos = _blocks(sch)
     convs = [b for b in infos if b.name in ("conv2d_nhwc", "group_conv2d_nhwc")]
     if len(convs) != 1:
-        return False
+        return None
     conv = convs[0]
     # Normalization dropped unit loops (batch 1, 1x1 kernels, depthwise's single input channel):
     # spatial loops are [N] [H] [W] C, then 1 to 3 reduction loops.
     loops, kinds = _loops_and_kinds(sch, conv.block_rv)
     ns = len(kinds) - len(kinds.lstrip("S"))
     if ns < 1 or set(kinds[ns:]) != {"R"}:
-        return False
+        return None
     idx = infos.index(conv)
     before, after = infos[:idx], infos[idx + 1:]
     if any(not b.is_injective() for b in before + after):
-        return False
-    # Epilogue: inline all but the last consumer into it (bias add, BN, residual add, ReLU).
+        return None
+    return conv.block_rv, loops[:ns], loops[ns:], before, after
+
+
+def _inline_epilogue(sch: Any, after: list[Any]) -> Any:
+    """Inline all but the last consumer into it (bias add, BN, residual add, ReLU); that block, or None."""
     for b in after[:-1]:
         sch.compute_inline(b.block_rv)
-    epilogue = after[-1].block_rv if after else None
-    block = conv.block_rv
-    spatial, reduce = loops[:ns], loops[ns:]
+    return after[-1].block_rv if after else None
+
+
+def _tile_conv_loops(sch: Any, spatial: list[Any], reduce: list[Any],
+                     info: CPUInfo) -> tuple[Any, Any, Any] | None:
+    """Split W and C into `conv_tile` tiles, order the loops (outer tiles, reductions, tile), parallelize the
+    outer loop. Returns (tile loop, pixel loop or None, channel loop), or None when an extent is symbolic."""
     c = spatial[-1]
-    w = spatial[-2] if ns >= 2 else None
+    w = spatial[-2] if len(spatial) >= 2 else None
     others = spatial[:-2]
     out_c = _extent(sch, c)
     out_w = _extent(sch, w) if w is not None else 1
     if out_w is None or out_c is None:
-        return False
+        return None
     tw, tc = conv_tile(out_w, out_c, info)
     co, ci = sch.split(c, factors=[None, tc])
     if w is not None:
@@ -227,27 +264,21 @@ def _conv_nhwc(sch: Any, info: CPUInfo, target: Any) -> bool:
         outer = tile = co
     if _extent(sch, outer) != 1:
         sch.parallel(outer)
-    # Accumulate the tile in registers; write it back (through the epilogue) once per tile.
+    return tile, wi, ci
+
+
+def _accumulate_in_registers(sch: Any, block: Any, epilogue: Any, tile: Any) -> Any:
+    """Accumulate the tile in registers; write it back (through the epilogue) once per tile. Returns the
+    write-back block, or None when there is no epilogue and the conv writes an intermediate buffer."""
     if epilogue is not None:
         sch.set_scope(block, 0, "local")
         sch.reverse_compute_at(epilogue, tile)
-        writer = epilogue
-    elif _output_is_param(sch, block):
+        return epilogue
+    if _output_is_param(sch, block):
         writer = sch.cache_write(block, 0, "local")  # the write-back block; `block` now writes the cache
         sch.reverse_compute_at(writer, tile)
-    else:
-        return False
-    # Vectorize/unroll before splitting off the init: the update block alone is no longer a reduction block.
-    if wi is not None:
-        sch.unroll(wi)
-    sch.vectorize(ci)
-    init = sch.decompose_reduction(block, reduce[0])
-    _vectorize_innermost(sch, init, info.lanes)
-    _vectorize_innermost(sch, writer, info.lanes)
-    # Producers (the zero padding): their own parallel, vectorized loop nest.
-    for b in before:
-        _schedule_injective_block(sch, b.block_rv, info)
-    return True
+        return writer
+    return None
 
 
 # ------------------------------------------------------------------------------------------- reductions

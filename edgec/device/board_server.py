@@ -25,7 +25,7 @@ import time
 
 import tvm
 import tvm.rpc.server as _server
-from edgec_runtime import time_call_sites  # edgec/device/tvm_runner.py, copied beside this file by edgec/arm_board.sh
+from edgec_runtime import time_call_sites, time_runs  # edgec/device/tvm_runner.py, copied beside this file by edgec/arm_board.sh
 
 log = logging.getLogger("edgec.board")
 _STATE = {"crashes": 0, "last_crash": None, "started": time.time()}
@@ -90,13 +90,7 @@ def _measure(lib, runs, warmup, kernel_runs, *args) -> str:
 
     vm = VirtualMachine(lib, tvm.cpu(0))
     main = vm["main"]
-    for _ in range(int(warmup)):
-        main(*args)
-    samples = []
-    for _ in range(int(runs)):
-        t0 = time.perf_counter()
-        main(*args)
-        samples.append((time.perf_counter() - t0) * 1000.0)
+    samples = time_runs(lambda: main(*args), runs, warmup)
     kernels = time_call_sites(vm, main, args, int(kernel_runs)) if int(kernel_runs) > 0 else []
     return json.dumps({"samples_ms": samples, "kernels": kernels})
 

@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -106,20 +106,13 @@ class Session:
         return self._main(*args)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return _flatten(self.run_device(self.to_device(feeds)))
+        return flatten_outputs(self.run_device(self.to_device(feeds)))
 
     # ------------------------------------------------------------------------------------------- timing
     def time(self, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> list[float]:
         """Milliseconds per run (inputs already on the device, outputs left there)."""
         args = self.to_device(feeds)
-        for _ in range(warmup):
-            self._main(*args)
-        samples = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            self._main(*args)
-            samples.append((time.perf_counter() - t0) * 1000.0)
-        return samples
+        return time_runs(lambda: self._main(*args), runs, warmup)
 
     def time_kernels(self, feeds: dict[str, np.ndarray], runs: int, warmup: int = 1) -> list[dict[str, Any]]:
         """Mean time per kernel call site: time_call_sites() on this session's VM."""
@@ -178,13 +171,26 @@ def _null_instrument(func: Any, symbol: str, before: bool, ret: Any, *args: Any)
     return _NO_OP
 
 
-def _flatten(value: Any) -> list[np.ndarray]:
+def flatten_outputs(value: Any) -> list[np.ndarray]:
+    """A VM result (a tensor or nested tuples of them) as a flat list of numpy arrays."""
     if hasattr(value, "numpy"):
         return [value.numpy()]
     out: list[np.ndarray] = []
     for item in value:
-        out.extend(_flatten(item))
+        out.extend(flatten_outputs(item))
     return out
+
+
+def time_runs(call: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `runs` calls, after `warmup` untimed ones: every latency edgec reports."""
+    for _ in range(int(warmup)):
+        call()
+    samples = []
+    for _ in range(int(runs)):
+        t0 = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    return samples
 
 
 # ---------------------------------------------------------------------------------------------- inputs

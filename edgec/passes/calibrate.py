@@ -1,37 +1,21 @@
-"""Calibration, phase 1 of post-training quantization: observers collect per-tensor statistics.
+"""Calibration, phase 1 of post-training quantization: per-tensor statistics turned into float ranges.
 
-Observers stream: `update(x)` folds one batch into a fixed-size state (a running min/max, or a
-histogram of `bins` counts), so memory stays bounded however many samples the calibration set holds.
-`range(symmetric)` then turns the statistics into the float range (lo, hi) the quantize pass maps to
-integers. `collect_ranges` runs an ONNX model over calibration feeds with ONNX Runtime and feeds one
-observer per requested tensor, one batch at a time.
+Observers stream: `update(x)` folds one batch of any shape into a fixed-size state (memory O(bins),
+however many samples); NaN or Inf raise ValueError. `range(symmetric=False)` returns (lo, hi), or (-t, t)
+if symmetric; ValueError if no data was seen. `make_observer(method, **options)` makes one (OBSERVERS):
+- `minmax`: the exact running min and max.
+- `percentile` (percentile=99.99, bins=2048): clip at the p-th percentile (100 - p below, if signed).
+- `entropy` (bins=2048, quant_levels=128): TensorRT's threshold minimising KL(P||Q) over |x|'s histogram.
+- `mse` (bins=2048, levels=256): the threshold minimising the expected squared quantize-dequantize error.
+Entropy and MSE search symmetric thresholds on |x| (exact zeros left out: they quantize exactly); with
+symmetric=False a non-negative tensor gets (0, t) with twice the levels, a signed one the symmetric range
+clipped to the observed [min, max]. Ranges are raw statistics: making zero representable is the quantize
+pass's job.
 
-Methods: `minmax` (exact running min/max), `percentile` (clip at the p-th percentile),
-`entropy` (TensorRT-style KL-divergence threshold search), `mse` (threshold that minimises the
-expected squared quantization error).
-
-Provenance. Written here: all the code, the histogram percentile, the closed-form MSE of rounding and
-clipping per histogram bin, the zero handling and the vectorised KL search. Borrowed ideas:
-- entropy: the threshold search of NVIDIA's TensorRT INT8 calibration (Migacz, "8-bit Inference with
-  TensorRT", GTC 2017) as NVIDIA's pytorch-quantization implements it (`_compute_amax_entropy`):
-  reference P = first i bins with the tail merged into bin i-1; Q = the first i bins merged into
-  `quant_levels` groups and spread back evenly over each group's non-empty bins; KL(P||Q) is infinite
-  (the candidate loses) where P > 0 and Q = 0; ties go to the larger threshold. pytorch-quantization
-  overwrites bin 0 with bin 1 to damp the spike of zeros after ReLU; we count exact zeros apart and
-  leave them out, since zero quantizes exactly whatever the threshold.
-- histogram growth: torch.ao's HistogramObserver, which re-bins the old counts into a wider range in
-  proportion to overlap. We do it in one step (linear interpolation of the old cumulative counts at
-  the new edges). We tried exact power-of-two growth (merge bins in pairs) first: it leaves as few as
-  bins/2 bins over the data after streaming, which pushed the entropy threshold on N(0,1) + outliers
-  from 3.8 to 8.9; re-binning keeps streaming close to a single batch.
-- MSE: the histogram-based "mse" search of NVIDIA's pytorch-quantization (`_compute_amax_mse`), with
-  the error of each bin computed in closed form (values spread uniformly inside a bin) instead of by
-  fake-quantizing bin centres.
-
-Caveats: the ranges are raw statistics; making zero representable (lo <= 0 <= hi) is the quantize
-pass's job. Entropy and MSE search symmetric thresholds on |x|. For a non-negative tensor with
-`symmetric=False` they search [0, t] with twice the levels and return (0, t); for a signed tensor with
-`symmetric=False` they return the symmetric range clipped to the observed [min, max].
+`collect_ranges(proto, tensors, feeds, method, symmetric, **options)` runs an ONNX model with ONNX Runtime
+over `feeds`, one at a time, and returns {tensor: (lo, hi)}; `collect_statistics` also returns per-channel
+means and feeds extra observers in the same pass. Design notes and measurements:
+benchmarks/results/calibration-design-notes.md.
 """
 from __future__ import annotations
 
@@ -439,8 +423,6 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
     keeps them, e.g. to read other percentiles off their histograms); the others are made from `method`.
     `progress(samples_done)` is called after each sample.
     """
-    import onnx
-
     range_names = list(dict.fromkeys(tensors))
     mean_names = list(dict.fromkeys(means_of))
     extra = {k: list(v) for k, v in (extra or {}).items() if v}
@@ -450,7 +432,19 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
     given = dict(observers or {})
     observers = {name: given[name] if name in given else make_observer(method, **observer_kw) for name in range_names}
     mean_observers = {name: ChannelMeanObserver() for name in mean_names}
-    graph = proto.graph
+    _check_tensors_exist(proto.graph, names)
+    session = _session_with_outputs(proto, names)
+    # Per tensor, every observer of its values, in the order they are updated: range, mean, extra.
+    sinks = {name: [obs[name] for obs in (observers, mean_observers) if name in obs] + extra.get(name, [])
+             for name in names}
+    _observe_feeds(session, names, feeds, sinks, progress)
+    ranges = _read_ranges(observers, symmetric)
+    means = {name: mobs.mean() for name, mobs in mean_observers.items() if mobs.total is not None}
+    return ranges, means
+
+
+def _check_tensors_exist(graph: Any, names: Sequence[str]) -> None:
+    """ConfigError unless every name is a graph input, an initializer or a node output of the main graph."""
     known = ({v.name for v in graph.input} | {t.name for t in graph.initializer}
              | {o for node in graph.node for o in node.output if o})
     missing = [n for n in names if n not in known]
@@ -458,6 +452,11 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
         raise ConfigError(f"calibrate: tensor(s) {', '.join(map(repr, missing[:5]))} are not in the model "
                           f"(it has {len(known)} tensors, e.g. {', '.join(sorted(known)[:5])}). "
                           "Ask for names of node outputs in the main graph.")
+
+
+def _session_with_outputs(proto: Any, names: Sequence[str]) -> Any:
+    """An ONNX Runtime session of a copy of `proto` in which every tensor of `names` is a graph output."""
+    import onnx
 
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -467,11 +466,16 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
             # A name-only output: ONNX Runtime infers its type, so intermediates need no value_info.
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        session = ort_session(model)
+        return ort_session(model)
     except Exception as e:
         raise PassError(f"calibrate: ONNX Runtime could not load the model with {len(names)} calibration "
                         f"outputs added: {brief(e)}. Check that the model runs in fp32 first.") from e
 
+
+def _observe_feeds(session: Any, names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
+                   sinks: Mapping[str, Sequence[Any]], progress: Callable[[int], None] | None) -> None:
+    """Run the session on each feed in turn and pass each tensor of `names` to its observers in `sinks`;
+    only the current sample's values are held. ConfigError if `feeds` is empty."""
     seen = 0
     for i, feed in enumerate(feeds):
         try:
@@ -482,11 +486,7 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
                             f"{brief(e)}. Check the sample's input names, shapes and dtypes.") from e
         for name, value in zip(names, values):
             try:
-                if name in observers:
-                    observers[name].update(value)
-                if name in mean_observers:
-                    mean_observers[name].update(value)
-                for obs in extra.get(name, ()):
+                for obs in sinks[name]:
                     obs.update(value)
             except ValueError as e:
                 raise PassError(f"calibrate: tensor '{name}' on calibration sample #{i}: {e}") from e
@@ -497,14 +497,14 @@ def collect_statistics(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[
     if not seen:
         raise ConfigError("calibrate: no calibration samples: the feeds are empty. Pass --calib with data "
                           "(a .npz/.npy file or folder) holding at least one sample.")
+
+
+def _read_ranges(observers: Mapping[str, _Observer], symmetric: bool) -> dict[str, tuple[float, float]]:
+    """{tensor: observer.range(symmetric)}; PassError for a tensor whose every batch was empty."""
     ranges = {}
     for name, obs in observers.items():
         try:
             ranges[name] = obs.range(symmetric=symmetric)
         except ValueError as e:  # every batch of this tensor was empty
             raise PassError(f"calibrate: tensor '{name}' was empty on every calibration sample: {e}") from e
-    means = {}
-    for name, mobs in mean_observers.items():
-        if mobs.total is not None:
-            means[name] = mobs.mean()
-    return ranges, means
+    return ranges

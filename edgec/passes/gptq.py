@@ -1,20 +1,17 @@
-"""Weight rounding that minimises each layer's output error on calibration inputs (GPTQ).
+"""GPTQ weight rounding: int8 weights that minimise each layer's output error on calibration inputs.
 
-Rounding every int8 weight to the nearest level is optimal weight by weight, not for the layer's
-output: on MobileNetV2/Fashion-MNIST (224x224) it leaves 18x more output noise than needed
-(benchmarks/results). GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
-Pre-trained Transformers", 2022, building on Optimal Brain Quantization) rounds one input column at a
-time and spreads each rounding error over the columns not yet rounded, weighted by the inverse of
-H = E[x x^T] of the layer's inputs, so correlated inputs cancel each other's errors.
-
-Written here: the streaming Hessian of Conv (im2col, per group, so depthwise convolutions get one small
-H per channel, solved batched) and Gemm/MatMul inputs, and the column loop in numpy. The scale of each
-output channel stays max|w|/127 (symmetric per-channel, as the backends expect); only the rounding
-changes. H is dampened by `damp` x its mean diagonal (GPTQ's 1% was less robust here than 10%).
-
-GPTQ's objective already includes the mean output error, so the analytic bias correction of
-quantize.py is not applied on top (measured: on small feature maps it undoes GPTQ's gains, because the
-correction assumes every kernel tap sees the channel mean, while GPTQ's error cancels across taps).
+GPTQ (Frantar et al., 2022) rounds one input column at a time and spreads each rounding error over the
+columns not yet rounded, weighted by the inverse of H = E[x x^T] of the layer's inputs.
+- `supports(node, weight_shape)`: 2-D Conv with explicit pads, Gemm/MatMul with a 2-D weight.
+- `InputHessian(node, weight_shape, max_samples=128)`: streams H from the node's input (`update(x)`, e.g.
+  as an `extra` observer of calibrate.collect_statistics), one H per Conv group; updates after
+  `max_samples` samples are ignored.
+- `gptq_quantize(w, axis, hessian, damp=0.1)` -> (int8 codes, float32 scales): symmetric per output
+  channel with the scales of nearest rounding (max|w|/127), only the rounding changes; H is dampened by
+  `damp` x its mean diagonal, and a still singular H falls back to nearest rounding.
+- `round_weights(proto, hessians, weights, damp)` -> {weight initializer: (codes, scales)} for every node
+  whose H saw data. The quantize pass uses these codes as given, with no bias correction on top.
+Design notes and measurements: benchmarks/results/calibration-design-notes.md.
 """
 from __future__ import annotations
 

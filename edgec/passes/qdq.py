@@ -104,7 +104,6 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
     its int8 weights cause (bias correction).
     """
     import onnx
-    from onnx import helper, numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(proto)
@@ -125,38 +124,79 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
             if tensor not in act_dq:
                 if tensor not in ranges:
                     raise PassError(f"quantize: no calibration range for tensor '{tensor}' (input of {name}).")
-                scale, zero = activation_qparams(*ranges[tensor], placement.symmetric_activations)
-                base = _safe(tensor)
-                new_inits += [numpy_helper.from_array(scale, f"{base}_scale"),
-                              numpy_helper.from_array(zero, f"{base}_zero_point")]
-                q = helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zero_point"],
-                                     [f"{base}_quantized"], name=f"{base}_QuantizeLinear")
-                dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                                      [f"{base}_dequantized"], name=f"{base}_DequantizeLinear")
-                for n in (q, dq):
-                    n.metadata_props.extend(meta)
-                act_dq[tensor] = dq.output[0]
-                pending[dq.output[0]] = [q, dq]
+                qparams, qdq = _activation_qdq(tensor, ranges[tensor], placement.symmetric_activations, meta)
+                new_inits += qparams
+                act_dq[tensor] = qdq[-1].output[0]
+                pending[qdq[-1].output[0]] = qdq
             _replace_input(node, tensor, act_dq[tensor])
         if name in plan.weights:
             wname, axis = plan.weights[name]
-            w = numpy_helper.to_array(inits[wname])
             given = (weight_codes or {}).get(wname)
-            q, scale = given if given is not None else quantize_weight(w, axis)
-            data = node.input[0] if node.input[0] not in act_dq.values() else _source_of(node.input[0], act_dq)
-            if given is None and channel_means is not None and data in channel_means:
-                new_inits += _correct_bias(node, w, dequantize(q, scale, axis), channel_means[data], inits)
+            q, scale, corrected_bias = _int8_weight(node, inits, wname, axis, given, channel_means, act_dq)
+            new_inits += corrected_bias
             if wname not in weight_dq:
-                base = _safe(wname)
-                new_inits += [numpy_helper.from_array(q, f"{base}_quantized"),
-                              numpy_helper.from_array(scale, f"{base}_scale"),
-                              numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")]
-                dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                                      [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=axis)
-                dq.metadata_props.extend(meta)
+                codes, dq = _weight_dq(wname, q, scale, axis, meta)
+                new_inits += codes
                 weight_dq[wname] = dq.output[0]
                 pending[dq.output[0]] = [dq]
             _replace_input(node, wname, weight_dq[wname])
+    _emit_pending(graph, pending)
+    _replace_initializers(graph, new_inits)
+    return out
+
+
+def _activation_qdq(tensor: str, lo_hi: tuple[float, float], symmetric: bool,
+                    meta: list[Any]) -> tuple[list[Any], list[Any]]:
+    """([scale, zero point] initializers, [QuantizeLinear, DequantizeLinear]) for activation `tensor`
+    calibrated to the range `lo_hi`; the nodes carry `meta` (the quantized node's metadata_props)."""
+    from onnx import helper, numpy_helper
+
+    scale, zero = activation_qparams(*lo_hi, symmetric)
+    base = _safe(tensor)
+    qparams = [numpy_helper.from_array(scale, f"{base}_scale"),
+               numpy_helper.from_array(zero, f"{base}_zero_point")]
+    q = helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zero_point"],
+                         [f"{base}_quantized"], name=f"{base}_QuantizeLinear")
+    dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                          [f"{base}_dequantized"], name=f"{base}_DequantizeLinear")
+    for n in (q, dq):
+        n.metadata_props.extend(meta)
+    return qparams, [q, dq]
+
+
+def _int8_weight(node: Any, inits: Mapping[str, Any], wname: str, axis: int,
+                 given: tuple[np.ndarray, np.ndarray] | None, channel_means: Mapping[str, np.ndarray] | None,
+                 act_dq: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """(int8 codes, scales, new bias initializers) of `node`'s weight `wname`: `given` codes as they are,
+    else rounded to nearest per channel along `axis`, with bias correction when the mean of the node's
+    input is in `channel_means` (which rewires the node to a corrected bias)."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.to_array(inits[wname])
+    q, scale = given if given is not None else quantize_weight(w, axis)
+    data = node.input[0] if node.input[0] not in act_dq.values() else _source_of(node.input[0], act_dq)
+    if given is None and channel_means is not None and data in channel_means:
+        return q, scale, _correct_bias(node, w, dequantize(q, scale, axis), channel_means[data], inits)
+    return q, scale, []
+
+
+def _weight_dq(wname: str, q: np.ndarray, scale: np.ndarray, axis: int, meta: list[Any]) -> tuple[list[Any], Any]:
+    """([codes, scales, zero points] initializers, DequantizeLinear) of weight `wname`, per channel on `axis`."""
+    from onnx import helper, numpy_helper
+
+    base = _safe(wname)
+    codes = [numpy_helper.from_array(q, f"{base}_quantized"),
+             numpy_helper.from_array(scale, f"{base}_scale"),
+             numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")]
+    dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                          [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=axis)
+    dq.metadata_props.extend(meta)
+    return codes, dq
+
+
+def _emit_pending(graph: Any, pending: dict[str, list[Any]]) -> None:
+    """Insert each pending Q/DQ chain just before the first node that reads its output (keeps the graph
+    topologically sorted); consumes `pending`."""
     ordered = []
     for node in graph.node:
         for i in node.input:
@@ -164,11 +204,14 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
         ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def _replace_initializers(graph: Any, new_inits: list[Any]) -> None:
+    """Drop the initializers nothing reads any more (float weights now stored as int8); append `new_inits`."""
     still_used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     kept_inits = [t for t in graph.initializer if t.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits + new_inits)
-    return out
 
 
 def _source_of(dq_output: str, act_dq: Mapping[str, str]) -> str:
