@@ -138,7 +138,7 @@ def _add_inspect_command(sub: argparse._SubParsersAction) -> None:
 
 def _compile(args: argparse.Namespace) -> int:
     calib = CalibrationSet(args.calib, limit=args.calib_samples, seed=args.calib_seed,
-                                   recipe=args.calib_recipe) if args.calib else None
+                           recipe=args.calib_recipe) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
@@ -147,7 +147,6 @@ def _compile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(build.summary(), indent=2))
         return EXIT_OK
-
     if build.report.get("profile"):
         print(Profile.from_json(build.report["profile"]).table())
         print()

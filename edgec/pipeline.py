@@ -8,21 +8,19 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import accuracy, cache
-from ._version import __version__
 from .backends import Backend, get_backend
 from .calibration import CalibrationSet, Samples, synthetic_samples
 from .errors import ConfigError
-from .fileio import staged_dir, write_json_atomic, write_text_atomic
+from .fileio import staged_dir, write_json_atomic
 from .frontend import to_model
 from .isolation import import_onnxruntime, isolated
-from .model import Model, file_sha256, load_model, node_sources
+from .model import Model, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
 from .passes.mixed import MixedResult, layer_times, search_mixed
@@ -30,12 +28,10 @@ from .passes.ptq import Calibrated, calibrate
 from .passes.qdq import WeightOnlyInt8Pass
 from .profile import Profile, attach_sources, not_faster
 from .progress import Steps
-from .report import render_html
+from .report import MANIFEST_SCHEMA, new_manifest, new_report, write_build_files
 from .request import CompileOptions, CompileRequest
 from .target import Target, load_target
 
-MANIFEST_SCHEMA = "edgec.manifest/1"
-REPORT_SCHEMA = "edgec.report/1"
 VALIDATION_SAMPLES = 1000
 SEARCH_SAMPLES = 500  # of the validation samples, those the mixed search ranks layer sensitivity on
 # Agreement with the fp32 reference below which a float build is reported as wrong.
@@ -175,13 +171,7 @@ class _Job:
             report["warnings"] = _speed_warnings(comparison, o.precision)
         if self.mixed is not None:
             report["mixed_precision"] = self.mixed
-        report["size"] = {f: (staging / f).stat().st_size for f in ["model.onnx", *manifest["artifact"]["files"]]}
-        report["timings_s"] = self.steps.timings
-        write_json_atomic(staging / "report.json", report)
-        write_text_atomic(staging / "report.html", render_html(report, manifest))
-        manifest["files"] = [{"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                             for p in sorted(staging.iterdir()) if p.is_file()]
-        write_json_atomic(staging / "manifest.json", manifest)  # last: its presence marks a whole build
+        write_build_files(staging, manifest, report, self.steps.timings)
         return manifest, report
 
     def reference(self, fp32: Model) -> tuple[Samples, list[Any]]:
@@ -206,23 +196,8 @@ class _Job:
         model.save(folder / "model.onnx")
         with self.steps.step(f"building for {self.tgt.name} with {self.backend.name} ({precision})"):
             artifact = self.backend.build(model, self.tgt, precision, folder)
-        manifest = {
-            "schema": MANIFEST_SCHEMA, "edgec": __version__, "sdk": self.versions,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": {"machine": platform.machine(), "python": platform.python_version()},
-            "target": self.tgt.to_json(), "precision": precision,
-            "input": {k: v for k, v in self.model_in.provenance.items() if k != "notes"},
-            "notes": self.model_in.provenance.get("notes", []),
-            "passes": list(self.pass_log),
-            "quantization": model.provenance.get("quantization"),
-            "dynamic_shapes": model.provenance.get("dynamic_shapes"),
-            "sparsity": model.provenance.get("sparsity"),
-            "inputs": [s.to_json() for s in model.inputs], "outputs": [s.to_json() for s in model.outputs],
-            "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
-                         "layer_map": artifact.layer_map},
-        }
-        report: dict[str, Any] = {"schema": REPORT_SCHEMA, "model": manifest["input"], "target": self.tgt.name,
-                                  "precision": precision, "accuracy": None, "profile": None}
+        manifest = new_manifest(self.model_in, model, self.tgt, precision, self.versions, self.pass_log, artifact)
+        report = new_report(manifest)
         if not self.backend.can_run_here(self.tgt):
             if self.backend.capabilities.off_device_check == "onnx-runtime":
                 with self.steps.step(f"checking {precision} model.onnx with ONNX Runtime (the device runs this function)"):

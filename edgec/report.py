@@ -1,9 +1,59 @@
-"""report.html: what a person reads. Per-layer and per-module bar charts, accuracy, sizes; no JavaScript."""
+"""What a build folder says about itself: manifest.json (what was built, from what, how), report.json (accuracy,
+profile, comparisons) and report.html, what a person reads (bar charts by layer and module; no JavaScript)."""
 from __future__ import annotations
 
+import platform
+from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+from ._version import __version__
+from .backends import Artifact
+from .fileio import write_json_atomic, write_text_atomic
+from .model import Model, file_sha256
+from .target import Target
+
+MANIFEST_SCHEMA = "edgec.manifest/1"
+REPORT_SCHEMA = "edgec.report/1"
+
+
+def new_manifest(source: Model, model: Model, target: Target, precision: str, sdk: Mapping[str, str],
+                 passes: Sequence[Mapping[str, Any]], artifact: Artifact) -> dict[str, Any]:
+    """The manifest of `model` (built from `source` by `passes`) as `artifact`; its file list comes at `write_build_files`."""
+    return {
+        "schema": MANIFEST_SCHEMA, "edgec": __version__, "sdk": dict(sdk),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "target": target.to_json(), "precision": precision,
+        "input": {k: v for k, v in source.provenance.items() if k != "notes"},
+        "notes": source.provenance.get("notes", []),
+        "passes": list(passes),
+        "quantization": model.provenance.get("quantization"),
+        "dynamic_shapes": model.provenance.get("dynamic_shapes"),
+        "sparsity": model.provenance.get("sparsity"),
+        "inputs": [s.to_json() for s in model.inputs], "outputs": [s.to_json() for s in model.outputs],
+        "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
+                     "layer_map": artifact.layer_map},
+    }
+
+
+def new_report(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """An empty report for the build `manifest` describes: accuracy and profile are filled by the checks."""
+    return {"schema": REPORT_SCHEMA, "model": manifest["input"], "target": manifest["target"]["name"],
+            "precision": manifest["precision"], "accuracy": None, "profile": None}
+
+
+def write_build_files(folder: Path, manifest: dict[str, Any], report: dict[str, Any], timings: Mapping[str, float]) -> None:
+    """Sizes and timings into `report`; report.json, report.html, then manifest.json with every file's sha256
+    (last: its presence marks a whole build)."""
+    report["size"] = {f: (folder / f).stat().st_size for f in ["model.onnx", *manifest["artifact"]["files"]]}
+    report["timings_s"] = dict(timings)
+    write_json_atomic(folder / "report.json", report)
+    write_text_atomic(folder / "report.html", render_html(report, manifest))
+    manifest["files"] = [{"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                         for p in sorted(folder.iterdir()) if p.is_file()]
+    write_json_atomic(folder / "manifest.json", manifest)
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
