@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, ConfigError, brief
+from ..fileio import signals_deferred
 from ..model import Model
 from ..passes.qdq import WEIGHTED_OPS, Placement
 from ..device.tvm_runner import seeded_feeds, time_runs
@@ -46,9 +47,10 @@ class OpenVINOBackend:
 
     def _ov(self):
         try:
-            import openvino
+            with signals_deferred():  # Ctrl-C inside pybind11's module init would surface as an ImportError
+                import openvino
         except ImportError as e:
-            raise BackendUnavailable(_INSTALL_HINT) from e
+            raise BackendUnavailable(f"{_INSTALL_HINT} (import openvino: {brief(e)})") from e
         return openvino
 
     def versions(self) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, ConfigError
-from ..fileio import write_bytes_atomic, write_json_atomic
+from ..fileio import signals_deferred, write_bytes_atomic, write_json_atomic
 from ..model import Model, node_sources
 from ..passes.qdq import WEIGHTED_OPS, Placement
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
@@ -347,7 +347,8 @@ def _import_tensorrt():
     """TensorRT's Python module, or None where it is missing or has no API (an empty namespace package, as
     `pip install tensorrt-stubs` or a failed `pip install tensorrt` leave behind)."""
     try:
-        import tensorrt
+        with signals_deferred():  # Ctrl-C inside a native module's init would surface as an ImportError
+            import tensorrt
     except ImportError:
         return None
     return tensorrt if hasattr(tensorrt, "Builder") and hasattr(tensorrt, "__version__") else None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, ConfigError, EdgecError, brief
-from ..fileio import write_bytes_atomic
+from ..fileio import signals_deferred, write_bytes_atomic
 from ..model import Model, load_model, ort_session
 from ..profile import LatencyStats, LayerRow, Profile, batch_size, with_shares
 from ..target import Target
@@ -62,10 +62,11 @@ class TVMBackend:
     # ---------------------------------------------------------------------------------------------- SDK
     def _tvm(self):
         try:
-            import tvm
-            from tvm import relax  # noqa: F401 - the compiler half, not only the runtime
+            with signals_deferred():  # Ctrl-C inside a native module's init would surface as an ImportError
+                import tvm
+                from tvm import relax  # noqa: F401 - the compiler half, not only the runtime
         except ImportError as e:
-            raise BackendUnavailable(_INSTALL_HINT) from e
+            raise BackendUnavailable(f"{_INSTALL_HINT} (import tvm: {brief(e)})") from e
         return tvm
 
     def versions(self) -> dict[str, str]:
