@@ -86,8 +86,10 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in _DEFERRED}
+    previous: dict[int, Any] = {}
     try:
+        for s in _DEFERRED:  # inside the try: a signal handled while installing still gets every handler back
+            previous[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
         yield
     finally:
         for s, handler in previous.items():
