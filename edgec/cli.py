@@ -13,6 +13,7 @@ from . import board
 from .calibration import CalibrationSet
 from .errors import ConfigError, EdgecError
 from .frontend import parse_input_shapes
+from .isolation import load_native_modules
 from .model import load_model, node_sources
 from .pipeline import build_engine, compile, profile
 from .profile import Profile
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _raise_interrupt)  # run cleanup (staging dirs) on kill, like Ctrl-C
     try:
+        load_native_modules()
         return args.func(args) or EXIT_OK
     except EdgecError as e:
         print(f"edgec: error: {e}", file=sys.stderr)

@@ -2,6 +2,10 @@
 
 `@isolated` wraps every public entry point (compile, profile, prune, build_engine); it nests.
 
+- Native imports. pybind11 turns a Ctrl-C that lands inside a module's initialisation into
+  `ImportError: initialization failed`, which would read as a broken install: onnx and onnxruntime are loaded
+  with SIGINT/SIGTERM held back (raised as soon as the import ends) before an entry point runs.
+
 - ONNX Runtime telemetry. ONNX Runtime (1.31 on Linux) uploads usage events from native threads (DNS
   look-ups of mobile.events.data.microsoft.com seen with strace) and writes a device ID under
   ~/.cache/Microsoft. It reads its switch, ORT_DISABLE_TELEMETRY, once, when onnxruntime is imported:
@@ -31,6 +35,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
+from .fileio import signals_deferred
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 if "onnxruntime" in sys.modules:  # imported by the user's code before edgec: its switch was read already
@@ -44,7 +50,8 @@ def import_onnxruntime() -> Any:
     previous = os.environ.get("ORT_DISABLE_TELEMETRY")
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     try:
-        import onnxruntime
+        with signals_deferred():
+            import onnxruntime
     finally:
         if previous is None:
             del os.environ["ORT_DISABLE_TELEMETRY"]
@@ -91,10 +98,18 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
+def load_native_modules() -> None:
+    """onnx and onnxruntime, loaded whole with interrupts held back (see the module docstring)."""
+    with signals_deferred():
+        import onnx  # noqa: F401 - loaded here rather than wherever a Ctrl-C would find it first
+    import_onnxruntime()
+
+
 def isolated(fn: F) -> F:
     """Run `fn` with SDK telemetry declined and single-threaded BLAS."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        load_native_modules()
         with telemetry_declined(), single_threaded_blas():
             return fn(*args, **kwargs)
 
