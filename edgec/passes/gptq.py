@@ -124,8 +124,11 @@ def gptq_quantize(w: np.ndarray, axis: int, hessian: np.ndarray, damp: float = D
     return (q if axis == 0 else q.T), scale
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float) -> np.ndarray:
-    """Batched GPTQ over groups: w [g, rows, d], h [g, d, d], scale [g, rows] -> int8 [g, rows, d]."""
+def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: int = 128) -> np.ndarray:
+    """Batched GPTQ over groups: w [g, rows, d], h [g, d, d], scale [g, rows] -> int8 [g, rows, d].
+
+    Columns are rounded in blocks of `block` (the authors' "lazy batch"): the same arithmetic as one column
+    at a time, with the updates of later columns gathered into one matrix product per block."""
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
     d = w.shape[2]
@@ -142,12 +145,18 @@ def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float) -> np.nd
     if upper is None:  # numerically singular even after damping: plain rounding
         return np.clip(np.round(w / s), -127, 127).astype(np.int8)
     q = np.empty(w.shape, np.float64)
-    for i in range(d):
-        col = w[:, :, i]
-        qi = np.clip(np.round(col / s[:, :, 0]), -127, 127)
-        q[:, :, i] = qi
-        err = (col - qi * s[:, :, 0]) / upper[:, i, i][:, None]               # [g, rows]
-        w[:, :, i + 1:] -= err[:, :, None] * upper[:, i, None, i + 1:]
+    for b0 in range(0, d, block):  # GPTQ's lazy batch: the column loop updates one block of columns ...
+        b1 = min(b0 + block, d)
+        wb = w[:, :, b0:b1]                                                    # a view: updated in place
+        errs = np.empty(wb.shape, np.float64)
+        for i in range(b1 - b0):
+            col = wb[:, :, i]
+            qi = np.clip(np.round(col / s[:, :, 0]), -127, 127)
+            q[:, :, b0 + i] = qi
+            errs[:, :, i] = (col - qi * s[:, :, 0]) / upper[:, b0 + i, b0 + i][:, None]   # [g, rows]
+            wb[:, :, i + 1:] -= errs[:, :, i, None] * upper[:, b0 + i, None, b0 + i + 1:b1]
+        if b1 < d:  # ... and the columns after it take the block's errors at once, in one matrix product
+            w[:, :, b1:] -= np.matmul(errs, upper[:, b0:b1, b1:])
     return q.astype(np.int8)
 
 
