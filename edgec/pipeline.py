@@ -244,7 +244,8 @@ class _Job:
         with self.steps.step(f"calibrating int8 ranges ({o.calibration_method}) for {placement.name}"):
             calibrated = calibrate(fp32, self.calib, placement, o.calibration_method,
                                    progress=self.steps.counter("samples"), weight_rounding=o.weight_rounding,
-                                   range_search=o.range_search, search_progress=self.steps.counter("tensors searched"))
+                                   range_search=o.range_search, search_progress=self.steps.counter("tensors searched"),
+                                   rounding_progress=self.steps.counter("layers rounded (GPTQ)"))
         self.pass_log.append({"name": "calibrate", "config": {"method": o.calibration_method, "placement": placement.name,
                                                               "weight_rounding": o.weight_rounding,
                                                               "gptq_weights": len(calibrated.weight_codes),

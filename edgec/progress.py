@@ -15,16 +15,19 @@ class Steps:
         self.timings: dict[str, float] = {}
 
     def counter(self, unit: str) -> Callable[[int, int], None] | None:
-        """A progress callback for long loops: `edgec:   250/1000 samples`, at most every 2 seconds."""
+        """A progress callback for long loops, at most every 2 seconds, with the time left at the rate so far:
+        `edgec:   250/1000 samples (~30 s left)`."""
         if not self.enabled:
             return None
-        last = [0.0]
+        start, last = time.perf_counter(), [0.0]
 
         def report(done: int, total: int) -> None:
             now = time.perf_counter()
             if now - last[0] >= 2.0 or done == total:
                 last[0] = now
-                print(f"edgec:   {done}/{total} {unit}", file=sys.stderr, flush=True)
+                left = (now - start) / max(done, 1) * (total - done)
+                eta = f" (~{left:.0f} s left)" if 0 < done < total else ""
+                print(f"edgec:   {done}/{total} {unit}{eta}", file=sys.stderr, flush=True)
 
         return report
 

@@ -15,7 +15,7 @@ Design notes and measurements: benchmarks/results/calibration-design-notes.md.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -161,15 +161,18 @@ def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: i
 
 
 def round_weights(proto: Any, hessians: Mapping[str, InputHessian], weights: Mapping[str, tuple[str, int]],
-                  damp: float = DEFAULT_DAMP) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{weight initializer: (int8, scales)} for every node in `hessians` that saw calibration data."""
+                  damp: float = DEFAULT_DAMP, progress: Callable[[int, int], None] | None = None,
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{weight initializer: (int8, scales)} for every node in `hessians` that saw calibration data;
+    `progress(done, total)` after each layer."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in proto.graph.initializer}
     codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for node_name, hess in hessians.items():
+    for done, (node_name, hess) in enumerate(hessians.items(), 1):
         wname, axis = weights[node_name]
-        if wname in codes or hess.sum is None:
-            continue
-        codes[wname] = gptq_quantize(numpy_helper.to_array(inits[wname]), axis, hess.hessian(), damp)
+        if wname not in codes and hess.sum is not None:
+            codes[wname] = gptq_quantize(numpy_helper.to_array(inits[wname]), axis, hess.hessian(), damp)
+        if progress is not None:
+            progress(done, len(hessians))
     return codes

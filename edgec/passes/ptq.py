@@ -56,7 +56,8 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: Place
               method: str = "percentile", observer_options: Mapping[str, Any] | None = None,
               bias_correction: bool = True, progress: Callable[[int, int], None] | None = None,
               weight_rounding: str = "gptq", range_search: int = 0,
-              search_progress: Callable[[int, int], None] | None = None) -> Calibrated:
+              search_progress: Callable[[int, int], None] | None = None,
+              rounding_progress: Callable[[int, int], None] | None = None) -> Calibrated:
     """Phase 1: plan Q/DQ under the backend's `placement` and stream the calibration samples through observers.
 
     weight_rounding "gptq" (default) rounds weights to minimise each layer's output error on the
@@ -101,7 +102,7 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: Place
                                        symmetric=placement.symmetric_activations, means_of=means_of,
                                        progress=(lambda done: progress(done, len(samples))) if progress else None,
                                        extra=extra, observers=range_observers)
-    codes = gptq.round_weights(model.proto, hessians, plan.weights) if hessians else {}
+    codes = gptq.round_weights(model.proto, hessians, plan.weights, progress=rounding_progress) if hessians else {}
     means = means if bias_correction else None
     search_log = None
     if histograms:
