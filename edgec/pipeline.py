@@ -81,10 +81,11 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     """
     tgt = load_target(target)
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
-    options = CompileOptions(tgt, precision or tgt.default_precision, calib, calibration_method, weight_rounding,
-                             range_search, max_accuracy_drop, prune, profile_runs)
+    precision = precision or tgt.default_precision
     backend = get_backend(tgt.backend)
-    sdk = _sdk_versions(backend, options)
+    sdk = _sdk_versions(backend, tgt, precision)
+    options = CompileOptions(tgt, precision, calib, calibration_method, weight_rounding, range_search,
+                             max_accuracy_drop, prune, profile_runs)
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes)
@@ -94,14 +95,13 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     return execute(request, backend, out, steps, use_cache)
 
 
-def _sdk_versions(backend: Backend, options: CompileOptions) -> dict[str, str]:
+def _sdk_versions(backend: Backend, tgt: Target, precision: str) -> dict[str, str]:
     """The SDK versions for the cache key; fails fast (exit 3) when the SDK is missing, and refuses (exit 2) a
-    precision the backend does not build, before any work."""
+    precision the backend does not build, with its reason, before any other check or work."""
     versions = {**_base_versions(), **backend.versions()}
-    if options.precision not in backend.capabilities.precisions:
-        tgt = options.target
-        reason = backend.precision_refusal(tgt, options.precision)
-        raise ConfigError(reason or f"Precision '{options.precision}' on {tgt.name} ({backend.name}) is not available "
+    if precision not in backend.capabilities.precisions:
+        reason = backend.precision_refusal(tgt, precision)
+        raise ConfigError(reason or f"Precision '{precision}' on {tgt.name} ({backend.name}) is not available "
                           f"in this edgec release; available: {', '.join(backend.capabilities.precisions)}.")
     return versions
 
