@@ -11,14 +11,27 @@ import pytest
 from edgec.fileio import remove_stale_staging, signals_deferred, staged_dir
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum, frame) -> None:
+    raise _Interrupted
+
+
 def test_an_interrupt_inside_a_deferred_block_is_raised_when_it_ends() -> None:
-    reached_end = False
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            reached_end = True  # the signal did not cut the block short
-    assert reached_end
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    """With its own SIGTERM handler (the process's SIGINT handler is whatever earlier tests or SDKs left)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        reached_end = False
+        with pytest.raises(_Interrupted):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                reached_end = True  # the signal did not cut the block short
+        assert reached_end
+        assert signal.getsignal(signal.SIGTERM) is _interrupt  # the handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_failed_build_leaves_the_previous_folder_and_no_staging(tmp_path: Path) -> None:
