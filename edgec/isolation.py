@@ -1,11 +1,11 @@
-"""How edgec behaves inside a process: no usage telemetry from its SDKs, no BLAS thread pool that can deadlock.
+"""How edgec behaves inside a process: no usage telemetry from its SDKs, no BLAS thread pool that can deadlock,
+no Ctrl-C mistaken for a broken install.
 
 `@isolated` wraps every public entry point (compile, profile, prune, build_engine); it nests.
 
 - Native imports. pybind11 turns a Ctrl-C that lands inside a module's initialisation into
   `ImportError: initialization failed`, which would read as a broken install: onnx and onnxruntime are loaded
   with SIGINT/SIGTERM held back (raised as soon as the import ends) before an entry point runs.
-
 - ONNX Runtime telemetry. ONNX Runtime (1.31 on Linux) uploads usage events from native threads (DNS
   look-ups of mobile.events.data.microsoft.com seen with strace) and writes a device ID under
   ~/.cache/Microsoft. It reads its switch, ORT_DISABLE_TELEMETRY, once, when onnxruntime is imported:
