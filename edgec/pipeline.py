@@ -24,7 +24,7 @@ from .model import Model, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
 from .passes.mixed import MixedResult, layer_times, search_mixed
-from .passes.ptq import Calibrated, calibrate
+from .passes.ptq import Calibrated, calibrate, calibration_samples
 from .passes.qdq import WeightOnlyInt8Pass
 from .profile import Profile, attach_sources, not_faster
 from .progress import Steps
@@ -218,10 +218,14 @@ class _Job:
 
     def quantize(self, fp32: Model, staging: Path, comparison: dict[str, Any]) -> Model:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
+        samples = calibration_samples(fp32, self.calib)
+        validation = _validation_samples(fp32, self.calib, calibration=samples)
+        calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples)
+        if calibrated.outputs is not None:  # the statistics pass ran the fp32 model on the validation samples
+            self._reference = (validation, [np.concatenate(calibrated.outputs)])
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
             comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")
-        calibrated = self._calibrate(fp32)
         int8 = calibrated.quantized()
         self.pass_log.append({"name": "quantize-int8", "config": {"int8_nodes": len(calibrated.plan.nodes)},
                               "seconds": 0.0})
@@ -235,17 +239,15 @@ class _Job:
             gains = {n: t32[n] - t8.get(n, 0.0) for n in t32}
         return calibrated.quantized(self._search_mixed(fp32, calibrated, gains))
 
-    def _calibrate(self, fp32: Model) -> Calibrated:
+    def _calibrate(self, fp32: Model, samples: Samples, keep_outputs: bool) -> Calibrated:
         o = self.request.options
         placement = self.backend.qdq_placement(self.tgt)
         if placement is None:
             raise ConfigError(f"{self.backend.name} builds no int8 for {self.tgt.name}; use --precision fp32.")
         t0 = time.perf_counter()
         with self.steps.step(f"calibrating int8 ranges ({o.calibration_method}) for {placement.name}"):
-            calibrated = calibrate(fp32, self.calib, placement, o.calibration_method,
-                                   progress=self.steps.counter("samples"), weight_rounding=o.weight_rounding,
-                                   range_search=o.range_search, search_progress=self.steps.counter("tensors searched"),
-                                   rounding_progress=self.steps.counter("layers rounded (GPTQ)"))
+            calibrated = calibrate(fp32, samples, placement, o.calibration_method, weight_rounding=o.weight_rounding,
+                                   range_search=o.range_search, steps=self.steps, keep_outputs=keep_outputs)
         self.pass_log.append({"name": "calibrate", "config": {"method": o.calibration_method, "placement": placement.name,
                                                               "weight_rounding": o.weight_rounding,
                                                               "gptq_weights": len(calibrated.weight_codes),
@@ -391,12 +393,19 @@ def _verify(reference: tuple[Samples, list[Any]], runner: accuracy.Runner, preci
     return result
 
 
-def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int = 0) -> Samples:
+def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int = 0,
+                        calibration: Samples | None = None) -> Samples:
+    """The validation split (at most `limit` or VALIDATION_SAMPLES), else the calibration samples: then the
+    very `calibration` object when it was loaded already and is not over the limit."""
     if calib is None:
         return synthetic_samples(model.inputs)
     limited = dataclasses.replace(calib, limit=limit or calib.limit or VALIDATION_SAMPLES)
-    return (limited.load(model.inputs, "validation") or limited.load(model.inputs, "calibration")
-            or synthetic_samples(model.inputs))
+    validation = limited.load(model.inputs, "validation")
+    if validation is not None:
+        return validation
+    if calibration is not None and len(calibration) <= (limit or calib.limit or VALIDATION_SAMPLES):
+        return calibration
+    return limited.load(model.inputs, "calibration") or synthetic_samples(model.inputs)
 
 
 def _check_output_dir(out: Path) -> None:

@@ -10,7 +10,7 @@ from edgec.model import Model
 from edgec.passes.calibrate import PercentileObserver
 from edgec.backends.openvino import PLACEMENT as OPENVINO
 from edgec.passes.ptq import calibrate
-from edgec.passes.range_search import candidate_ranges, search_ranges
+from edgec.passes.range_search import SCREEN_SAMPLES, candidate_ranges, plan_search, search_ranges
 from models import tiny_conv_onnx
 
 
@@ -33,10 +33,33 @@ def test_sweep_keeps_only_candidates_that_lower_the_error() -> None:
     def error(r):  # distance of the ranges from the best ones, plus a floor
         return 1.0 + sum(abs(r[k][1] - target[k][1]) for k in r)
 
-    ranges, log = search_ranges(start, ["a", "b"], candidates, lambda r: r, error)
+    plan = plan_search(start, ["a", "b"], candidates, samples=8)
+    ranges, log = search_ranges(start, plan, lambda r: r, lambda r: (lambda n: error(r)))
     assert ranges == target and log["changed"] == ["a"]
     assert log["output_mse_after"] < log["output_mse_before"]
-    assert log["evaluations"] == 1 + 3 + 1                               # the current range is not rerun
+    assert log["evaluations"] == 1 + 2 + 1                               # the current range is not rerun
+
+
+def test_a_candidate_that_only_helps_on_the_screening_samples_is_not_kept() -> None:
+    start = {"a": (0.0, 6.0)}
+    plan = plan_search(start, ["a"], {"a": [(0.0, 2.0), (0.0, 6.0)]}, samples=64)
+    assert plan.screen_samples == SCREEN_SAMPLES
+
+    def score(r):  # (0, 2) looks better on the first 8 samples and is worse on all 64
+        return lambda n: (0.5 if n <= SCREEN_SAMPLES else 2.0) if r["a"] == (0.0, 2.0) else 1.0
+
+    ranges, log = search_ranges(start, plan, lambda r: r, score)
+    assert ranges == start and log["confirmed"] == 1 and log["changed"] == []
+
+
+def test_plan_skips_tensors_whose_candidates_agree_and_keeps_the_widest_spreads_in_graph_order() -> None:
+    ranges = {t: (0.0, 1.0) for t in "abcde"}
+    candidates = {"a": [(0.0, 1.0), (0.0, 1.005)],                       # 0.5% apart: nothing to search
+                  "b": [(0.0, 1.0), (0.0, 3.0)], "c": [(0.0, 1.0), (0.0, 1.5)],
+                  "d": [(0.0, 0.5), (0.0, 1.0), (0.0, 8.0)], "e": [(0.0, 1.0), (0.0, 1.1)]}
+    plan = plan_search(ranges, list("abcde"), candidates, samples=64, max_tensors=3)
+    assert plan.tensors == ["b", "c", "d"] and plan.considered == 5
+    assert plan.candidates["d"] == [(0.0, 0.5), (0.0, 8.0)] and plan.evaluations == 4
 
 
 def _output_mse(proto, model: Model, x: np.ndarray) -> float:
@@ -59,9 +82,10 @@ def test_search_clips_a_calibration_outlier_that_ruins_min_max() -> None:
     log = cal.range_search
     assert plain.range_search is None and plain.ranges["x"][1] == 1000.0
     assert log is not None and log["tensors"] == len(cal.plan.tensors()) and log["samples"].startswith("16 of")
+    assert log["searched"] <= log["tensors"]
     assert cal.ranges["x"][1] < 2.0 and cal.ranges["r1"][1] < 0.1 * plain.ranges["r1"][1]
     assert {t for t in cal.ranges if cal.ranges[t] != plain.ranges[t]} == set(log["changed"])
-    picked = np.unique(np.linspace(0, 31, 16).round().astype(int))  # search_subset's even spread
+    picked = np.unique(np.linspace(0, 31, 16).round().astype(int))  # subset_indices: an even spread
     assert 1 not in picked
     subset = x[picked]
     assert log["output_mse_before"] == pytest.approx(_output_mse(plain.quantized().proto, model, subset), rel=1e-6)

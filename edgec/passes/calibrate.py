@@ -20,6 +20,8 @@ benchmarks/results/calibration-design-notes.md.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -381,11 +383,11 @@ class ChannelMeanObserver:
         self.count = 0
 
     def update(self, x: np.ndarray) -> None:
-        a = np.asarray(x, dtype=np.float64)
+        a = np.asarray(x)
         if a.ndim < 2:
             return
         axes = (0, *range(2, a.ndim))
-        part = a.sum(axis=axes)
+        part = a.sum(axis=axes, dtype=np.float64)
         self.total = part if self.total is None else self.total + part
         self.count += a.size // a.shape[1]
 
@@ -393,6 +395,16 @@ class ChannelMeanObserver:
         if self.total is None:
             raise ValueError("no data observed")
         return self.total / max(self.count, 1)
+
+
+class OutputRecorder:
+    """Keeps every array it is given, in order (a model output per sample, as a reference)."""
+
+    def __init__(self) -> None:
+        self.values: list[np.ndarray] = []
+
+    def update(self, x: np.ndarray) -> None:
+        self.values.append(x)
 
 
 def collect_ranges(proto: Any, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
@@ -475,28 +487,36 @@ def _session_with_outputs(proto: Any, names: Sequence[str]) -> Any:
 def _observe_feeds(session: Any, names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
                    sinks: Mapping[str, Sequence[Any]], progress: Callable[[int], None] | None) -> None:
     """Run the session on each feed in turn and pass each tensor of `names` to its observers in `sinks`;
-    only the current sample's values are held. ConfigError if `feeds` is empty."""
+    only the current sample's values are held. The tensors' observers run in parallel threads, one
+    tensor's observers in order in one thread (numpy and BLAS release the GIL for the heavy work).
+    ConfigError if `feeds` is empty."""
     seen = 0
-    for i, feed in enumerate(feeds):
-        try:
-            values = session.run(names, feed)
-        except Exception as e:
-            keys = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feed.items()) if isinstance(feed, dict) else "?"
-            raise PassError(f"calibrate: ONNX Runtime failed on calibration sample #{i} ({keys}): "
-                            f"{brief(e)}. Check the sample's input names, shapes and dtypes.") from e
-        for name, value in zip(names, values):
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for i, feed in enumerate(feeds):
             try:
-                for obs in sinks[name]:
-                    obs.update(value)
-            except ValueError as e:
-                raise PassError(f"calibrate: tensor '{name}' on calibration sample #{i}: {e}") from e
-        del values
-        seen += 1
-        if progress is not None:
-            progress(seen)
+                values = session.run(names, feed)
+            except Exception as e:
+                keys = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feed.items()) if isinstance(feed, dict) else "?"
+                raise PassError(f"calibrate: ONNX Runtime failed on calibration sample #{i} ({keys}): "
+                                f"{brief(e)}. Check the sample's input names, shapes and dtypes.") from e
+            jobs = [pool.submit(_update_all, sinks[name], value) for name, value in zip(names, values)]
+            del values
+            for name, job in zip(names, jobs):
+                try:
+                    job.result()
+                except ValueError as e:
+                    raise PassError(f"calibrate: tensor '{name}' on calibration sample #{i}: {e}") from e
+            seen += 1
+            if progress is not None:
+                progress(seen)
     if not seen:
         raise ConfigError("calibrate: no calibration samples: the feeds are empty. Pass --calib with data "
                           "(a .npz/.npy file or folder) holding at least one sample.")
+
+
+def _update_all(observers: Sequence[Any], value: np.ndarray) -> None:
+    for obs in observers:
+        obs.update(value)
 
 
 def _read_ranges(observers: Mapping[str, _Observer], symmetric: bool) -> dict[str, tuple[float, float]]:

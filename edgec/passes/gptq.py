@@ -3,31 +3,40 @@
 GPTQ (Frantar et al., 2022) rounds one input column at a time and spreads each rounding error over the
 columns not yet rounded, weighted by the inverse of H = E[x x^T] of the layer's inputs.
 - `supports(node, weight_shape)`: 2-D Conv with explicit pads, Gemm/MatMul with a 2-D weight.
-- `InputHessian(node, weight_shape, max_samples=128)`: streams H from the node's input (`update(x)`, e.g.
-  as an `extra` observer of calibrate.collect_statistics), one H per Conv group; updates after
-  `max_samples` samples are ignored.
+- `InputHessian(node, weight_shape, max_samples=128, rows_per_column=64)`: streams H from the node's input
+  (`update(x)`, e.g. as an `extra` observer of calibrate.collect_statistics), one H per Conv group. It takes
+  the input rows of the first `max_samples` samples, at most `rows_per_column` x d rows in all (d = inputs per
+  output channel): a Conv keeps an even spread of output positions of each sample when that cap binds. Rows
+  are buffered and folded in with one float32 matrix product x x^T per buffer (BLAS syrk).
 - `gptq_quantize(w, axis, hessian, damp=0.1)` -> (int8 codes, float32 scales): symmetric per output
   channel with the scales of nearest rounding (max|w|/127), only the rounding changes; H is dampened by
-  `damp` x its mean diagonal, and a still singular H falls back to nearest rounding.
+  `damp` x its mean diagonal, and a still singular H falls back to nearest rounding. Float32 throughout
+  (the float64 path rounds the same codes but for a few weights on a rounding boundary: tests/test_gptq.py).
 - `round_weights(proto, hessians, weights, damp)` -> {weight initializer: (codes, scales)} for every node
-  whose H saw data. The quantize pass uses these codes as given, with no bias correction on top.
+  whose H saw data, layers rounded in parallel on all cores (each on one BLAS thread). The quantize pass
+  uses these codes as given, with no bias correction on top.
 Design notes and measurements: benchmarks/results/calibration-design-notes.md.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from onnx import helper, numpy_helper
+from scipy.linalg import lapack  # loaded with this module, so the callers' BLAS thread limits cover its OpenBLAS
 
 from .qmath import quantize_weight
 
 DEFAULT_SAMPLES = 128  # calibration samples that feed each H: GPTQ's usual count
+DEFAULT_ROWS_PER_COLUMN = 64  # input rows per column of H: more changes the codes of well under 1% of weights
 DEFAULT_DAMP = 0.1
+_MIN_ROWS = 1 << 14  # small layers keep this many rows however few columns they have
+_FLUSH_VALUES = 1 << 22  # input values (16 MB) buffered before one x x^T product
 
 
 def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -43,30 +52,48 @@ def supports(node: Any, weight_shape: tuple[int, ...]) -> bool:
 
 
 def im2col(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], pads: tuple[int, int, int, int],
-           dilations: tuple[int, int]) -> np.ndarray:
-    """One sample's patches: x [C, H, W] -> [C, kh*kw, L] (L output positions), zero padding as Conv does."""
+           dilations: tuple[int, int], positions: np.ndarray | None = None) -> np.ndarray:
+    """One sample's patches: x [C, H, W] -> [C, kh*kw, L], zero padding as Conv does. L is every output
+    position, or only `positions` (flat indices into the out_h x out_w output) when given."""
     kh, kw = kernel
     top, left, bottom, right = pads
     xp = np.pad(x, ((0, 0), (top, bottom), (left, right)))
     out_h = (xp.shape[1] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     out_w = (xp.shape[2] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    cols = np.empty((x.shape[0], kh * kw, out_h * out_w), np.float32)
+    if positions is not None:
+        rows, cols_ = np.divmod(positions, out_w)
+        rows, cols_ = rows * strides[0], cols_ * strides[1]
+    count = out_h * out_w if positions is None else len(positions)
+    cols = np.empty((x.shape[0], kh * kw, count), np.float32)
     for i in range(kh):
         for j in range(kw):
             r, c = i * dilations[0], j * dilations[1]
-            patch = xp[:, r:r + strides[0] * (out_h - 1) + 1:strides[0], c:c + strides[1] * (out_w - 1) + 1:strides[1]]
-            cols[:, i * kw + j] = patch.reshape(x.shape[0], -1)
+            if positions is None:
+                patch = xp[:, r:r + strides[0] * (out_h - 1) + 1:strides[0], c:c + strides[1] * (out_w - 1) + 1:strides[1]]
+                cols[:, i * kw + j] = patch.reshape(x.shape[0], -1)
+            else:
+                cols[:, i * kw + j] = xp[:, rows + r, cols_ + c]
     return cols
+
+
+def _output_size(shape: tuple[int, ...], conv: Mapping[str, Any]) -> int:
+    (kh, kw), (sh, sw), (top, left, bottom, right), (dh, dw) = (conv["kernel"], conv["strides"], conv["pads"],
+                                                               conv["dilations"])
+    out_h = (shape[-2] + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    out_w = (shape[-1] + left + right - dw * (kw - 1) - 1) // sw + 1
+    return out_h * out_w
 
 
 class InputHessian:
     """Streaming H = E[x x^T] over the input rows a weighted node multiplies, one H per Conv group.
 
-    `update(x)` takes the node's input as the model computes it (a batch); after `max_samples` samples
-    further updates are ignored, so the cost is bounded however large the calibration set is.
+    `update(x)` takes the node's input as the model computes it (a batch). Only the first `max_samples`
+    samples count and at most `rows_per_column` x d rows in all (16,384 for small d), so the cost is bounded however large the
+    calibration set or the feature map is.
     """
 
-    def __init__(self, node: Any, weight_shape: tuple[int, ...], max_samples: int = DEFAULT_SAMPLES):
+    def __init__(self, node: Any, weight_shape: tuple[int, ...], max_samples: int = DEFAULT_SAMPLES,
+                 rows_per_column: int = DEFAULT_ROWS_PER_COLUMN):
         attrs = _attrs(node)
         self.op = node.op_type
         self.weight_shape = tuple(weight_shape)
@@ -75,80 +102,136 @@ class InputHessian:
             pads = list(attrs.get("pads", [0, 0, 0, 0]))
             self.conv = dict(kernel=tuple(self.weight_shape[2:]), strides=tuple(attrs.get("strides", [1, 1])),
                              pads=(pads[0], pads[1], pads[2], pads[3]), dilations=tuple(attrs.get("dilations", [1, 1])))
+            self.d = int(np.prod(self.weight_shape[1:]))
+        else:  # the input width K: MatMul [K, N], Gemm [K, N] or, with transB, [N, K]
+            self.d = int(self.weight_shape[1] if self.op == "Gemm" and attrs.get("transB", 0) else self.weight_shape[0])
         self.max_samples = max_samples
+        self.max_rows = max(rows_per_column * self.d, _MIN_ROWS)
         self.samples = 0
         self.rows = 0
-        self.sum: np.ndarray | None = None
+        self.sum: np.ndarray | None = None  # float32 [groups, d, d]
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
 
     def update(self, x: np.ndarray) -> None:
         if self.samples >= self.max_samples:
             return
         x = np.asarray(x, np.float32)
         if self.op == "Conv":
-            for one in x:
-                cols = im2col(one, **self.conv)
-                channels, taps, positions = cols.shape
-                cols = cols.reshape(self.groups, channels // self.groups * taps, positions)
-                self._add(np.einsum("gil,gjl->gij", cols, cols, optimize=True), positions)
-            self.samples += len(x)
+            for one in x[:self.max_samples - self.samples]:
+                positions = self._positions(_output_size(one.shape, self.conv))
+                cols = im2col(one, **self.conv, positions=positions)
+                channels, taps, count = cols.shape
+                self._add(cols.reshape(self.groups, channels // self.groups * taps, count))
+                self.samples += 1
         else:
+            count = min(x.shape[0] if x.ndim > 1 else 1, self.max_samples - self.samples)
             rows = x.reshape(-1, x.shape[-1])
-            self._add((rows.T.astype(np.float64) @ rows)[None], rows.shape[0])
-            self.samples += x.shape[0] if x.ndim > 1 else 1
+            rows = rows[:len(rows) // max(x.shape[0], 1) * count] if x.ndim > 1 else rows
+            positions = self._positions(len(rows), count)
+            self._add((rows if positions is None else rows[positions]).T[None])
+            self.samples += count
 
-    def _add(self, part: np.ndarray, rows: int) -> None:
-        part = part.astype(np.float64)
-        self.sum = part if self.sum is None else self.sum + part
-        self.rows += rows
+    def _positions(self, total: int, samples: int = 1) -> np.ndarray | None:
+        """Rows to keep of the next `samples` samples' `total`: all, or an even spread when the row budget binds."""
+        keep = -(-self.max_rows // self.max_samples) * samples
+        if total <= keep:
+            return None
+        step = total / keep
+        offset = (self.samples * 0.618034 % 1.0) * step  # a different phase per sample covers the whole map
+        return np.minimum((offset + step * np.arange(keep)).astype(np.intp), total - 1)
+
+    def _add(self, cols: np.ndarray) -> None:
+        """cols [groups, d, rows] of one sample."""
+        self._buffer.append(cols)
+        self._buffered += cols.shape[2]
+        self.rows += cols.shape[2]
+        if self._buffered * cols.shape[1] * cols.shape[0] >= _FLUSH_VALUES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        cols = np.concatenate(self._buffer, axis=2) if len(self._buffer) > 1 else self._buffer[0]
+        self._buffer, self._buffered = [], 0
+        if cols.shape[0] == 1:
+            flat = np.ascontiguousarray(cols[0])
+            part = (flat @ flat.T)[None]                 # one operand transposed: numpy calls BLAS syrk
+        else:
+            part = np.matmul(cols, cols.transpose(0, 2, 1))
+        if self.sum is None:
+            self.sum = part
+        else:
+            self.sum += part
 
     def hessian(self) -> np.ndarray:
-        """[groups, d, d], d = inputs per output channel (Cin/groups*kh*kw, or K)."""
+        """[groups, d, d] float32, d = inputs per output channel (Cin/groups*kh*kw, or K)."""
+        self._flush()
         if self.sum is None:
             raise ValueError("no calibration data reached this layer")
-        return self.sum / max(self.rows, 1)
+        return self.sum / np.float32(max(self.rows, 1))
 
 
-def gptq_quantize(w: np.ndarray, axis: int, hessian: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, np.ndarray]:
+def gptq_quantize(w: np.ndarray, axis: int, hessian: np.ndarray, damp: float = DEFAULT_DAMP,
+                  dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-channel int8 of `w` (channel axis `axis`) rounded by GPTQ: (int8 weights, float32 scales).
 
     Conv weights [Cout, Cin/g, kh, kw] with hessian [g, d, d]; Gemm/MatMul 2-D weights with [1, K, K].
+    `dtype` is the arithmetic's (float64 only to check float32 against).
     """
     _, scale = quantize_weight(w, axis)
     if w.ndim == 4:
         groups = hessian.shape[0]
         rows = w.reshape(groups, w.shape[0] // groups, -1)               # [g, Cout/g, d]
-        q = _gptq(rows, hessian, scale.reshape(groups, -1), damp)
+        q = _gptq(rows, hessian, scale.reshape(groups, -1), damp, dtype=dtype)
         return q.reshape(w.shape), scale
     rows = w if axis == 0 else w.T                                       # [out, K]
-    q = _gptq(rows[None], hessian, scale[None], damp)[0]
+    q = _gptq(rows[None], hessian, scale[None], damp, dtype=dtype)[0]
     return (q if axis == 0 else q.T), scale
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: int = 128) -> np.ndarray:
+def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray | None:
+    """U upper triangular with H^-1 = U^T U, per group of h [g, d, d]; None if some H is not positive definite.
+
+    With J the order reversal, J H J = L L^T gives H = (J L J)(J L J)^T and so U = J L^-1 J: one Cholesky and
+    one triangular inverse (LAPACK potrf + trtri), a third of the work of inverting H and factoring the inverse.
+    """
+    potrf, trtri = (lapack.spotrf, lapack.strtri) if h.dtype == np.float32 else (lapack.dpotrf, lapack.dtrtri)
+    upper = np.empty_like(h)
+    for g in range(h.shape[0]):
+        low, info = potrf(np.ascontiguousarray(h[g, ::-1, ::-1]), lower=1, clean=1)
+        if info != 0:
+            return None
+        inv, info = trtri(low, lower=1)
+        if info != 0:
+            return None
+        upper[g] = inv[::-1, ::-1]
+    return upper
+
+
+def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: int = 128,
+          dtype: type = np.float32) -> np.ndarray:
     """Batched GPTQ over groups: w [g, rows, d], h [g, d, d], scale [g, rows] -> int8 [g, rows, d].
 
     Columns are rounded in blocks of `block` (the authors' "lazy batch"): the same arithmetic as one column
     at a time, with the updates of later columns gathered into one matrix product per block."""
-    w = w.astype(np.float64).copy()
-    h = h.astype(np.float64).copy()
+    w = w.astype(dtype, copy=True)
+    h = h.astype(dtype, copy=True)
     d = w.shape[2]
-    diag = np.einsum("gii->gi", h)
+    diag = np.einsum("gii->gi", h).astype(np.float64)
     dead = diag <= 0                                   # inputs that were always zero: their weights never matter
     idx = np.arange(d)
-    h[:, idx, idx] += np.where(dead, 1.0, 0.0) + damp * np.maximum(diag.mean(1, keepdims=True), 1e-12)
+    h[:, idx, idx] += (np.where(dead, 1.0, 0.0) + damp * np.maximum(diag.mean(1, keepdims=True), 1e-12)).astype(dtype)
     w[np.broadcast_to(dead[:, None, :], w.shape)] = 0.0
-    try:
-        upper = np.transpose(np.linalg.cholesky(np.linalg.inv(h)), (0, 2, 1))  # [g, d, d], upper triangular
-    except np.linalg.LinAlgError:
-        upper = None
-    s = scale.astype(np.float64)[:, :, None]                                  # [g, rows, 1]
+    upper = inverse_cholesky_upper(h)                                          # [g, d, d]
+    s = scale.astype(dtype)[:, :, None]                                        # [g, rows, 1]
     if upper is None:  # numerically singular even after damping: plain rounding
         return np.clip(np.round(w / s), -127, 127).astype(np.int8)
-    q = np.empty(w.shape, np.float64)
+    q = np.empty(w.shape, dtype)
     for b0 in range(0, d, block):  # GPTQ's lazy batch: the column loop updates one block of columns ...
         b1 = min(b0 + block, d)
         wb = w[:, :, b0:b1]                                                    # a view: updated in place
-        errs = np.empty(wb.shape, np.float64)
+        errs = np.empty(wb.shape, dtype)
         for i in range(b1 - b0):
             col = wb[:, :, i]
             qi = np.clip(np.round(col / s[:, :, 0]), -127, 127)
@@ -163,16 +246,24 @@ def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: i
 def round_weights(proto: Any, hessians: Mapping[str, InputHessian], weights: Mapping[str, tuple[str, int]],
                   damp: float = DEFAULT_DAMP, progress: Callable[[int, int], None] | None = None,
                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{weight initializer: (int8, scales)} for every node in `hessians` that saw calibration data;
-    `progress(done, total)` after each layer."""
-    from onnx import numpy_helper
-
+    """{weight initializer: (int8, scales)} for every node in `hessians` that saw calibration data, rounded
+    in parallel threads (the largest layers first); `progress(done, total)` as layers finish."""
     inits = {t.name: t for t in proto.graph.initializer}
+    jobs: dict[str, InputHessian] = {}
+    for node_name, hess in hessians.items():
+        wname, _ = weights[node_name]
+        if wname not in jobs and hess.rows:
+            jobs[wname] = hess
+    axis_of = {w: a for w, a in weights.values()}
+
+    def one(wname: str) -> tuple[np.ndarray, np.ndarray]:
+        return gptq_quantize(numpy_helper.to_array(inits[wname]), axis_of[wname], jobs[wname].hessian(), damp)
+
+    order = sorted(jobs, key=lambda n: -jobs[n].d)
     codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for done, (node_name, hess) in enumerate(hessians.items(), 1):
-        wname, axis = weights[node_name]
-        if wname not in codes and hess.sum is not None:
-            codes[wname] = gptq_quantize(numpy_helper.to_array(inits[wname]), axis, hess.hessian(), damp)
-        if progress is not None:
-            progress(done, len(hessians))
-    return codes
+    with ThreadPoolExecutor(max_workers=max(1, min(len(order), os.cpu_count() or 1))) as pool:
+        for done, (wname, result) in enumerate(zip(order, pool.map(one, order)), 1):
+            codes[wname] = result
+            if progress is not None:
+                progress(done, len(order))
+    return {w: codes[w] for w in jobs}

@@ -7,7 +7,9 @@
 3. Prefer layers whose int8 speed-up on the target is small: rank by sensitivity per millisecond
    of int8 gain (measured per layer from the target's own profiles, when given).
 4. Greedily return layers to float in that order until the budget metric (labelled accuracy, or
-   top-1 agreement with fp32 without labels) is within `max_drop` points of fp32.
+   top-1 agreement with fp32 without labels) is within `max_drop` points of fp32. Layers that do not
+   help alone are tried last (the budget may need several together); with every layer in float the
+   model is the fp32 one, so a budget is always met in the end.
 
 The result carries the standard error of the final drop on the scoring samples: with a few hundred
 samples it is often larger than the budget, and the report says so.
@@ -73,9 +75,7 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
     ranked.sort(reverse=True)
     keep: list[str] = []
     final = int8
-    for priority, node, recovered, gain in ranked:
-        if recovered <= 0:
-            break
+    for priority, node, recovered, gain in ranked:  # layers that do not help alone come last, still tried
         keep.append(node)
         final = evaluate(calibrated.quantized(keep))
         count += 1
@@ -83,8 +83,9 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
             "node": node, "error_recovered": round(recovered, 4),
             "int8_gain_ms": None if gain is None else round(gain, 5),
             "score_after": round(final.score, 3),
-            "reason": f"alone in float it removes {100 * recovered:.1f}% of int8's output error"
-                      + (f", and int8 saves only {gain:.4f} ms on it" if gain is not None else ""),
+            "reason": (f"alone in float it removes {100 * recovered:.1f}% of int8's output error"
+                       + (f", and int8 saves only {gain:.4f} ms on it" if gain is not None else "")) if recovered > 0
+                      else "no layer that helps alone was enough: tried next, in order of its own effect",
         })
         if fp32.score - final.score <= max_drop:
             break

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .. import accuracy
-from ..calibration import CalibrationSet
+from ..calibration import CalibrationSet, Samples
 from ..errors import ConfigError
 from ..model import Model
+from ..progress import Steps
 from . import gptq, range_search as rs
-from .calibrate import PercentileObserver, collect_statistics, make_observer
+from .calibrate import OutputRecorder, PercentileObserver, collect_statistics, make_observer
 from .qdq import Placement, QuantPlan, insert_qdq, plan_quantization
 
 
@@ -37,6 +37,7 @@ class Calibrated:
     seconds: float
     weight_codes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # GPTQ-rounded weights
     range_search: dict[str, Any] | None = None  # what the activation range search did, if it ran
+    outputs: list[np.ndarray] | None = None  # fp32 first output per calibration sample, if asked to keep them
 
     def quantized(self, keep_float: Iterable[str] = ()) -> Model:
         keep = tuple(keep_float)
@@ -52,19 +53,8 @@ class Calibrated:
         return Model(proto, provenance)
 
 
-def calibrate(model: Model, calibration: CalibrationSet | None, placement: Placement,
-              method: str = "percentile", observer_options: Mapping[str, Any] | None = None,
-              bias_correction: bool = True, progress: Callable[[int, int], None] | None = None,
-              weight_rounding: str = "gptq", range_search: int = 0,
-              search_progress: Callable[[int, int], None] | None = None,
-              rounding_progress: Callable[[int, int], None] | None = None) -> Calibrated:
-    """Phase 1: plan Q/DQ under the backend's `placement` and stream the calibration samples through observers.
-
-    weight_rounding "gptq" (default) rounds weights to minimise each layer's output error on the
-    calibration inputs (passes/gptq.py; bias correction then applies only to layers GPTQ cannot take);
-    "nearest" rounds each weight to its nearest level. `range_search` > 0: then refine activation ranges
-    by the model's output error on that many calibration samples (passes/range_search.py).
-    """
+def calibration_samples(model: Model, calibration: CalibrationSet | None) -> Samples:
+    """The calibration split of `calibration` for `model`'s inputs; ConfigError when there is none or too few."""
     if calibration is None:
         raise ConfigError("int8 needs calibration data: pass --calib PATH (a .npz/.npy file or a folder) "
                           "or calibration=... in Python.")
@@ -75,22 +65,41 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: Place
     if len(samples) < MIN_CALIBRATION_SAMPLES:
         raise ConfigError(f"int8 calibration needs at least {MIN_CALIBRATION_SAMPLES} samples; {samples.description} "
                           "has fewer. A few hundred representative inputs are typical.")
+    return samples
+
+
+def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placement: Placement,
+              method: str = "percentile", observer_options: Mapping[str, Any] | None = None,
+              bias_correction: bool = True, weight_rounding: str = "gptq", range_search: int = 0,
+              steps: Steps | None = None, keep_outputs: bool = False) -> Calibrated:
+    """Phase 1: plan Q/DQ under the backend's `placement` and stream the calibration samples through observers.
+
+    weight_rounding "gptq" (default) rounds weights to minimise each layer's output error on the
+    calibration inputs (passes/gptq.py; bias correction then applies only to layers GPTQ cannot take);
+    "nearest" rounds each weight to its nearest level. `range_search` > 0: then refine activation ranges
+    by the model's output error on that many calibration samples (passes/range_search.py). `steps` reports
+    each phase (statistics, GPTQ, range search) with its progress and time, and the search's estimate.
+    `calibration` is a CalibrationSet (its calibration split is loaded) or samples already loaded.
+    `keep_outputs`: `Calibrated.outputs` holds the fp32 model's first output on every sample, recorded in
+    the statistics pass (a reference that costs no second run).
+    """
+    samples = calibration if isinstance(calibration, Samples) else calibration_samples(model, calibration)
     if weight_rounding not in WEIGHT_ROUNDINGS:
         raise ConfigError(f"Unknown weight rounding '{weight_rounding}'; choose {' or '.join(WEIGHT_ROUNDINGS)}.")
     plan = plan_quantization(model.proto, placement)
     if not plan.nodes:
         raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights.")
+    steps = steps or Steps(enabled=False)
     t0 = time.perf_counter()
-    means_of = [plan.activations[n][0] for n in plan.weights if plan.activations.get(n)] if bias_correction else []
-    hessians: dict[str, Any] = {}
-    if weight_rounding == "gptq":
-        nodes = {n.name: n for n in model.proto.graph.node}
-        shapes = {t.name: tuple(t.dims) for t in model.proto.graph.initializer}
-        hessians = {n: gptq.InputHessian(nodes[n], shapes[w]) for n, (w, _) in plan.weights.items()
-                    if plan.activations.get(n) and gptq.supports(nodes[n], shapes[w])}
+    hessians = _input_hessians(model, plan) if weight_rounding == "gptq" else {}
+    means_of = ([plan.activations[n][0] for n in plan.weights if plan.activations.get(n) and n not in hessians]
+                if bias_correction else [])  # GPTQ's layers take no bias correction
     extra: dict[str, list[Any]] = {}
     for n, hess in hessians.items():
         extra.setdefault(plan.activations[n][0], []).append(hess)
+    recorder = OutputRecorder()
+    if keep_outputs or range_search > 0:
+        extra.setdefault(model.proto.graph.output[0].name, []).append(recorder)
     range_observers = {t: make_observer(method, **dict(observer_options or {})) for t in plan.tensors()}
     histograms: dict[str, Any] = {}
     if range_search > 0:  # candidates come from a percentile histogram: reuse the range observer's when it has one
@@ -98,28 +107,45 @@ def calibrate(model: Model, calibration: CalibrationSet | None, placement: Place
             histograms[t] = obs if isinstance(obs, PercentileObserver) else PercentileObserver()
             if histograms[t] is not obs:
                 extra.setdefault(t, []).append(histograms[t])
-    ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
-                                       symmetric=placement.symmetric_activations, means_of=means_of,
-                                       progress=(lambda done: progress(done, len(samples))) if progress else None,
-                                       extra=extra, observers=range_observers)
-    codes = gptq.round_weights(model.proto, hessians, plan.weights, progress=rounding_progress) if hessians else {}
+    counter = steps.counter("samples")
+    with steps.step(f"calibration statistics: {len(samples)} samples, {len(range_observers)} activation tensors"
+                    + (f", inputs of {len(hessians)} layers for GPTQ" if hessians else "")):
+        ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
+                                           symmetric=placement.symmetric_activations, means_of=means_of,
+                                           progress=(lambda done: counter(done, len(samples))) if counter else None,
+                                           extra=extra, observers=range_observers)
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if hessians:
+        with steps.step(f"GPTQ weight rounding: {len(hessians)} layers"):
+            codes = gptq.round_weights(model.proto, hessians, plan.weights, progress=steps.counter("layers rounded"))
     means = means if bias_correction else None
     search_log = None
     if histograms:
-        ranges, search_log = _search_ranges(model, plan, ranges, means, codes, placement, histograms,
-                                            rs.search_subset(samples, range_search), search_progress)
+        with steps.step("activation range search"):
+            picked = rs.subset_indices(len(samples), range_search)
+            subset = Samples([samples.feeds[i] for i in picked], None, f"{len(picked)} of {samples.description}")
+            ranges, search_log = _search_ranges(model, plan, ranges, means, codes, placement, histograms, subset,
+                                                [recorder.values[i] for i in picked], steps)
     return Calibrated(model, plan, ranges, means, placement, samples.description,
-                      round(time.perf_counter() - t0, 3), codes, search_log)
+                      round(time.perf_counter() - t0, 3), codes, search_log, recorder.values if keep_outputs else None)
+
+
+def _input_hessians(model: Model, plan: QuantPlan) -> dict[str, gptq.InputHessian]:
+    """An input Hessian for every planned node GPTQ can round."""
+    nodes = {n.name: n for n in model.proto.graph.node}
+    shapes = {t.name: tuple(t.dims) for t in model.proto.graph.initializer}
+    return {n: gptq.InputHessian(nodes[n], shapes[w]) for n, (w, _) in plan.weights.items()
+            if plan.activations.get(n) and gptq.supports(nodes[n], shapes[w])}
 
 
 def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,
-                   histograms: Mapping[str, Any], subset: Any, progress: Callable[[int, int], None] | None) -> tuple[dict, dict]:
-    reference = accuracy.collect(accuracy.onnx_runtime_runner(model.proto), subset)[0].astype(np.float64)
-    evaluate = accuracy.make_evaluator(subset, reference)
+                   histograms: Mapping[str, Any], subset: Samples, reference: list[np.ndarray],
+                   steps: Steps) -> tuple[dict, dict]:
     order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ())))
     candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in order}
+    search = rs.plan_search(ranges, order, candidates, len(subset))
     searched, log = rs.search_ranges(
-        ranges, order, candidates, lambda r: Model(insert_qdq(model.proto, plan, r, placement, (), means, codes), {}),
-        lambda m: evaluate(m).error, (lambda done: progress(done, len(order))) if progress else None)
+        ranges, search, lambda r: insert_qdq(model.proto, plan, r, placement, (), means, codes),
+        rs.OutputError(subset, reference, search.screen_samples).score, steps.counter("tensors searched"), steps.note)
     log["samples"] = subset.description
     return searched, log
