@@ -5,9 +5,11 @@ columns not yet rounded, weighted by the inverse of H = E[x x^T] of the layer's 
 - `supports(node, weight_shape)`: 2-D Conv with explicit pads, Gemm/MatMul with a 2-D weight.
 - `InputHessian(node, weight_shape, max_samples=128, rows_per_column=64)`: streams H from the node's input
   (`update(x)`, e.g. as an `extra` observer of calibrate.collect_statistics), one H per Conv group. It takes
-  the input rows of the first `max_samples` samples, at most `rows_per_column` x d rows in all (d = inputs per
-  output channel): a Conv keeps an even spread of output positions of each sample when that cap binds. Rows
-  are buffered and folded in with one float32 matrix product x x^T per buffer (BLAS syrk).
+  the input rows of the first `max_samples` samples, but no more than the larger of `rows_per_column` x d
+  (d = inputs per output channel) and what ROW_BUDGET_MACS of work buys (rows x groups x d^2 multiply-adds):
+  small layers take every row, large ones a bounded number. A Conv keeps an even spread of the output
+  positions of each sample when that cap binds. Rows are buffered and folded in with one float32 matrix
+  product x x^T per buffer (BLAS syrk).
 - `gptq_quantize(w, axis, hessian, damp=0.1)` -> (int8 codes, float32 scales): symmetric per output
   channel with the scales of nearest rounding (max|w|/127), only the rounding changes; H is dampened by
   `damp` x its mean diagonal, and a still singular H falls back to nearest rounding. Float32 throughout
@@ -32,7 +34,7 @@ from .qmath import quantize_weight
 DEFAULT_SAMPLES = 128  # calibration samples that feed each H: GPTQ's usual count
 DEFAULT_ROWS_PER_COLUMN = 64  # input rows per column of H: more changes the codes of well under 1% of weights
 DEFAULT_DAMP = 0.1
-_MIN_ROWS = 1 << 14  # small layers keep this many rows however few columns they have
+ROW_BUDGET_MACS = 1 << 33  # Hessian work per layer (~0.1 s on one core) below which rows are never dropped
 _FLUSH_VALUES = 1 << 22  # input values (16 MB) buffered before one x x^T product
 
 
@@ -88,8 +90,8 @@ class InputHessian:
     """Streaming H = E[x x^T] over the input rows a weighted node multiplies, one H per Conv group.
 
     `update(x)` takes the node's input as the model computes it (a batch). Only the first `max_samples`
-    samples count and at most `rows_per_column` x d rows in all (16,384 for small d), so the cost is bounded however large the
-    calibration set or the feature map is.
+    samples count and at most max(`rows_per_column` x d, ROW_BUDGET_MACS / (groups x d^2)) rows, so the cost
+    is bounded however large the calibration set or the feature map is.
     """
 
     def __init__(self, node: Any, weight_shape: tuple[int, ...], max_samples: int = DEFAULT_SAMPLES,
@@ -106,7 +108,7 @@ class InputHessian:
         else:  # the input width K: MatMul [K, N], Gemm [K, N] or, with transB, [N, K]
             self.d = int(self.weight_shape[1] if self.op == "Gemm" and attrs.get("transB", 0) else self.weight_shape[0])
         self.max_samples = max_samples
-        self.max_rows = max(rows_per_column * self.d, _MIN_ROWS)
+        self.max_rows = max(rows_per_column * self.d, ROW_BUDGET_MACS // (self.groups * self.d * self.d))
         self.samples = 0
         self.rows = 0
         self.sum: np.ndarray | None = None  # float32 [groups, d, d]

@@ -8,7 +8,7 @@ few candidate ranges per activation tensor from the same calibration histogram (
 model's output against fp32, run with ONNX Runtime, drops by more than 0.5%. Greedy coordinate
 descent in graph order, one sweep.
 
-Its cost is bounded before it starts, and stated (`plan_search`, `SearchPlan.describe`):
+Its cost is bounded before it starts (`plan_search`), and stated once the first model is timed:
 - Only tensors whose candidates differ are searched: the spread of a tensor is log(widest / narrowest
   candidate range); tensors under MIN_SPREAD (2%) are skipped, and at most MAX_TENSORS (24) of the
   widest-spread ones are searched, in graph order.
@@ -104,8 +104,8 @@ class OutputError:
 
     def __init__(self, samples: Samples, reference: Sequence[np.ndarray], screen: int = SCREEN_SAMPLES):
         n = len(samples.feeds)
-        first = list(np.unique(np.linspace(0, n - 1, min(screen, n)).round().astype(int)))
-        order = first + [i for i in range(n) if i not in set(first)]
+        first = subset_indices(n, screen)
+        order = first + sorted(set(range(n)) - set(first))
         self.feeds = [samples.feeds[i] for i in order]
         self.reference = [np.asarray(reference[i], np.float64) for i in order]
 
@@ -127,9 +127,8 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
                   note: Callable[[str], None] | None = None) -> tuple[dict, dict[str, Any]]:
     """Greedy sweep over `plan.tensors`, candidates outward from the current range (module docstring): screen
     each on `plan.screen_samples`, confirm on `plan.samples`, keep it when the error falls by more than
-    MIN_IMPROVEMENT on both. `score(build(ranges))(n)`
-    is the mean output error on the first n samples. `note` receives the time estimate once the first model
-    has been timed.
+    MIN_IMPROVEMENT on both. `score(build(ranges))(n)` is the mean output error on the first n samples. `note`
+    receives the time estimate once the first model has been timed.
 
     Returns (new ranges, a log: starting and final error, evaluations, tensors changed, tensors searched).
     """
