@@ -94,12 +94,15 @@ class Model:
         return h.hexdigest()
 
 
-def ort_session(proto: Any, log_level: int = 3) -> Any:
-    """An ONNX Runtime CPU session. Models over protobuf's 2 GiB limit go through a temp file with external data."""
+def ort_session(proto: Any, log_level: int = 3, spin: bool = True) -> Any:
+    """An ONNX Runtime CPU session. Models over protobuf's 2 GiB limit go through a temp file with external data.
+    `spin=False`: its threads sleep between runs instead of spinning, leaving the cores to other work."""
     ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if proto.ByteSize() < _PROTO_LIMIT:
         return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     tmp = tempfile.mkdtemp(prefix="edgec-ort-")

@@ -478,7 +478,7 @@ def _session_with_outputs(proto: Any, names: Sequence[str]) -> Any:
             # A name-only output: ONNX Runtime infers its type, so intermediates need no value_info.
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        return ort_session(model)
+        return ort_session(model, spin=False)  # between runs the observers need the cores
     except Exception as e:
         raise PassError(f"calibrate: ONNX Runtime could not load the model with {len(names)} calibration "
                         f"outputs added: {brief(e)}. Check that the model runs in fp32 first.") from e
@@ -486,11 +486,13 @@ def _session_with_outputs(proto: Any, names: Sequence[str]) -> Any:
 
 def _observe_feeds(session: Any, names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
                    sinks: Mapping[str, Sequence[Any]], progress: Callable[[int], None] | None) -> None:
-    """Run the session on each feed in turn and pass each tensor of `names` to its observers in `sinks`;
-    only the current sample's values are held. The tensors' observers run in parallel threads, one
-    tensor's observers in order in one thread (numpy and BLAS release the GIL for the heavy work).
-    ConfigError if `feeds` is empty."""
+    """Run the session on each feed in turn and pass each tensor of `names` to its observers in `sinks`.
+    The tensors' observers run in parallel threads, one tensor's observers in order in one thread, while ONNX
+    Runtime computes the next sample; a sample's observers finish before the next sample's start, so each
+    observer sees the samples in order and at most two samples' values are held. ConfigError if `feeds` is
+    empty."""
     seen = 0
+    pending: list[Any] = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for i, feed in enumerate(feeds):
             try:
@@ -499,19 +501,27 @@ def _observe_feeds(session: Any, names: Sequence[str], feeds: Iterable[dict[str,
                 keys = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feed.items()) if isinstance(feed, dict) else "?"
                 raise PassError(f"calibrate: ONNX Runtime failed on calibration sample #{i} ({keys}): "
                                 f"{brief(e)}. Check the sample's input names, shapes and dtypes.") from e
-            jobs = [pool.submit(_update_all, sinks[name], value) for name, value in zip(names, values)]
+            _finish(pending, names, i - 1)
+            pending = [pool.submit(_update_all, sinks[name], value) for name, value in zip(names, values)]
             del values
-            for name, job in zip(names, jobs):
-                try:
-                    job.result()
-                except ValueError as e:
-                    raise PassError(f"calibrate: tensor '{name}' on calibration sample #{i}: {e}") from e
             seen += 1
-            if progress is not None:
-                progress(seen)
+            if progress is not None and seen > 1:
+                progress(seen - 1)
+        _finish(pending, names, seen - 1)
     if not seen:
         raise ConfigError("calibrate: no calibration samples: the feeds are empty. Pass --calib with data "
                           "(a .npz/.npy file or folder) holding at least one sample.")
+    if progress is not None:
+        progress(seen)
+
+
+def _finish(jobs: Sequence[Any], names: Sequence[str], sample: int) -> None:
+    """Wait for one sample's observer jobs (one per name); an observer's ValueError becomes a PassError."""
+    for name, job in zip(names, jobs):
+        try:
+            job.result()
+        except ValueError as e:
+            raise PassError(f"calibrate: tensor '{name}' on calibration sample #{sample}: {e}") from e
 
 
 def _update_all(observers: Sequence[Any], value: np.ndarray) -> None:

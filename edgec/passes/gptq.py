@@ -14,15 +14,16 @@ columns not yet rounded, weighted by the inverse of H = E[x x^T] of the layer's 
   channel with the scales of nearest rounding (max|w|/127), only the rounding changes; H is dampened by
   `damp` x its mean diagonal, and a still singular H falls back to nearest rounding. Float32 throughout
   (the float64 path rounds the same codes but for a few weights on a rounding boundary: tests/test_gptq.py).
-- `round_weights(proto, hessians, weights, damp)` -> {weight initializer: (codes, scales)} for every node
-  whose H saw data, layers rounded in parallel on all cores (each on one BLAS thread). The quantize pass
-  uses these codes as given, with no bias correction on top.
+- `Rounder(proto, weights, damp)`: rounds each layer on a worker thread as soon as its H is complete
+  (InputHessian's `on_complete`), during the calibration pass; `finish()` -> {weight initializer: (codes,
+  scales)}. The quantize pass uses these codes as given, with no bias correction on top.
 Design notes and measurements: benchmarks/results/calibration-design-notes.md.
 """
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -32,7 +33,7 @@ from scipy.linalg import lapack  # loaded with this module, so the callers' BLAS
 from .qmath import quantize_weight
 
 DEFAULT_SAMPLES = 128  # calibration samples that feed each H: GPTQ's usual count
-DEFAULT_ROWS_PER_COLUMN = 64  # input rows per column of H: more changes the codes of well under 1% of weights
+DEFAULT_ROWS_PER_COLUMN = 4  # input rows per column of H for large layers (benchmarks/results/gptq-speed-*)
 DEFAULT_DAMP = 0.1
 ROW_BUDGET_MACS = 1 << 33  # Hessian work per layer (~0.1 s on one core) below which rows are never dropped
 _FLUSH_VALUES = 1 << 22  # input values (16 MB) buffered before one x x^T product
@@ -95,7 +96,8 @@ class InputHessian:
     """
 
     def __init__(self, node: Any, weight_shape: tuple[int, ...], max_samples: int = DEFAULT_SAMPLES,
-                 rows_per_column: int = DEFAULT_ROWS_PER_COLUMN):
+                 rows_per_column: int = DEFAULT_ROWS_PER_COLUMN,
+                 on_complete: Callable[["InputHessian"], None] | None = None):
         attrs = _attrs(node)
         self.op = node.op_type
         self.weight_shape = tuple(weight_shape)
@@ -114,6 +116,7 @@ class InputHessian:
         self.sum: np.ndarray | None = None  # float32 [groups, d, d]
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
+        self.on_complete = on_complete
 
     def update(self, x: np.ndarray) -> None:
         if self.samples >= self.max_samples:
@@ -133,6 +136,8 @@ class InputHessian:
             positions = self._positions(len(rows), count)
             self._add((rows if positions is None else rows[positions]).T[None])
             self.samples += count
+        if self.samples >= self.max_samples and self.on_complete is not None:
+            self.on_complete(self)
 
     def _positions(self, total: int, samples: int = 1) -> np.ndarray | None:
         """Rows to keep of the next `samples` samples' `total`: all, or an even spread when the row budget binds."""
@@ -172,6 +177,10 @@ class InputHessian:
         if self.sum is None:
             raise ValueError("no calibration data reached this layer")
         return self.sum / np.float32(max(self.rows, 1))
+
+    def release(self) -> None:
+        """Free H (a layer's H is d x d floats per group); later updates are ignored."""
+        self.sum, self._buffer, self.samples = None, [], max(self.samples, self.max_samples)
 
 
 def gptq_quantize(w: np.ndarray, axis: int, hessian: np.ndarray, damp: float = DEFAULT_DAMP,
@@ -245,27 +254,46 @@ def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: i
     return q.astype(np.int8)
 
 
-def round_weights(proto: Any, hessians: Mapping[str, InputHessian], weights: Mapping[str, tuple[str, int]],
-                  damp: float = DEFAULT_DAMP, progress: Callable[[int, int], None] | None = None,
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{weight initializer: (int8, scales)} for every node in `hessians` that saw calibration data, rounded
-    in parallel threads (the largest layers first); `progress(done, total)` as layers finish."""
-    inits = {t.name: t for t in proto.graph.initializer}
-    jobs: dict[str, InputHessian] = {}
-    for node_name, hess in hessians.items():
-        wname, _ = weights[node_name]
-        if wname not in jobs and hess.rows:
-            jobs[wname] = hess
-    axis_of = {w: a for w, a in weights.values()}
+class Rounder:
+    """Rounds layers with GPTQ on worker threads (one BLAS thread each), each as soon as its Hessian is complete:
+    hooked to InputHessian's `on_complete`, rounding overlaps the rest of the calibration pass, and each H is
+    freed once its layer is rounded. Use as a context manager; `finish(hessians)` rounds the layers whose H
+    never filled up and returns {weight initializer: (int8, scales)} for every layer whose H saw data."""
 
-    def one(wname: str) -> tuple[np.ndarray, np.ndarray]:
-        return gptq_quantize(numpy_helper.to_array(inits[wname]), axis_of[wname], jobs[wname].hessian(), damp)
+    def __init__(self, proto: Any, weights: Mapping[str, tuple[str, int]], damp: float = DEFAULT_DAMP,
+                 progress: Callable[[int, int], None] | None = None):
+        self.inits = {t.name: t for t in proto.graph.initializer}
+        self.weights, self.damp, self.progress = weights, damp, progress
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self._jobs: dict[str, Future] = {}
+        self._lock = threading.Lock()
 
-    order = sorted(jobs, key=lambda n: -jobs[n].d)
-    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(len(order), os.cpu_count() or 1))) as pool:
-        for done, (wname, result) in enumerate(zip(order, pool.map(one, order)), 1):
-            codes[wname] = result
-            if progress is not None:
-                progress(done, len(order))
-    return {w: codes[w] for w in jobs}
+    def __enter__(self) -> "Rounder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for job in self._jobs.values():
+            job.cancel()
+        self._pool.shutdown(wait=True)
+
+    def complete(self, node_name: str, hess: InputHessian) -> None:
+        """Queue `node_name`'s layer for rounding (once per weight; nothing if its H saw no data)."""
+        wname, axis = self.weights[node_name]
+        with self._lock:
+            if wname not in self._jobs and hess.rows:
+                self._jobs[wname] = self._pool.submit(self._round, wname, axis, hess)
+
+    def _round(self, wname: str, axis: int, hess: InputHessian) -> tuple[np.ndarray, np.ndarray]:
+        h = hess.hessian()
+        hess.release()
+        return gptq_quantize(numpy_helper.to_array(self.inits[wname]), axis, h, self.damp)
+
+    def finish(self, hessians: Mapping[str, InputHessian]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        for node_name, hess in hessians.items():
+            self.complete(node_name, hess)
+        codes = {}
+        for done, (wname, job) in enumerate(self._jobs.items(), 1):
+            codes[wname] = job.result()
+            if self.progress is not None:
+                self.progress(done, len(self._jobs))
+        return codes

@@ -91,33 +91,35 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
         raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights.")
     steps = steps or Steps(enabled=False)
     t0 = time.perf_counter()
-    hessians = _input_hessians(model, plan) if weight_rounding == "gptq" else {}
-    means_of = ([plan.activations[n][0] for n in plan.weights if plan.activations.get(n) and n not in hessians]
-                if bias_correction else [])  # GPTQ's layers take no bias correction
-    extra: dict[str, list[Any]] = {}
-    for n, hess in hessians.items():
-        extra.setdefault(plan.activations[n][0], []).append(hess)
-    recorder = OutputRecorder()
-    if keep_outputs or range_search > 0:
-        extra.setdefault(model.proto.graph.output[0].name, []).append(recorder)
-    range_observers = {t: make_observer(method, **dict(observer_options or {})) for t in plan.tensors()}
-    histograms: dict[str, Any] = {}
-    if range_search > 0:  # candidates come from a percentile histogram: reuse the range observer's when it has one
-        for t, obs in range_observers.items():
-            histograms[t] = obs if isinstance(obs, PercentileObserver) else PercentileObserver()
-            if histograms[t] is not obs:
-                extra.setdefault(t, []).append(histograms[t])
-    counter = steps.counter("samples")
-    with steps.step(f"calibration statistics: {len(samples)} samples, {len(range_observers)} activation tensors"
-                    + (f", inputs of {len(hessians)} layers for GPTQ" if hessians else "")):
-        ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
-                                           symmetric=placement.symmetric_activations, means_of=means_of,
-                                           progress=(lambda done: counter(done, len(samples))) if counter else None,
-                                           extra=extra, observers=range_observers)
-    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if hessians:
-        with steps.step(f"GPTQ weight rounding: {len(hessians)} layers"):
-            codes = gptq.round_weights(model.proto, hessians, plan.weights, progress=steps.counter("layers rounded"))
+    with gptq.Rounder(model.proto, plan.weights, progress=steps.counter("layers rounded")) as rounder:
+        hessians = _input_hessians(model, plan, rounder) if weight_rounding == "gptq" else {}
+        means_of = ([plan.activations[n][0] for n in plan.weights if plan.activations.get(n) and n not in hessians]
+                    if bias_correction else [])  # GPTQ's layers take no bias correction
+        extra: dict[str, list[Any]] = {}
+        for n, hess in hessians.items():
+            extra.setdefault(plan.activations[n][0], []).append(hess)
+        recorder = OutputRecorder()
+        if keep_outputs or range_search > 0:
+            extra.setdefault(model.proto.graph.output[0].name, []).append(recorder)
+        range_observers = {t: make_observer(method, **dict(observer_options or {})) for t in plan.tensors()}
+        histograms: dict[str, Any] = {}
+        if range_search > 0:  # candidates come from a percentile histogram: reuse the range observer's if it has one
+            for t, obs in range_observers.items():
+                histograms[t] = obs if isinstance(obs, PercentileObserver) else PercentileObserver()
+                if histograms[t] is not obs:
+                    extra.setdefault(t, []).append(histograms[t])
+        counter = steps.counter("samples")
+        with steps.step(f"calibration statistics: {len(samples)} samples, {len(range_observers)} activation tensors"
+                        + (f", inputs of {len(hessians)} layers for GPTQ (each rounded once its inputs are in)"
+                           if hessians else "")):
+            ranges, means = collect_statistics(model.proto, plan.tensors(), samples.feeds, method=method,
+                                               symmetric=placement.symmetric_activations, means_of=means_of,
+                                               progress=(lambda done: counter(done, len(samples))) if counter else None,
+                                               extra=extra, observers=range_observers)
+        codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if hessians:
+            with steps.step(f"GPTQ weight rounding: {len(hessians)} layers"):
+                codes = rounder.finish(hessians)
     means = means if bias_correction else None
     search_log = None
     if histograms:
@@ -130,12 +132,12 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
                       round(time.perf_counter() - t0, 3), codes, search_log, recorder.values if keep_outputs else None)
 
 
-def _input_hessians(model: Model, plan: QuantPlan) -> dict[str, gptq.InputHessian]:
-    """An input Hessian for every planned node GPTQ can round."""
+def _input_hessians(model: Model, plan: QuantPlan, rounder: gptq.Rounder) -> dict[str, gptq.InputHessian]:
+    """An input Hessian for every planned node GPTQ can round, handing its layer to `rounder` once complete."""
     nodes = {n.name: n for n in model.proto.graph.node}
     shapes = {t.name: tuple(t.dims) for t in model.proto.graph.initializer}
-    return {n: gptq.InputHessian(nodes[n], shapes[w]) for n, (w, _) in plan.weights.items()
-            if plan.activations.get(n) and gptq.supports(nodes[n], shapes[w])}
+    return {n: gptq.InputHessian(nodes[n], shapes[w], on_complete=lambda h, n=n: rounder.complete(n, h))
+            for n, (w, _) in plan.weights.items() if plan.activations.get(n) and gptq.supports(nodes[n], shapes[w])}
 
 
 def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,

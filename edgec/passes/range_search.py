@@ -10,17 +10,17 @@ descent in graph order, one sweep.
 
 Its cost is bounded before it starts (`plan_search`), and stated once the first model is timed:
 - Only tensors whose candidates differ are searched: the spread of a tensor is log(widest / narrowest
-  candidate range); tensors under MIN_SPREAD (2%) are skipped, and at most MAX_TENSORS (24) of the
+  candidate range); tensors under MIN_SPREAD (2%) are skipped, and at most MAX_TENSORS (16) of the
   widest-spread ones are searched, in graph order.
 - Per tensor, candidates are tried outward from the current range: the next wider one, then wider
   still until a step makes the error worse; only if widening did not help, the narrower ones the same
   way. Error as a function of the clipping range is close to unimodal (flat where a range is far too
   wide), so this usually costs two candidates.
 - Each candidate is scored on SCREEN_SAMPLES (8) of the search samples, spread over them; only one that
-  lowers the error there by 0.5% is scored on all the search samples (the same session, the remaining
-  samples), and kept if it lowers the error on all of them by 0.5%.
-So a search costs at most 1 + candidates (<= 3 x 24) screening runs of 8 samples plus one full run per
-confirmed candidate, whatever the size of the graph, and usually about 2 x 24.
+  lowers the error there by SCREEN_GAIN (2%) is scored on all the search samples (the same session, the
+  remaining samples), and kept if it lowers the error on all of them by 0.5%.
+So a search costs at most 1 + candidates (<= 3 x 16) screening runs of 8 samples plus one full run per
+confirmed candidate, whatever the size of the graph, and usually about 2 x 16.
 
 Measured on MobileNetV2/Fashion-MNIST (benchmarks/quantization.py): the output error falls by about 30%
 and held-out top-1 agreement with fp32 rises (results in the README). Written here; the idea of
@@ -43,9 +43,10 @@ from .calibrate import PercentileObserver
 CANDIDATE_PERCENTILES = (99.9, 99.99, 99.999, 100.0)  # 100: exact min/max
 DEFAULT_SEARCH_SAMPLES = 64
 SCREEN_SAMPLES = 8
-MAX_TENSORS = 24
+MAX_TENSORS = 16
 MIN_SPREAD = 0.02
 MIN_IMPROVEMENT = 0.005
+SCREEN_GAIN = 0.02  # what a candidate must gain on the screening samples to be scored on all of them
 
 Range = tuple[float, float]
 
@@ -126,8 +127,8 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
                   score: Callable[[Any], Callable[[int], float]], progress: Callable[[int, int], None] | None = None,
                   note: Callable[[str], None] | None = None) -> tuple[dict, dict[str, Any]]:
     """Greedy sweep over `plan.tensors`, candidates outward from the current range (module docstring): screen
-    each on `plan.screen_samples`, confirm on `plan.samples`, keep it when the error falls by more than
-    MIN_IMPROVEMENT on both. `score(build(ranges))(n)` is the mean output error on the first n samples. `note`
+    each on `plan.screen_samples`; one that gains SCREEN_GAIN there is scored on `plan.samples` and kept when the
+    error on them falls by more than MIN_IMPROVEMENT. `score(build(ranges))(n)` is the mean output error on the first n samples. `note`
     receives the time estimate once the first model has been timed.
 
     Returns (new ranges, a log: starting and final error, evaluations, tensors changed, tensors searched).
@@ -153,7 +154,7 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
                 screen = error(plan.screen_samples)
                 if screen > best_screen * (1 + MIN_IMPROVEMENT):
                     break
-                if screen >= best_screen * (1 - MIN_IMPROVEMENT):
+                if screen >= best_screen * (1 - SCREEN_GAIN):
                     continue  # about the same: the next step may still help (a range far too wide flattens out)
                 confirmed += 1
                 full = error(plan.samples)
