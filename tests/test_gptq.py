@@ -46,6 +46,20 @@ def test_depthwise_hessian_is_one_small_matrix_per_channel() -> None:
     np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_conv_hessian_is_the_full_symmetric_matrix_of_all_patches() -> None:
+    """H of a regular conv, accumulated over many small buffers by syrk (which fills one triangle), is the whole
+    symmetric E[x x^T] of every patch; take() hands over the same matrix."""
+    x = np.random.default_rng(1).normal(size=(40, 6, 9, 9)).astype(np.float32)
+    hess = InputHessian(_conv_node(), (4, 6, 3, 3), max_samples=len(x))
+    for one in x:
+        hess.update(one[None])
+    cols = np.concatenate([im2col(s, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)) for s in x], axis=2).reshape(1, 54, -1)
+    expected = np.einsum("gil,gjl->gij", cols, cols) / cols.shape[2]
+    np.testing.assert_allclose(hess.hessian(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hess.take(), expected, rtol=1e-4, atol=1e-5)
+    assert hess.sum is None
+
+
 def test_hessian_stops_after_its_sample_budget() -> None:
     hess = InputHessian(helper.make_node("MatMul", ["x", "w"], ["y"]), (4, 2), max_samples=3)
     for _ in range(10):

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -484,49 +486,105 @@ def _session_with_outputs(proto: Any, names: Sequence[str]) -> Any:
                         f"outputs added: {brief(e)}. Check that the model runs in fp32 first.") from e
 
 
+SAMPLES_IN_FLIGHT = 4  # samples whose values may wait for their observers: bounds the memory of the pipeline
+
+
 def _observe_feeds(session: Any, names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
                    sinks: Mapping[str, Sequence[Any]], progress: Callable[[int], None] | None) -> None:
     """Run the session on each feed in turn and pass each tensor of `names` to its observers in `sinks`.
-    The tensors' observers run in parallel threads, one tensor's observers in order in one thread, while ONNX
-    Runtime computes the next sample; a sample's observers finish before the next sample's start, so each
-    observer sees the samples in order and at most two samples' values are held. ConfigError if `feeds` is
-    empty."""
+
+    Every observer gets the samples in order, on a pool of threads (numpy and BLAS release the GIL for the heavy
+    work), and is never held up by another: a slow one (a wide layer's Hessian) runs beside the next samples'
+    ONNX Runtime runs and the other observers. At most SAMPLES_IN_FLIGHT samples' values are held. ConfigError if
+    `feeds` is empty; PassError naming the tensor and sample if ONNX Runtime or an observer fails."""
+    tracker = _Tracker()
     seen = 0
-    pending: list[Any] = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        queues = [(name, _ObserverQueue(obs, name, pool, tracker)) for name in names for obs in sinks[name]]
         for i, feed in enumerate(feeds):
+            tracker.wait(below=SAMPLES_IN_FLIGHT)
             try:
-                values = session.run(names, feed)
+                values = dict(zip(names, session.run(names, feed)))
             except Exception as e:
                 keys = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feed.items()) if isinstance(feed, dict) else "?"
                 raise PassError(f"calibrate: ONNX Runtime failed on calibration sample #{i} ({keys}): "
                                 f"{brief(e)}. Check the sample's input names, shapes and dtypes.") from e
-            _finish(pending, names, i - 1)
-            pending = [pool.submit(_update_all, sinks[name], value) for name, value in zip(names, values)]
+            tracker.start(i, len(queues))
+            for name, queue in queues:
+                queue.send(i, values[name])
             del values
             seen += 1
-            if progress is not None and seen > 1:
-                progress(seen - 1)
-        _finish(pending, names, seen - 1)
+            if progress is not None:
+                progress(seen)
+        tracker.wait(below=1)
     if not seen:
         raise ConfigError("calibrate: no calibration samples: the feeds are empty. Pass --calib with data "
                           "(a .npz/.npy file or folder) holding at least one sample.")
-    if progress is not None:
-        progress(seen)
 
 
-def _finish(jobs: Sequence[Any], names: Sequence[str], sample: int) -> None:
-    """Wait for one sample's observer jobs (one per name); an observer's ValueError becomes a PassError."""
-    for name, job in zip(names, jobs):
-        try:
-            job.result()
-        except ValueError as e:
-            raise PassError(f"calibrate: tensor '{name}' on calibration sample #{sample}: {e}") from e
+class _Tracker:
+    """Counts each sample's outstanding observer updates; keeps the first failure and raises it on wait()."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._left: dict[int, int] = {}
+        self.error: PassError | None = None
+
+    def start(self, sample: int, updates: int) -> None:
+        with self._cond:
+            self._left[sample] = updates
+
+    def done(self, sample: int, error: PassError | None = None) -> None:
+        with self._cond:
+            self.error = self.error or error
+            self._left[sample] -= 1
+            if not self._left[sample]:
+                del self._left[sample]
+            self._cond.notify_all()
+
+    def wait(self, below: int) -> None:
+        """Until fewer than `below` samples are outstanding; then raise the first observer failure, if any."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._left) < below or self.error is not None)
+            if self.error is not None:
+                raise self.error
 
 
-def _update_all(observers: Sequence[Any], value: np.ndarray) -> None:
-    for obs in observers:
-        obs.update(value)
+class _ObserverQueue:
+    """One observer's values in arrival order, drained on the pool by at most one task at a time."""
+
+    def __init__(self, observer: Any, name: str, pool: ThreadPoolExecutor, tracker: _Tracker):
+        self.observer, self.name, self.pool, self.tracker = observer, name, pool, tracker
+        self._items: deque[tuple[int, np.ndarray]] = deque()
+        self._lock = threading.Lock()
+        self._draining = False
+
+    def send(self, sample: int, value: np.ndarray) -> None:
+        with self._lock:
+            self._items.append((sample, value))
+            if self._draining:
+                return
+            self._draining = True
+        self.pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._items:
+                    self._draining = False
+                    return
+                sample, value = self._items.popleft()
+            error = None
+            try:
+                if self.tracker.error is None:
+                    self.observer.update(value)
+            except ValueError as e:
+                error = PassError(f"calibrate: tensor '{self.name}' on calibration sample #{sample}: {e}")
+            except Exception as e:  # noqa: BLE001 - re-raised in the calibrating thread by _Tracker.wait
+                error = PassError(f"calibrate: observing tensor '{self.name}' on calibration sample #{sample} "
+                                  f"failed: {brief(e)}")
+                error.__cause__ = e
+            self.tracker.done(sample, error)
 
 
 def _read_ranges(observers: Mapping[str, _Observer], symmetric: bool) -> dict[str, tuple[float, float]]:

@@ -21,6 +21,7 @@ Design notes and measurements: benchmarks/results/calibration-design-notes.md.
 """
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +29,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 from onnx import helper, numpy_helper
-from scipy.linalg import lapack  # loaded with this module, so the callers' BLAS thread limits cover its OpenBLAS
 
 from .qmath import quantize_weight
 
@@ -36,7 +36,8 @@ DEFAULT_SAMPLES = 128  # calibration samples that feed each H: GPTQ's usual coun
 DEFAULT_ROWS_PER_COLUMN = 4  # input rows per column of H for large layers (benchmarks/results/gptq-speed-*)
 DEFAULT_DAMP = 0.1
 ROW_BUDGET_MACS = 1 << 33  # Hessian work per layer (~0.1 s on one core) below which rows are never dropped
-_FLUSH_VALUES = 1 << 22  # input values (16 MB) buffered before one x x^T product
+_FLUSH_VALUES = 1 << 20  # input values (4 MB) buffered per layer before one x x^T product, or a quarter of H's
+                         # size when that is more: wide layers then update H in a few large products
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -153,7 +154,8 @@ class InputHessian:
         self._buffer.append(cols)
         self._buffered += cols.shape[2]
         self.rows += cols.shape[2]
-        if self._buffered * cols.shape[1] * cols.shape[0] >= _FLUSH_VALUES:
+        groups, d, _ = cols.shape
+        if self._buffered * d * groups >= max(_FLUSH_VALUES, groups * d * d // 4):
             self._flush()
 
     def _flush(self) -> None:
@@ -161,22 +163,34 @@ class InputHessian:
             return
         cols = np.concatenate(self._buffer, axis=2) if len(self._buffer) > 1 else self._buffer[0]
         self._buffer, self._buffered = [], 0
-        if cols.shape[0] == 1:
-            flat = np.ascontiguousarray(cols[0])
-            part = (flat @ flat.T)[None]                 # one operand transposed: numpy calls BLAS syrk
-        else:
+        groups, d, _ = cols.shape
+        if groups > 1:  # small per-group matrices (depthwise): one batched product, added
             part = np.matmul(cols, cols.transpose(0, 2, 1))
+            self.sum = part if self.sum is None else self.sum + part
+            return
+        flat = np.ascontiguousarray(cols[0])
+        part = flat @ flat.T  # one operand the other's transpose: numpy calls BLAS syrk (and releases the GIL)
         if self.sum is None:
-            self.sum = part
+            self.sum = part[None]
         else:
-            self.sum += part
+            self.sum[0] += part
 
-    def hessian(self) -> np.ndarray:
-        """[groups, d, d] float32, d = inputs per output channel (Cin/groups*kh*kw, or K)."""
+    def _full(self) -> np.ndarray:
         self._flush()
         if self.sum is None:
             raise ValueError("no calibration data reached this layer")
-        return self.sum / np.float32(max(self.rows, 1))
+        return self.sum
+
+    def hessian(self) -> np.ndarray:
+        """[groups, d, d] float32, d = inputs per output channel (Cin/groups*kh*kw, or K)."""
+        return self._full() / np.float32(max(self.rows, 1))
+
+    def take(self) -> np.ndarray:
+        """hessian() without a copy: the matrix is handed over and this object releases it."""
+        h = self._full()
+        h /= np.float32(max(self.rows, 1))
+        self.release()
+        return h
 
     def release(self) -> None:
         """Free H (a layer's H is d x d floats per group); later updates are ignored."""
@@ -184,50 +198,87 @@ class InputHessian:
 
 
 def gptq_quantize(w: np.ndarray, axis: int, hessian: np.ndarray, damp: float = DEFAULT_DAMP,
-                  dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+                  dtype: type = np.float32, overwrite_hessian: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-channel int8 of `w` (channel axis `axis`) rounded by GPTQ: (int8 weights, float32 scales).
 
     Conv weights [Cout, Cin/g, kh, kw] with hessian [g, d, d]; Gemm/MatMul 2-D weights with [1, K, K].
-    `dtype` is the arithmetic's (float64 only to check float32 against).
+    `dtype` is the arithmetic's (float64 only to check float32 against). `overwrite_hessian`: the hessian's
+    memory may be reused (it is garbage after), which saves a copy of a d x d matrix.
     """
     _, scale = quantize_weight(w, axis)
     if w.ndim == 4:
         groups = hessian.shape[0]
         rows = w.reshape(groups, w.shape[0] // groups, -1)               # [g, Cout/g, d]
-        q = _gptq(rows, hessian, scale.reshape(groups, -1), damp, dtype=dtype)
+        q = _gptq(rows, hessian, scale.reshape(groups, -1), damp, dtype=dtype, overwrite_h=overwrite_hessian)
         return q.reshape(w.shape), scale
     rows = w if axis == 0 else w.T                                       # [out, K]
-    q = _gptq(rows[None], hessian, scale[None], damp, dtype=dtype)[0]
+    q = _gptq(rows[None], hessian, scale[None], damp, dtype=dtype, overwrite_h=overwrite_hessian)[0]
     return (q if axis == 0 else q.T), scale
 
 
 def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray | None:
-    """U upper triangular with H^-1 = U^T U, per group of h [g, d, d]; None if some H is not positive definite.
+    """U upper triangular with H^-1 = U^T U, per group of h [g, d, d], written over h; None if some H is not
+    positive definite (h is garbage then).
 
     With J the order reversal, J H J = L L^T gives H = (J L J)(J L J)^T and so U = J L^-1 J: one Cholesky and
-    one triangular inverse (LAPACK potrf + trtri), a third of the work of inverting H and factoring the inverse.
+    one triangular inverse, a third of the work of inverting H and factoring the inverse. Both are blocked
+    (_cholesky_lower, _invert_lower): numpy matrix products, which release the GIL, so layers round in
+    parallel threads beside the calibration pass (scipy's LAPACK wrappers hold the GIL while they run).
     """
-    potrf, trtri = (lapack.spotrf, lapack.strtri) if h.dtype == np.float32 else (lapack.dpotrf, lapack.dtrtri)
-    upper = np.empty_like(h)
-    for g in range(h.shape[0]):
-        low, info = potrf(np.ascontiguousarray(h[g, ::-1, ::-1]), lower=1, clean=1)
-        if info != 0:
+    low = _cholesky_lower(np.ascontiguousarray(h[:, ::-1, ::-1]))
+    if low is None:
+        return None
+    h[:] = _invert_lower(low)[:, ::-1, ::-1]
+    return h
+
+
+def _cholesky_lower(a: np.ndarray, block: int = 256) -> np.ndarray | None:
+    """In place, per group of a [g, d, d] symmetric positive definite: the lower Cholesky factor (the upper
+    triangle is left as garbage), by blocks of `block` columns; None if some group is not positive definite."""
+    d = a.shape[1]
+    for k0 in range(0, d, block):
+        k1 = min(k0 + block, d)
+        try:
+            lkk = np.linalg.cholesky(a[:, k0:k1, k0:k1].astype(np.float64))
+        except np.linalg.LinAlgError:
             return None
-        inv, info = trtri(low, lower=1)
-        if info != 0:
-            return None
-        upper[g] = inv[::-1, ::-1]
-    return upper
+        a[:, k0:k1, k0:k1] = lkk
+        if k1 < d:
+            panel = a[:, k1:, k0:k1]
+            panel[:] = panel @ np.linalg.inv(lkk).transpose(0, 2, 1).astype(a.dtype)   # L_ik = A_ik L_kk^-T
+            for j0 in range(k1, d, block):  # trailing update of the lower block triangle: A_ij -= L_ik L_jk^T
+                j1 = min(j0 + block, d)
+                a[:, j0:, j0:j1] -= panel[:, j0 - k1:] @ panel[:, j0 - k1:j1 - k1].transpose(0, 2, 1)
+    return a
+
+
+def _invert_lower(low: np.ndarray, block: int = 256) -> np.ndarray:
+    """In place, per group: the inverse of the lower-triangular low [g, d, d] (read from its lower triangle;
+    the result's upper triangle is zero), block row by block row: X_ii = L_ii^-1, X_i,<i = -X_ii L_i,<i X_<i."""
+    d = low.shape[1]
+    for i0 in range(0, d, block):
+        i1 = min(i0 + block, d)
+        xii = np.linalg.inv(np.tril(low[:, i0:i1, i0:i1]).astype(np.float64)).astype(low.dtype)
+        if i0:  # rows above hold X already; X_<i is lower triangular, so block column j sums over k >= j only
+            row = low[:, i0:i1, :i0]
+            sums = np.empty_like(row)
+            for j0 in range(0, i0, block):
+                j1 = min(j0 + block, i0)
+                sums[:, :, j0:j1] = row[:, :, j0:] @ low[:, j0:i0, j0:j1]
+            row[:] = -xii @ sums
+        low[:, i0:i1, i0:i1] = np.tril(xii)
+        low[:, i0:i1, i1:] = 0
+    return low
 
 
 def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: int = 128,
-          dtype: type = np.float32) -> np.ndarray:
+          dtype: type = np.float32, overwrite_h: bool = False) -> np.ndarray:
     """Batched GPTQ over groups: w [g, rows, d], h [g, d, d], scale [g, rows] -> int8 [g, rows, d].
 
     Columns are rounded in blocks of `block` (the authors' "lazy batch"): the same arithmetic as one column
     at a time, with the updates of later columns gathered into one matrix product per block."""
     w = w.astype(dtype, copy=True)
-    h = h.astype(dtype, copy=True)
+    h = h.astype(dtype, copy=not overwrite_h)
     d = w.shape[2]
     diag = np.einsum("gii->gi", h).astype(np.float64)
     dead = diag <= 0                                   # inputs that were always zero: their weights never matter
@@ -256,44 +307,56 @@ def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: i
 
 class Rounder:
     """Rounds layers with GPTQ on worker threads (one BLAS thread each), each as soon as its Hessian is complete:
-    hooked to InputHessian's `on_complete`, rounding overlaps the rest of the calibration pass, and each H is
-    freed once its layer is rounded. Use as a context manager; `finish(hessians)` rounds the layers whose H
-    never filled up and returns {weight initializer: (int8, scales)} for every layer whose H saw data."""
+    hooked to InputHessian's `on_complete`, rounding overlaps the rest of the calibration pass, the widest
+    waiting layer first (so that no long one is left to run alone at the end), and each H is freed once its
+    layer is rounded. Use as a context manager; `finish(hessians)` rounds the layers whose H never filled up and
+    returns {weight initializer: (int8, scales)} for every layer whose H saw data."""
 
     def __init__(self, proto: Any, weights: Mapping[str, tuple[str, int]], damp: float = DEFAULT_DAMP,
                  progress: Callable[[int, int], None] | None = None):
         self.inits = {t.name: t for t in proto.graph.initializer}
         self.weights, self.damp, self.progress = weights, damp, progress
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        self._jobs: dict[str, Future] = {}
+        self._results: dict[str, Future] = {}
+        self._waiting: list[tuple[int, int, str, int, InputHessian]] = []  # heap: widest layer first
         self._lock = threading.Lock()
 
     def __enter__(self) -> "Rounder":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for job in self._jobs.values():
-            job.cancel()
+        with self._lock:
+            self._waiting.clear()
         self._pool.shutdown(wait=True)
 
     def complete(self, node_name: str, hess: InputHessian) -> None:
         """Queue `node_name`'s layer for rounding (once per weight; nothing if its H saw no data)."""
         wname, axis = self.weights[node_name]
         with self._lock:
-            if wname not in self._jobs and hess.rows:
-                self._jobs[wname] = self._pool.submit(self._round, wname, axis, hess)
+            if wname in self._results or not hess.rows:
+                return
+            self._results[wname] = Future()
+            heapq.heappush(self._waiting, (-hess.d * hess.d * hess.groups, len(self._results), wname, axis, hess))
+        self._pool.submit(self._round_widest)
 
-    def _round(self, wname: str, axis: int, hess: InputHessian) -> tuple[np.ndarray, np.ndarray]:
-        h = hess.hessian()
-        hess.release()
-        return gptq_quantize(numpy_helper.to_array(self.inits[wname]), axis, h, self.damp)
+    def _round_widest(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                return
+            _, _, wname, axis, hess = heapq.heappop(self._waiting)
+        result = self._results[wname]
+        try:
+            result.set_result(gptq_quantize(numpy_helper.to_array(self.inits[wname]), axis, hess.take(), self.damp,
+                                            overwrite_hessian=True))
+        except BaseException as e:  # noqa: BLE001 - re-raised by finish() in the calibrating thread
+            result.set_exception(e)
 
     def finish(self, hessians: Mapping[str, InputHessian]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         for node_name, hess in hessians.items():
             self.complete(node_name, hess)
         codes = {}
-        for done, (wname, job) in enumerate(self._jobs.items(), 1):
-            codes[wname] = job.result()
+        for done, (wname, result) in enumerate(self._results.items(), 1):
+            codes[wname] = result.result()
             if self.progress is not None:
-                self.progress(done, len(self._jobs))
+                self.progress(done, len(self._results))
         return codes
