@@ -121,7 +121,9 @@ def test_compile_check_and_profile_with_a_fourth_backend(onnxruntime_target: Pat
         assert profile.backend == "onnxruntime" and profile.latency_ms.p50 > 0
         ops = {row.op for row in profile.layers}
         assert "Conv" in ops if precision == "fp32" else {"QuantizeLinear", "QGemm"} <= ops, ops  # int8 kernels
-        assert profile.mapped_share("onnx_nodes") > 0.9, [(r.layer, r.onnx_nodes, r.share) for r in profile.layers]
+        # rows, not time shares: on a 0.1 ms model one preempted kernel can hold most of the time (seen in CI)
+        mapped = [r for r in profile.layers if r.onnx_nodes]
+        assert len(mapped) >= 0.9 * len(profile.layers), [(r.layer, r.onnx_nodes) for r in profile.layers]
 
 
 def test_a_class_missing_part_of_the_protocol_is_refused(monkeypatch) -> None:
