@@ -148,6 +148,7 @@ class _Job:
         self.pass_log: list[dict[str, Any]] = []
         self.mixed: dict[str, Any] | None = None
         self._reference: tuple[Samples, list[Any]] | None = None
+        self._validation: Samples | None = None  # loaded before calibration when quantizing
 
     def run(self, staging: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """Passes, build, check and profile into `staging`; writes report.json, report.html, manifest.json (last)."""
@@ -179,7 +180,7 @@ class _Job:
         """Validation samples and the fp32 ONNX Runtime outputs on them: computed once per compile, shared by
         the final build and every comparison variant."""
         if self._reference is None:
-            samples = _validation_samples(fp32, self.calib)
+            samples = self._validation or _validation_samples(fp32, self.calib)
             self._reference = (samples, accuracy.collect(accuracy.onnx_runtime_runner(fp32.proto), samples))
         return self._reference
 
@@ -222,7 +223,7 @@ class _Job:
     def quantize(self, fp32: Model, staging: Path, comparison: dict[str, Any]) -> Model:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
         samples = calibration_samples(fp32, self.calib)
-        validation = _validation_samples(fp32, self.calib, calibration=samples)
+        validation = self._validation = _validation_samples(fp32, self.calib, calibration=samples)
         calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples)
         if calibrated.outputs is not None:  # the statistics pass ran the fp32 model on the validation samples
             self._reference = (validation, [np.concatenate(calibrated.outputs)])
@@ -413,11 +414,12 @@ def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int =
     very `calibration` object when it was loaded already and is not over the limit."""
     if calib is None:
         return synthetic_samples(model.inputs)
-    limited = dataclasses.replace(calib, limit=limit or calib.limit or VALIDATION_SAMPLES)
+    most = limit or calib.limit or VALIDATION_SAMPLES
+    limited = dataclasses.replace(calib, limit=most)
     validation = limited.load(model.inputs, "validation")
     if validation is not None:
         return validation
-    if calibration is not None and len(calibration) <= (limit or calib.limit or VALIDATION_SAMPLES):
+    if calibration is not None and len(calibration) <= most:
         return calibration
     return limited.load(model.inputs, "calibration") or synthetic_samples(model.inputs)
 

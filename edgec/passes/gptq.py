@@ -3,7 +3,7 @@
 GPTQ (Frantar et al., 2022) rounds one input column at a time and spreads each rounding error over the
 columns not yet rounded, weighted by the inverse of H = E[x x^T] of the layer's inputs.
 - `supports(node, weight_shape)`: 2-D Conv with explicit pads, Gemm/MatMul with a 2-D weight.
-- `InputHessian(node, weight_shape, max_samples=128, rows_per_column=64)`: streams H from the node's input
+- `InputHessian(node, weight_shape, max_samples=128, rows_per_column=4)`: streams H from the node's input
   (`update(x)`, e.g. as an `extra` observer of calibrate.collect_statistics), one H per Conv group. It takes
   the input rows of the first `max_samples` samples, but no more than the larger of `rows_per_column` x d
   (d = inputs per output channel) and what ROW_BUDGET_MACS of work buys (rows x groups x d^2 multiply-adds):
@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 from .qmath import quantize_weight
 
 DEFAULT_SAMPLES = 128  # calibration samples that feed each H: GPTQ's usual count
-DEFAULT_ROWS_PER_COLUMN = 4  # input rows per column of H for large layers (benchmarks/results/gptq-speed-*)
+DEFAULT_ROWS_PER_COLUMN = 4  # input rows per column of H for large layers (benchmarks/results/compile-time-*)
 DEFAULT_DAMP = 0.1
 ROW_BUDGET_MACS = 1 << 33  # Hessian work per layer (~0.1 s on one core) below which rows are never dropped
 _FLUSH_VALUES = 1 << 20  # input values (4 MB) buffered per layer before one x x^T product, or a quarter of H's
@@ -62,8 +62,7 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], pad
     kh, kw = kernel
     top, left, bottom, right = pads
     xp = np.pad(x, ((0, 0), (top, bottom), (left, right)))
-    out_h = (xp.shape[1] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    out_w = (xp.shape[2] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out_h, out_w = conv_output_size(x.shape[1:], kernel, strides, pads, dilations)
     if positions is not None:
         rows, cols_ = np.divmod(positions, out_w)
         rows, cols_ = rows * strides[0], cols_ * strides[1]
@@ -80,12 +79,13 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], pad
     return cols
 
 
-def _output_size(shape: tuple[int, ...], conv: Mapping[str, Any]) -> int:
-    (kh, kw), (sh, sw), (top, left, bottom, right), (dh, dw) = (conv["kernel"], conv["strides"], conv["pads"],
-                                                               conv["dilations"])
-    out_h = (shape[-2] + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    out_w = (shape[-1] + left + right - dw * (kw - 1) - 1) // sw + 1
-    return out_h * out_w
+def conv_output_size(size: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
+                     pads: tuple[int, int, int, int], dilations: tuple[int, int]) -> tuple[int, int]:
+    """(out_h, out_w) of a 2-D Conv on an input of spatial `size` (h, w)."""
+    (kh, kw), (top, left, bottom, right) = kernel, pads
+    out_h = (size[0] + top + bottom - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    out_w = (size[1] + left + right - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return out_h, out_w
 
 
 class InputHessian:
@@ -125,7 +125,8 @@ class InputHessian:
         x = np.asarray(x, np.float32)
         if self.op == "Conv":
             for one in x[:self.max_samples - self.samples]:
-                positions = self._positions(_output_size(one.shape, self.conv))
+                out_h, out_w = conv_output_size(one.shape[1:], **self.conv)
+                positions = self._positions(out_h * out_w)
                 cols = im2col(one, **self.conv, positions=positions)
                 channels, taps, count = cols.shape
                 self._add(cols.reshape(self.groups, channels // self.groups * taps, count))

@@ -91,8 +91,8 @@ def plan_search(ranges: Mapping[str, Range], order: Sequence[str], candidates: M
                 samples: int, max_tensors: int = MAX_TENSORS) -> SearchPlan:
     """The `max_tensors` tensors of `order` whose candidates spread most (at least MIN_SPREAD), in graph order,
     each with its candidates other than its current range."""
-    wide = [t for t in order if spread(candidates.get(t, ())) >= MIN_SPREAD]
-    chosen = set(sorted(wide, key=lambda t: -spread(candidates[t]))[:max_tensors])
+    spreads = {t: spread(candidates.get(t, ())) for t in order}
+    chosen = set(sorted((t for t in order if spreads[t] >= MIN_SPREAD), key=lambda t: -spreads[t])[:max_tensors])
     tensors = [t for t in order if t in chosen]
     return SearchPlan(tensors, {t: [c for c in candidates[t] if c != ranges[t]] for t in tensors}, len(order),
                       min(SCREEN_SAMPLES, samples), samples)
@@ -128,8 +128,8 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
                   note: Callable[[str], None] | None = None) -> tuple[dict, dict[str, Any]]:
     """Greedy sweep over `plan.tensors`, candidates outward from the current range (module docstring): screen
     each on `plan.screen_samples`; one that gains SCREEN_GAIN there is scored on `plan.samples` and kept when the
-    error on them falls by more than MIN_IMPROVEMENT. `score(build(ranges))(n)` is the mean output error on the first n samples. `note`
-    receives the time estimate once the first model has been timed.
+    error on them falls by more than MIN_IMPROVEMENT. `score(build(ranges))(n)` is the mean output error on the
+    first n samples. `note` receives the time estimate once the first model has been timed.
 
     Returns (new ranges, a log: starting and final error, evaluations, tensors changed, tensors searched).
     """
@@ -139,11 +139,11 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
     best_screen = now(plan.screen_samples)
     per_screen = time.perf_counter() - t0
     best = now(plan.samples)
-    per_full = time.perf_counter() - t0
+    confirming = time.perf_counter() - t0 - per_screen  # the samples a confirmation adds
     if note is not None:
         note(f"range search: {len(plan.tensors)} of {plan.considered} activation tensors, {plan.evaluations} "
              f"candidates on {plan.screen_samples} samples, ~{plan.evaluations * per_screen:.0f} s (a candidate that "
-             f"helps is confirmed on {plan.samples} samples, ~{per_full:.1f} s more)")
+             f"helps is confirmed on {plan.samples} samples, ~{confirming:.1f} s more)")
     start, screened, confirmed, changed = best, 0, 0, []
     for i, tensor in enumerate(plan.tensors):
         for side in _sides(plan.candidates[tensor], current[tensor]):
