@@ -5,23 +5,30 @@ Image folders: every image under the folder (recursively, sorted), turned into m
 (`dog/1.jpg`, `cat/2.jpg`) are labelled by the sorted subfolder names, as torchvision's ImageFolder does.
 Images are decoded one at a time when a sample is used, so memory stays bounded however many there are.
 
-.npz layout: an array per model input (named after the input, or `x` for a single-input model), leading
-dim = samples; optional `y` (or `labels`) with integer class labels. Keys prefixed `val_` (`val_x`,
-`val_y`) form a held-out split that accuracy checks prefer over the calibration split.
+.npz / Python data: an array per model input, named after the input (`x` for a model with one data input),
+read in one of two layouts, decided per input from its shape and said in the samples' description:
+- a leading sample axis: `[N, *input_shape]` (a state input [2, 1, 128] as [N, 2, 1, 128]; a scalar as [N]);
+- rows along the batch dim (the single-input layout): `[N x batch, *input_shape[1:]]`.
+An array holding one sample (or a 0-d scalar) beside inputs with N is given once: the same for every sample.
+Inputs with no array: constants from `--input-value NAME=VALUE` and recurrent state (zeros) (`fixed_inputs`).
+Optional `y` (or `labels`): integer class labels, one per row. Keys prefixed `val_` (`val_x`, `val_y`) form a
+held-out split that accuracy checks prefer over the calibration split. In Python, a list of feed dicts
+({input name: array of the input's shape}) reads as the leading-sample-axis layout.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Sequence as SequenceABC
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import ConfigError
 from .device.tvm_runner import seeded_feeds
-from .model import TensorSpec
+from .model import Model, TensorSpec
 from .shipped import shipped
 
 _LABEL_KEYS = ("y", "labels")
@@ -57,38 +64,40 @@ class CalibrationSet:
     seed: int = 0
     recipe: str | None = None  # image folders only: a name in edgec/recipes or a .toml path; default "unit"
 
-    def load(self, inputs: Sequence[TensorSpec], split: str = "calibration") -> Samples | None:
-        """Samples for `split` ('calibration' or 'validation'); None if the source has no such split."""
+    def load(self, inputs: Sequence[TensorSpec], split: str = "calibration",
+             fixed: Mapping[str, np.ndarray] | None = None) -> Samples | None:
+        """Samples for `split` ('calibration' or 'validation'); None if the source has no such split. `fixed`
+        (fixed_inputs()) fills inputs the data leaves out: constants and zero recurrent state."""
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--calib-samples must be at least 1 (got {self.limit}).")
+        fixed = dict(fixed or {})
         if isinstance(self.source, (str, Path)) and _is_image_folder(Path(self.source)):
             if split != "calibration":
                 return None
-            return _image_samples(Path(self.source), inputs, load_recipe(self.recipe or "unit"), self.limit, self.seed)
+            return _image_samples(Path(self.source), inputs, load_recipe(self.recipe or "unit"), self.limit,
+                                  self.seed, fixed)
         arrays, where = _read_source(self.source)
         prefix = "val_" if split == "validation" else ""
         chosen = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         if split == "calibration":
             chosen = {k: v for k, v in chosen.items() if not k.startswith("val_")}
-        if not chosen:
-            return None
         label_key = next((k for k in _LABEL_KEYS if k in chosen), None)
         labels = chosen.pop(label_key) if label_key else None
         if not chosen:
             return None
-        per_input = _match_inputs(chosen, inputs, where)
-        n = min(len(a) for a in per_input.values())
-        batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else 1
-        count = n // batch
-        if count == 0:
-            raise ConfigError(f"{where}: {n} samples, fewer than one batch of {batch}.")
-        order = np.arange(count)
-        if self.limit is not None and self.limit < count:
-            order = np.sort(np.random.default_rng(self.seed).choice(count, self.limit, replace=False))
-        feeds = [{name: a[i * batch:(i + 1) * batch] for name, a in per_input.items()} for i in order]
+        read = read_arrays(chosen, inputs, where, fixed)
+        order = np.arange(read.count)
+        if self.limit is not None and self.limit < read.count:
+            order = np.sort(np.random.default_rng(self.seed).choice(read.count, self.limit, replace=False))
+        feeds = _LayoutFeeds(read, order)
         if labels is not None:
-            labels = np.asarray(labels).reshape(-1)[: count * batch].reshape(count, batch)[order].reshape(-1)
-        return Samples(feeds, labels, f"{len(feeds)} {split} samples from {where}")
+            rows = read.rows_per_sample
+            labels = np.asarray(labels).reshape(-1)
+            if len(labels) < read.count * rows:
+                raise ConfigError(f"{where}: {len(labels)} labels for {read.count} samples of {rows} row(s) each; "
+                                  "give one label per row.")
+            labels = labels[: read.count * rows].reshape(read.count, rows)[order].reshape(-1)
+        return Samples(feeds, labels, f"{len(feeds)} {split} samples from {where} ({read.layout})")
 
 
 def _read_source(source: Any) -> tuple[dict[str, np.ndarray], str]:
@@ -104,7 +113,7 @@ def _read_source(source: Any) -> tuple[dict[str, np.ndarray], str]:
             keys = set(parts[0])
             if any(set(p) != keys for p in parts):
                 raise ConfigError(f"Files in '{path}' hold different arrays; give every file the same keys.")
-            return {k: np.concatenate([p[k] for p in parts]) for k in keys}, str(path)
+            return {k: _joined(np.concatenate, [p[k] for p in parts], k, str(path)) for k in keys}, str(path)
         return _read_file(path), str(path)
     if isinstance(source, np.ndarray):
         return {"x": source}, "the given array"
@@ -114,11 +123,24 @@ def _read_source(source: Any) -> tuple[dict[str, np.ndarray], str]:
         items = list(source)
         if not items:
             raise ConfigError("The calibration iterable is empty.")
+        where = "the given iterable"
         if all(isinstance(i, dict) for i in items):
-            return {k: np.stack([np.asarray(i[k]) for i in items]) for k in items[0]}, "the given iterable"
-        return {"x": np.stack([np.asarray(i) for i in items])}, "the given iterable"
+            if any(set(i) != set(items[0]) for i in items):
+                raise ConfigError(f"The feed dicts of {where} name different inputs; give every dict the same keys.")
+            return {k: _joined(np.stack, [np.asarray(i[k]) for i in items], k, where) for k in items[0]}, where
+        return {"x": _joined(np.stack, [np.asarray(i) for i in items], "x", where)}, where
     raise ConfigError(f"Can't read calibration data from a {type(source).__name__}: give a .npz/.npy path, "
                       "a folder of them, an array or an iterable of arrays.")
+
+
+def _joined(join: Callable[[list[np.ndarray]], np.ndarray], parts: list[np.ndarray], key: str,
+            where: str) -> np.ndarray:
+    try:
+        return join(parts)
+    except ValueError as e:
+        shapes = sorted({str(list(p.shape)) for p in parts})
+        raise ConfigError(f"{where}: the '{key}' arrays have different shapes ({', '.join(shapes[:4])}); give every "
+                          "sample the same shape.") from e
 
 
 def _read_file(path: Path) -> dict[str, np.ndarray]:
@@ -133,35 +155,178 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
     raise ConfigError(f"Calibration file '{path}' is not .npz or .npy.")
 
 
-def _match_inputs(arrays: dict[str, np.ndarray], inputs: Sequence[TensorSpec], where: str) -> dict[str, np.ndarray]:
-    if len(inputs) == 1 and inputs[0].name not in arrays and "x" in arrays:
-        arrays = {inputs[0].name: arrays["x"]}
-    missing = [s.name for s in inputs if s.name not in arrays]
+_LAYOUT_NAMES = {"samples": "a leading sample axis per input: [N, *input_shape], scalars [N]",
+                 "rows": "rows along the model's batch dim: [N x batch, ...]",
+                 "constant": "given once for every sample"}
+_STATE_NAME = re.compile(r"(^|[_./])(state|states|h0|c0|hx|cx|hidden|past|cache|memory|mem)($|[_./\d])",
+                         re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class InputArrays:
+    """Arrays read for a model's inputs, and how each is cut into samples: per input "samples" (a[i]),
+    "rows" (a[i*batch:(i+1)*batch], the layout of single-input files from before) or "constant" (a itself)."""
+
+    arrays: Mapping[str, np.ndarray]
+    kinds: Mapping[str, str]
+    count: int
+    rows_per_sample: int
+    layout: str  # what the file was read as, for the samples' description
+
+    def feed(self, i: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name, a in self.arrays.items():
+            kind = self.kinds[name]
+            if kind == "samples":
+                out[name] = a[i]
+            elif kind == "rows":
+                rows = len(a) // self.count
+                out[name] = a[i * rows:(i + 1) * rows]
+            else:
+                out[name] = a
+        return out
+
+
+class _LayoutFeeds(SequenceABC):
+    """The feeds of an InputArrays, cut on access (the arrays are not copied per sample)."""
+
+    def __init__(self, read: InputArrays, order: np.ndarray):
+        self.read, self.order = read, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return _LayoutFeeds(self.read, self.order[i])
+        return self.read.feed(int(self.order[i]))
+
+
+def read_arrays(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec], where: str,
+                fixed: Mapping[str, np.ndarray] | None = None) -> InputArrays:
+    """Match named arrays to the model's inputs and decide each one's layout (InputArrays); inputs without an
+    array take their `fixed` value. ConfigError naming the input, its shape and the layouts it accepts."""
+    fixed = dict(fixed or {})
+    data_inputs = [s for s in inputs if s.name in arrays or s.name not in fixed]
+    if len(data_inputs) == 1 and data_inputs[0].name not in arrays and "x" in arrays:
+        arrays = {data_inputs[0].name: arrays["x"]}
+    missing = [s.name for s in data_inputs if s.name not in arrays]
     if missing:
         raise ConfigError(f"{where} has no array for input(s) {', '.join(missing)} (it has {', '.join(arrays)}). "
-                          "Name arrays after the model's inputs, or 'x' for a single-input model.")
-    out = {}
-    for spec in inputs:
-        a = arrays[spec.name]
-        want = tuple(spec.shape[1:])
-        if a.shape == want:
-            a = a[None]  # a single sample without its batch dim
-        if len(a.shape) != len(spec.shape) or any(isinstance(w, int) and w != h for w, h in zip(want, a.shape[1:])):
-            raise ConfigError(f"{where}: array '{spec.name}' has shape {list(a.shape)}; the model wants "
-                              f"[N, {', '.join(map(str, want))}] for input '{spec.name}'.")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise ConfigError(f"{where}: array '{spec.name}' contains NaN or Inf values. Clean the data first.")
-        out[spec.name] = a.astype(np.dtype(spec.dtype)) if spec.dtype in ("float32", "float16", "int64", "int32",
-                                                                          "uint8", "int8") else a
-    return out
+                          "Name arrays after the model's inputs ('x' for a single data input), or give a constant "
+                          "with --input-value NAME=VALUE (input_values= in Python).")
+    out: dict[str, np.ndarray] = {}
+    kinds: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for spec in data_inputs:
+        a = _as_input_dtype(np.asarray(arrays[spec.name]), spec, where)
+        kinds[spec.name], counts[spec.name], out[spec.name] = _layout_of(a, spec, where)
+    count = _sample_count(counts, kinds, out, where)
+    notes = sorted({_LAYOUT_NAMES[k] for k in kinds.values()})
+    for name, value in fixed.items():
+        if name not in out:
+            out[name], kinds[name] = value, "constant"
+            notes.append(f"'{name}' {_describe_fixed(value)}")
+    first = data_inputs[0] if data_inputs else inputs[0]
+    rows = first.shape[0] if first.shape and isinstance(first.shape[0], int) else 1
+    return InputArrays(out, kinds, count, rows, "; ".join(notes))
 
 
-def synthetic_samples(inputs: Sequence[TensorSpec], count: int = 16, seed: int = 0) -> Samples:
+def _layout_of(a: np.ndarray, spec: TensorSpec, where: str) -> tuple[str, int, np.ndarray]:
+    """(kind, sample count, array) for one input's array."""
+    shape = tuple(spec.shape)
+    if a.ndim == len(shape) + 1 and _fits(a.shape[1:], shape):
+        return "samples", a.shape[0], a
+    if shape and a.ndim == len(shape) and _fits(a.shape[1:], shape[1:]):
+        batch = shape[0] if isinstance(shape[0], int) else 1
+        if a.shape[0] % batch:
+            raise ConfigError(f"{where}: array '{spec.name}' has {a.shape[0]} rows, not a multiple of the model's "
+                              f"batch {batch}.")
+        return "rows", a.shape[0] // batch, a
+    if shape and a.ndim == len(shape) - 1 and _fits(a.shape, shape[1:]):
+        return "rows", 1, a[None]  # one sample without its batch dim
+    if a.ndim == 0 and not shape:
+        return "constant", 0, a
+    want = ", ".join(map(str, shape))
+    raise ConfigError(f"{where}: array '{spec.name}' has shape {list(a.shape)}; input '{spec.name}' is [{want}]: "
+                      f"give [N, {want}] (a leading sample axis)" + (f" or [N x {shape[0]}, {', '.join(map(str, shape[1:]))}]"
+                                                                     if shape else "") + ".")
+
+
+def _sample_count(counts: Mapping[str, int], kinds: dict[str, str], arrays: dict[str, np.ndarray],
+                  where: str) -> int:
+    """The common sample count. An array holding one sample beside inputs with more becomes a constant (in
+    place in `kinds` and `arrays`)."""
+    empty = [n for n, c in counts.items() if kinds[n] != "constant" and c == 0]
+    if empty:
+        raise ConfigError(f"{where}: the array for input '{empty[0]}' holds no samples (fewer than one batch).")
+    many = {n: c for n, c in counts.items() if kinds[n] != "constant" and c > 1}
+    if len(set(many.values())) > 1:
+        listed = ", ".join(f"'{n}' {c}" for n, c in many.items())
+        raise ConfigError(f"{where}: the inputs' arrays hold different numbers of samples ({listed}); give every "
+                          "input the same count, or one sample of an input that is the same for all.")
+    for name in counts:
+        if many and name not in many and kinds[name] != "constant":
+            arrays[name] = arrays[name][0] if kinds[name] == "samples" else arrays[name]
+            kinds[name] = "constant"
+    if many:
+        return next(iter(many.values()))
+    if any(k != "constant" for k in kinds.values()):
+        return 1
+    raise ConfigError(f"{where}: every array is a single value; give at least one input with a leading sample "
+                      "axis.")
+
+
+def _fits(have: Sequence[int], want: Sequence[int | str]) -> bool:
+    return len(have) == len(want) and all(not isinstance(w, int) or w == h for h, w in zip(have, want))
+
+
+def _as_input_dtype(a: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    want = np.dtype(spec.dtype)
+    if a.dtype == want:
+        pass
+    elif want.kind in "iub" and a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        raise ConfigError(f"{where}: input '{spec.name}' is {spec.dtype}, but its array holds fractional "
+                          f"{a.dtype} values; give integers.")
+    elif a.dtype.kind not in "biuf":
+        raise ConfigError(f"{where}: array '{spec.name}' is {a.dtype}; input '{spec.name}' wants {spec.dtype}.")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ConfigError(f"{where}: array '{spec.name}' contains NaN or Inf values. Clean the data first.")
+    return a if a.dtype == want else a.astype(want)
+
+
+def fixed_inputs(model: Model) -> dict[str, np.ndarray]:
+    """Inputs that need no data: the constants given with --input-value (provenance["input_values"]) and
+    recurrent state, zero (an input named like state, h0, c0, hidden, past or cache, or any input but the
+    first that has an output of its shape and type, as an LSTM's state has). Data given for either wins."""
+    values = model.provenance.get("input_values") or {}
+    outputs = {(tuple(o.shape), o.dtype) for o in model.outputs}
+    fixed = {}
+    for i, spec in enumerate(model.inputs):
+        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+        if spec.name in values:
+            fixed[spec.name] = np.broadcast_to(np.asarray(values[spec.name], dtype=spec.dtype), shape).copy()
+        elif _STATE_NAME.search(spec.name) or (i > 0 and (tuple(spec.shape), spec.dtype) in outputs):
+            fixed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return fixed
+
+
+def _describe_fixed(value: np.ndarray) -> str:
+    if not value.any():
+        return "zeros (recurrent state or not given: give an array named after it to set it)"
+    shown = value.item() if value.size == 1 else f"an array {list(value.shape)}"
+    return f"= {shown} for every sample (--input-value)"
+
+
+def synthetic_samples(inputs: Sequence[TensorSpec], count: int = 16, seed: int = 0,
+                      fixed: Mapping[str, np.ndarray] | None = None) -> Samples:
     """Seeded inputs (tvm_runner.seeded_feeds: uniform [0, 1), zeros for integer inputs; dynamic dims 1), for
-    checks when the user gave no data. Says so in its description."""
+    checks when the user gave no data; `fixed` inputs (fixed_inputs()) keep their value. Says so in its
+    description."""
+    fixed = dict(fixed or {})
     specs = [{"name": s.name, "shape": [d if isinstance(d, int) else 1 for d in s.shape], "dtype": s.dtype}
              for s in inputs]
-    feeds = [seeded_feeds(specs, seed + i) for i in range(count)]
+    feeds = [{**seeded_feeds(specs, seed + i), **fixed} for i in range(count)]
     return Samples(feeds, None, f"{count} synthetic random samples (no data given: agreement on noise says "
                                 "little about real accuracy; pass --calib)")
 
@@ -261,11 +426,13 @@ class _LazyFeeds(SequenceABC):
 
 
 def _image_samples(folder: Path, inputs: Sequence[TensorSpec], recipe: Recipe, limit: int | None,
-                   seed: int) -> Samples:
-    if len(inputs) != 1:
-        raise ConfigError(f"An image folder can calibrate a single-input model; this one has {len(inputs)} inputs. "
-                          "Use an .npz with one array per input.")
-    spec = inputs[0]
+                   seed: int, fixed: Mapping[str, np.ndarray]) -> Samples:
+    images = [s for s in inputs if s.name not in fixed]
+    if len(images) != 1:
+        raise ConfigError(f"An image folder feeds one input; this model has {len(images)} inputs without a fixed "
+                          f"value ({', '.join(s.name for s in images)}). Use an .npz with one array per input, or "
+                          "give the others with --input-value NAME=VALUE.")
+    spec = images[0]
     if isinstance(spec.shape[0], int) and spec.shape[0] != 1:
         raise ConfigError(f"Image folders feed batch 1; input '{spec.name}' has batch {spec.shape[0]}. "
                           f"Compile with --input-shape {spec.name}=1x... or use an .npz.")
@@ -275,7 +442,7 @@ def _image_samples(folder: Path, inputs: Sequence[TensorSpec], recipe: Recipe, l
     classes = sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
     labelled = bool(classes) and all(len(p.relative_to(folder).parts) > 1 for p in files)
     labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files]) if labelled else None
-    feeds = _LazyFeeds(files, lambda p: {spec.name: recipe.apply(p, spec)})
+    feeds = _LazyFeeds(files, lambda p: {spec.name: recipe.apply(p, spec), **fixed})
     feeds[0]  # decode one now: a recipe that does not fit the model fails before any work is done
     what = f"{len(files)} images from {folder} (recipe '{recipe.name}'" + (f", {len(classes)} classes)" if labelled else ")")
     return Samples(feeds, labels, what)

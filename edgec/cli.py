@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from . import board
 from .calibration import CalibrationSet
 from .errors import ConfigError, EdgecError
-from .frontend import parse_input_shapes
+from .frontend import parse_input_shapes, parse_input_values
 from .isolation import load_native_modules
 from .model import load_model, node_sources
 from .pipeline import build_engine, compile, profile
@@ -86,6 +86,9 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
                    "(channel pruning needs the PyTorch model: edgec.prune)")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
                    help="fix an input's shape (repeatable)")
+    c.add_argument("--input-value", action="append", default=[], metavar="NAME=VALUE",
+                   help="a constant input, fed to every run (e.g. sr=16000; repeatable); recurrent state inputs "
+                        "not in the data are zeros")
     c.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/<model>-<target>-<precision>)")
     c.add_argument("--runs", type=int, default=100, help="timed runs for the built-in profile (default 100)")
     c.add_argument("--json", action="store_true", help="print the build summary as JSON")
@@ -142,7 +145,8 @@ def _compile(args: argparse.Namespace) -> int:
     calib = CalibrationSet(args.calib, limit=args.calib_samples, seed=args.calib_seed,
                            recipe=args.calib_recipe) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
-                    input_shapes=parse_input_shapes(args.input_shape), output_dir=args.output,
+                    input_shapes=parse_input_shapes(args.input_shape),
+                    input_values=parse_input_values(args.input_value), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
                     weight_rounding=args.weight_rounding, range_search=args.range_search, prune=args.prune,
                     profile_runs=args.runs, progress=not args.quiet, use_cache=not args.no_cache)

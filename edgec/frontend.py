@@ -47,8 +47,10 @@ def _parse_dim(text: str) -> Dim:
 
 
 def to_model(source: Any, example_inputs: Sequence[Any] | None = None,
-             input_shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
-    """Turn what the user has into a checked Model whose inputs all have static shapes."""
+             input_shapes: Mapping[str, Sequence[int]] | None = None,
+             input_values: Mapping[str, Any] | None = None) -> Model:
+    """Turn what the user has into a checked Model whose inputs all have static shapes; `input_values` (constant
+    inputs, e.g. a sample rate) are kept in provenance["input_values"] for every run edgec makes."""
     if isinstance(source, (str, os.PathLike)):
         model = load_model(Path(source))
     elif type(source).__name__ == "ModelProto":
@@ -59,7 +61,23 @@ def to_model(source: Any, example_inputs: Sequence[Any] | None = None,
     else:
         raise ConfigError(f"Can't compile a {type(source).__name__}: pass an .onnx path, an onnx.ModelProto, "
                           "a torch.nn.Module (with example_inputs) or a torch.export.ExportedProgram.")
-    return set_input_shapes(model, dict(input_shapes or {}))
+    return set_input_shapes(model, dict(input_shapes or {}), dict(input_values or {}))
+
+
+def parse_input_values(specs: Sequence[str]) -> dict[str, Any]:
+    """Parse CLI `NAME=VALUE` specs (a number, or comma-separated numbers for a vector)."""
+    values: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            numbers = [float(v) if any(c in v for c in ".eE") else int(v) for v in text.split(",")]
+        except ValueError:
+            raise ConfigError(f"Bad --input-value '{spec}': write NAME=NUMBER (e.g. sr=16000) or "
+                              "NAME=N1,N2,... for a vector.") from None
+        values[name] = numbers[0] if len(numbers) == 1 else numbers
+    return values
 
 
 def _is_torch(obj: Any) -> bool:
@@ -107,16 +125,21 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]]) -> Model:
-    """Fix input dims from `shapes`; a remaining dynamic leading (batch) dim becomes 1.
+def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]],
+                     values: Mapping[str, Any] | None = None) -> Model:
+    """Fix input dims from `shapes`; a remaining dynamic leading (batch) dim becomes 1. `values` are constant
+    inputs (checked against the fixed shapes, kept in provenance["input_values"]).
 
-    A (min, opt, max) dim stays symbolic; its range is kept in provenance["dynamic_shapes"].
+    A (min, opt, max) dim stays symbolic; its range is kept in provenance["dynamic_shapes"]. When shape
+    inference can't follow the new shapes through every subgraph (an `If` branch that the inputs never take),
+    ONNX Runtime must run the model with them: then the shapes stand.
     """
     by_name = {spec.name: spec for spec in model.inputs}
-    unknown = sorted(set(shapes) - set(by_name))
-    if unknown:
-        raise ConfigError(f"--input-shape names {', '.join(unknown)}, but the model's inputs are: "
-                          f"{', '.join(by_name)}.")
+    values = dict(values or {})
+    for flag, names in (("--input-shape", shapes), ("--input-value", values)):
+        unknown = sorted(set(names) - set(by_name))
+        if unknown:
+            raise ConfigError(f"{flag} names {', '.join(unknown)}, but the model's inputs are: {', '.join(by_name)}.")
     notes = []
     dynamic_shapes: dict[str, dict[str, list[int]]] = {}
     opt_shapes: dict[str, tuple[int, ...]] = {}
@@ -137,10 +160,14 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]]) -> Model:
             dynamic_shapes[spec.name] = {key: [d[k] if isinstance(d, tuple) else d for d in wanted]
                                          for k, key in enumerate(("min", "opt", "max"))}
         opt_shapes[spec.name] = tuple(d[1] if isinstance(d, tuple) else d for d in wanted)
-    proto = _reinfer_shapes(model)
-    if shapes:
-        _dry_run(proto, opt_shapes)
     provenance = dict(model.provenance)
+    if values:
+        provenance["input_values"] = _checked_values(values, Model(model.proto).inputs, opt_shapes)
+    proto, inference_note = _reinfer_shapes(model)
+    if shapes or values or inference_note:
+        _dry_run(proto, opt_shapes, provenance.get("input_values", {}), inference_note)
+    if inference_note:
+        notes.append(inference_note)
     if notes:
         provenance["notes"] = provenance.get("notes", []) + notes
     if dynamic_shapes:
@@ -187,8 +214,28 @@ def _write_dims(value: Any, name: str, wanted: Sequence[Dim]) -> None:
             dim.dim_value = size
 
 
-def _reinfer_shapes(model: Model) -> Any:
-    """The model's proto with every non-input shape inferred again from its (new) input shapes."""
+def _checked_values(values: Mapping[str, Any], inputs: Sequence[TensorSpec],
+                    shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """`values` as JSON lists/numbers of each input's dtype; ConfigError when one does not fit its input."""
+    import numpy as np
+
+    out = {}
+    for spec in inputs:
+        if spec.name not in values:
+            continue
+        shape = shapes.get(spec.name, tuple(d if isinstance(d, int) else 1 for d in spec.shape))
+        try:
+            array = np.broadcast_to(np.asarray(values[spec.name], dtype=spec.dtype), shape)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--input-value {spec.name}: {values[spec.name]!r} does not fit input '{spec.name}' "
+                              f"({spec.dtype}{list(shape)}): {e}.") from e
+        out[spec.name] = array.tolist()
+    return out
+
+
+def _reinfer_shapes(model: Model) -> tuple[Any, str | None]:
+    """The model's proto with every non-input shape inferred again from its (new) input shapes, and a note when
+    strict inference failed and the lenient one was used (the dry run then decides)."""
     import onnx
 
     graph = model.proto.graph
@@ -199,23 +246,43 @@ def _reinfer_shapes(model: Model) -> Any:
             if not dim.HasField("dim_value"):
                 dim.Clear()
     try:
-        return onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True, data_prop=True), None
     except Exception as e:
-        given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
-        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
+        if not _has_subgraphs(model.proto):
+            given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in Model(model.proto).inputs)
+            raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
+        strict_error = brief(e)
+    try:
+        proto = onnx.shape_inference.infer_shapes(model.proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        proto = model.proto
+    return proto, (f"shape inference could not follow the input shapes into every subgraph ({strict_error}); "
+                   "ONNX Runtime ran the model with them")
 
 
-def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Run once on zeros: shape inference misses some clashes (e.g. Conv channels), the runtime does not."""
+def _has_subgraphs(proto: Any) -> bool:
+    return any(a.type in (5, 10) for n in proto.graph.node for a in n.attribute)  # GRAPH, GRAPHS
+
+
+def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]], values: Mapping[str, Any],
+             inference_note: str | None) -> None:
+    """Run once on zeros (and the constant `values`): shape inference misses some clashes (e.g. Conv channels),
+    the runtime does not."""
     import numpy as np
 
     inputs = Model(proto).inputs
     try:
         session = ort_session(proto, log_level=4)
-        session.run(None, {s.name: np.zeros(shapes.get(s.name, s.shape), dtype=s.dtype) for s in inputs})
+        session.run(None, {s.name: np.asarray(values[s.name], dtype=s.dtype) if s.name in values else
+                           np.zeros(shapes.get(s.name, s.shape), dtype=s.dtype) for s in inputs})
     except Exception as e:
         given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in inputs)
-        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}") from e
+        hint = f" ({inference_note.split(';')[0]})" if inference_note else ""
+        constants = ", ".join(values)
+        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}{hint}. "
+                          + (f"It ran with the constants {constants}. " if constants else
+                             "If an input selects a branch (e.g. a sample rate), give it with --input-value "
+                             "NAME=VALUE. ")) from e
 
 
 def _fmt(shape: Sequence[Any]) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import accuracy, cache
 from .backends import Backend, get_backend
-from .calibration import CalibrationSet, Samples, synthetic_samples
+from .calibration import CalibrationSet, Samples, fixed_inputs, synthetic_samples
 from .errors import ConfigError
 from .fileio import staged_dir, write_json_atomic
 from .frontend import to_model
@@ -23,6 +23,7 @@ from .isolation import import_onnxruntime, isolated
 from .model import Model, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
+from .passes.opset import QDQ_MIN_OPSET, OpsetUpgradePass, default_opset
 from .passes.mixed import MixedResult, layer_times, search_mixed
 from .passes.ptq import Calibrated, calibrate, calibration_samples
 from .passes.qdq import WeightOnlyInt8Pass
@@ -68,7 +69,8 @@ NOT_IN_CACHE_KEY = frozenset({"output_dir", "progress", "use_cache"})
 @isolated
 def compile(model: Any, target: str | Target = "intel-cpu", precision: str | None = None,
             calibration: Any = None, *, example_inputs: Sequence[Any] | None = None,
-            input_shapes: Mapping[str, Sequence[int]] | None = None, output_dir: str | Path | None = None,
+            input_shapes: Mapping[str, Sequence[int]] | None = None,
+            input_values: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
             weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None, profile_runs: int = 100, progress: bool = True,
             use_cache: bool = True) -> Build:
@@ -76,7 +78,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
 
     int8 and mixed need `calibration` data; `weight_rounding` is "gptq" (error-compensating, passes/gptq.py)
     or "nearest"; `range_search` calibration samples judge candidate activation ranges by the model's output
-    (passes/range_search.py; 0 turns it off). `max_accuracy_drop` (points of labelled accuracy, or of top-1
+    (passes/range_search.py; 0 turns it off). `input_values` are constant inputs ({"sr": 16000}): fed to every
+    run edgec makes and recorded in the manifest. `max_accuracy_drop` (points of labelled accuracy, or of top-1
     agreement with fp32 without labels) is the budget for `mixed`. Writes `output_dir` atomically: on
     any failure or interrupt the previous folder (or nothing) remains.
     """
@@ -89,7 +92,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
                              max_accuracy_drop, prune, profile_runs)
     steps = Steps(progress)
     with steps.step("loading the model"):
-        model_in = to_model(model, example_inputs, input_shapes)
+        model_in = to_model(model, example_inputs, input_shapes, input_values)
     request = plan(model_in, options, backend, sdk)
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{options.precision}"
     _check_output_dir(out)
@@ -156,6 +159,8 @@ class _Job:
         fp32 = self.run_pass(CleanupPass(), self.model_in)
         if o.sparsity is not None:
             fp32 = self.run_pass(o.sparsity, fp32)
+        if o.precision in ("int8", "mixed", "int8-weights") and default_opset(fp32.proto) < QDQ_MIN_OPSET:
+            fp32 = self.run_pass(OpsetUpgradePass(), fp32)
         comparison: dict[str, Any] = {}
         final = fp32
         if o.precision in ("int8", "mixed"):
@@ -412,16 +417,17 @@ def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int =
                         calibration: Samples | None = None) -> Samples:
     """The validation split (at most `limit` or VALIDATION_SAMPLES), else the calibration samples: then the
     very `calibration` object when it was loaded already and is not over the limit."""
+    fixed = fixed_inputs(model)
     if calib is None:
-        return synthetic_samples(model.inputs)
+        return synthetic_samples(model.inputs, fixed=fixed)
     most = limit or calib.limit or VALIDATION_SAMPLES
     limited = dataclasses.replace(calib, limit=most)
-    validation = limited.load(model.inputs, "validation")
+    validation = limited.load(model.inputs, "validation", fixed)
     if validation is not None:
         return validation
     if calibration is not None and len(calibration) <= most:
         return calibration
-    return limited.load(model.inputs, "calibration") or synthetic_samples(model.inputs)
+    return limited.load(model.inputs, "calibration", fixed) or synthetic_samples(model.inputs, fixed=fixed)
 
 
 def _check_output_dir(out: Path) -> None:

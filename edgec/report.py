@@ -27,15 +27,22 @@ def new_manifest(source: Model, model: Model, target: Target, precision: str, sd
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "target": target.to_json(), "precision": precision,
         "input": {k: v for k, v in source.provenance.items() if k != "notes"},
-        "notes": source.provenance.get("notes", []),
+        "notes": model.provenance.get("notes", source.provenance.get("notes", [])),
         "passes": list(passes),
         "quantization": model.provenance.get("quantization"),
         "dynamic_shapes": model.provenance.get("dynamic_shapes"),
         "sparsity": model.provenance.get("sparsity"),
-        "inputs": [s.to_json() for s in model.inputs], "outputs": [s.to_json() for s in model.outputs],
+        "inputs": input_specs(model), "outputs": [s.to_json() for s in model.outputs],
         "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
                      "layer_map": artifact.layer_map},
     }
+
+
+def input_specs(model: Model) -> list[dict[str, Any]]:
+    """The inputs' specs as JSON; a constant input (--input-value) carries its `value`, which runs on the device
+    feed (tvm_runner.seeded_feeds)."""
+    values = model.provenance.get("input_values") or {}
+    return [{**s.to_json(), **({"value": values[s.name]} if s.name in values else {})} for s in model.inputs]
 
 
 def new_report(manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,8 @@ class CompileRequest:
             calibration = {"data": data, "limit": o.calibration.limit, "seed": o.calibration.seed,
                            "recipe": recipe_fingerprint(o.calibration.recipe)}
         return {"edgec": __version__, "code": cache.code_fingerprint(), "sdk": dict(self.sdk),
-                "model": self.model.sha256(), "target": o.target.to_json(), "precision": o.precision,
+                "model": self.model.sha256(),
+                "input_values": self.model.provenance.get("input_values"), "target": o.target.to_json(), "precision": o.precision,
                 "calibration": calibration, "calibration_method": o.calibration_method,
                 "weight_rounding": o.weight_rounding, "range_search": o.range_search,
                 "max_accuracy_drop": o.max_accuracy_drop, "prune": o.prune, "profile_runs": o.profile_runs}

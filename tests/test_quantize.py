@@ -145,7 +145,7 @@ def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
 @pytest.mark.parametrize("data, match", [
     (None, "needs calibration data"),
     ({"val_x": np.zeros((4, 3, 16, 16), np.float32)}, "no calibration split"),
-    ({"x": np.zeros((4, 3, 9, 9), np.float32)}, "the model wants"),
+    ({"x": np.zeros((4, 3, 9, 9), np.float32)}, r"input 'x' is \[1, 3, 16, 16\]: give \[N, 1, 3, 16, 16\]"),
     ({"x": np.full((4, 3, 16, 16), np.inf, np.float32)}, "NaN or Inf"),
     ({"x": np.zeros((0, 3, 16, 16), np.float32)}, "fewer than one batch"),
     ({"x": np.zeros((3, 3, 16, 16), np.float32)}, "at least 8 samples"),

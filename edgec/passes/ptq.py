@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..calibration import CalibrationSet, Samples
+from ..calibration import CalibrationSet, Samples, fixed_inputs
 from ..errors import ConfigError
 from ..model import Model
 from ..progress import Steps
@@ -58,7 +58,7 @@ def calibration_samples(model: Model, calibration: CalibrationSet | None) -> Sam
     if calibration is None:
         raise ConfigError("int8 needs calibration data: pass --calib PATH (a .npz/.npy file or a folder) "
                           "or calibration=... in Python.")
-    samples = calibration.load(model.inputs, "calibration")
+    samples = calibration.load(model.inputs, "calibration", fixed_inputs(model))
     if samples is None:
         raise ConfigError(f"The calibration data has no calibration split (only val_ arrays): add arrays named "
                           f"after the inputs ({', '.join(s.name for s in model.inputs)}) or 'x'.")
