@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from . import board
 from .calibration import CalibrationSet
-from .errors import ConfigError, EdgecError
+from .errors import AccuracyCheckFailed, ConfigError, EdgecError
 from .frontend import parse_input_shapes, parse_input_values
 from .isolation import load_native_modules
 from .model import load_model, node_sources
@@ -19,7 +19,7 @@ from .pipeline import build_engine, compile, profile
 from .profile import Profile
 from .target import list_targets, load_target
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INACCURATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         load_native_modules()
         return args.func(args) or EXIT_OK
+    except AccuracyCheckFailed as e:
+        if isinstance(e.profile, Profile) and not getattr(args, "json", False):
+            print(e.profile.table())
+        print(f"edgec: error: {e}", file=sys.stderr)
+        return e.exit_code
     except EdgecError as e:
         print(f"edgec: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -93,6 +98,9 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--runs", type=int, default=100, help="timed runs for the built-in profile (default 100)")
     c.add_argument("--json", action="store_true", help="print the build summary as JSON")
     c.add_argument("--no-cache", action="store_true", help="build even if an identical build is cached")
+    c.add_argument("--accept-inaccurate", action="store_true",
+                   help="keep a build that fails its accuracy check against fp32 (default: exit 4, the build is "
+                        "moved to OUT.rejected/ and OUT is left as it was)")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     c.set_defaults(func=_compile)
 
@@ -149,7 +157,8 @@ def _compile(args: argparse.Namespace) -> int:
                     input_values=parse_input_values(args.input_value), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
                     weight_rounding=args.weight_rounding, range_search=args.range_search, prune=args.prune,
-                    profile_runs=args.runs, progress=not args.quiet, use_cache=not args.no_cache)
+                    profile_runs=args.runs, progress=not args.quiet, use_cache=not args.no_cache,
+                    accept_inaccurate=args.accept_inaccurate)
     if args.json:
         print(json.dumps(build.summary(), indent=2))
         return EXIT_OK
@@ -165,7 +174,10 @@ def _compile(args: argparse.Namespace) -> int:
             line += f", labelled accuracy {100 * acc['labelled']['accuracy']:.2f}%"
         print(line + f" ({acc['data']})")
     elif "skipped" in acc:
-        print(f"accuracy: {acc['skipped']}")
+        print(f"accuracy: NOT CHECKED: {acc['skipped']}")
+    if acc.get("ok") is False:
+        print(f"edgec: WARNING: kept with --accept-inaccurate although it fails its check ({acc['criterion']})",
+              file=sys.stderr)
     for name, variant in (build.report.get("comparison") or {}).items():
         lab = variant["accuracy"].get("labelled")
         score = f"accuracy {100 * lab['accuracy']:.2f}%" if lab else \

@@ -1,4 +1,6 @@
-"""The exceptions edgec raises. The CLI maps them to exit codes in one place (cli.EXIT_CODES)."""
+"""The exceptions edgec raises, each with its exit code: 2 the input (model, data, flags) can't be compiled as
+asked, 3 a backend or device is missing or can't build it, 4 the build fails its accuracy check. Exit 1 is
+left for bugs (anything else)."""
 from __future__ import annotations
 
 
@@ -21,11 +23,27 @@ class BackendUnavailable(EdgecError):
 
 
 class PassError(EdgecError):
-    """A graph pass failed on this model. Exit code 1."""
+    """A graph pass can't handle this model (its message names the node and what to try). Exit code 2."""
+
+    exit_code = 2
 
 
 class BuildError(EdgecError):
-    """A backend failed to build or run the model. Exit code 1."""
+    """A backend could not build or run this model (its message names the node or op and a target or option
+    that can). Exit code 3."""
+
+    exit_code = 3
+
+
+class AccuracyCheckFailed(EdgecError):
+    """A build's outputs disagree with the fp32 reference beyond its criterion: the compile (or the on-device
+    check of `edgec profile`) failed. Exit code 4. `profile` holds the on-device profile when there is one."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, profile: object = None):
+        super().__init__(message)
+        self.profile = profile
 
 
 def brief(e: BaseException, limit: int = 300) -> str:

@@ -16,8 +16,8 @@ import numpy as np
 from . import accuracy, cache
 from .backends import Backend, get_backend
 from .calibration import CalibrationSet, Samples, fixed_inputs, synthetic_samples
-from .errors import ConfigError
-from .fileio import staged_dir, write_json_atomic
+from .errors import AccuracyCheckFailed, ConfigError
+from .fileio import replace_dir, staged_dir, write_json_atomic
 from .frontend import to_model
 from .isolation import import_onnxruntime, isolated
 from .model import Model, load_model, node_sources
@@ -36,8 +36,12 @@ from .target import Target, load_target
 VALIDATION_SAMPLES = 1000
 SEARCH_SAMPLES = 500  # of the validation samples, those the mixed search ranks layer sensitivity on
 FP32_CHECK_SAMPLES = 64  # validation samples the fp32 comparison build is checked on
-# Agreement with the fp32 reference below which a float build is reported as wrong.
-_COSINE_FLOOR = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98, "int8-weights": 0.98}
+# The accuracy check: (statistic, floor) of the cosine with the fp32 reference per sample, below which a build
+# is wrong and its compile fails (AccuracyCheckFailed, unless accept_inaccurate). int8 is judged on the mean:
+# one odd sample may fall lower without the build being broken (a garbage build scores ~0.3). A mixed build is
+# judged by its budget (the user's own criterion).
+CHECK_CRITERION = {"fp32": ("cosine_min", 0.999), "fp16": ("cosine_min", 0.99), "bf16": ("cosine_min", 0.98),
+                   "int8-weights": ("cosine_min", 0.98), "int8": ("cosine_mean", 0.9)}
 
 
 @dataclass
@@ -63,7 +67,7 @@ class Build:
 # compile() arguments that say where a build goes and how it is reported, not what it is: the only ones
 # outside the CompileRequest and so the build cache key (tests/test_cache_key.py checks every other one
 # changes the key).
-NOT_IN_CACHE_KEY = frozenset({"output_dir", "progress", "use_cache"})
+NOT_IN_CACHE_KEY = frozenset({"output_dir", "progress", "use_cache", "accept_inaccurate"})
 
 
 @isolated
@@ -72,8 +76,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             input_values: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
-            weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None, profile_runs: int = 100, progress: bool = True,
-            use_cache: bool = True) -> Build:
+            weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None,
+            profile_runs: int = 100, progress: bool = True, use_cache: bool = True,
+            accept_inaccurate: bool = False) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
     int8 and mixed need `calibration` data; `weight_rounding` is "gptq" (error-compensating, passes/gptq.py)
@@ -81,7 +86,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     (passes/range_search.py; 0 turns it off). `input_values` are constant inputs ({"sr": 16000}): fed to every
     run edgec makes and recorded in the manifest. `max_accuracy_drop` (points of labelled accuracy, or of top-1
     agreement with fp32 without labels) is the budget for `mixed`. Writes `output_dir` atomically: on
-    any failure or interrupt the previous folder (or nothing) remains.
+    any failure or interrupt the previous folder (or nothing) remains. A build that fails its accuracy check
+    (CHECK_CRITERION) raises AccuracyCheckFailed and is moved to `<output_dir>.rejected/` for inspection, unless
+    `accept_inaccurate`; a build that can't be checked here says so in report.json ("accuracy": {"skipped"}).
     """
     tgt = load_target(target)
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
@@ -96,7 +103,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     request = plan(model_in, options, backend, sdk)
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{options.precision}"
     _check_output_dir(out)
-    return execute(request, backend, out, steps, use_cache)
+    return execute(request, backend, out, steps, use_cache, accept_inaccurate)
 
 
 def _sdk_versions(backend: Backend, tgt: Target, precision: str) -> dict[str, str]:
@@ -123,8 +130,11 @@ def plan(model: Model, options: CompileOptions, backend: Backend, sdk: Mapping[s
     return CompileRequest(model, options, versions)
 
 
-def execute(request: CompileRequest, backend: Backend, out: Path, steps: Steps, use_cache: bool = True) -> Build:
-    """Build `request` into `out` atomically (or restore it from the build cache)."""
+def execute(request: CompileRequest, backend: Backend, out: Path, steps: Steps, use_cache: bool = True,
+            accept_inaccurate: bool = False) -> Build:
+    """Build `request` into `out` atomically (or restore it from the build cache). A build failing its accuracy
+    check goes to `<out>.rejected` and raises AccuracyCheckFailed (kept in `out`, uncached, when
+    `accept_inaccurate`)."""
     key = request.cache_key if use_cache else None
     entry = cache.lookup(key) if key else None
     if entry is not None:
@@ -135,9 +145,23 @@ def execute(request: CompileRequest, backend: Backend, out: Path, steps: Steps, 
     job = _Job(request, backend, steps)
     with staged_dir(out) as staging:
         manifest, report = job.run(staging)
-    if key:
+        failed = report["accuracy"].get("ok") is False
+        if failed and not accept_inaccurate:
+            rejected = out.with_name(out.name + ".rejected")
+            replace_dir(staging, rejected)
+            raise AccuracyCheckFailed(f"{_check_failure(report['accuracy'], manifest['precision'])}. '{out}' was left "
+                                      f"as it was; the failing build is in '{rejected}' for inspection. Try another "
+                                      "--precision (fp32, or mixed with --max-accuracy-drop), or pass "
+                                      "--accept-inaccurate to keep it anyway.")
+    if key and not failed:
         cache.store(key, out)
     return Build(out, manifest, report)
+
+
+def _check_failure(accuracy: Mapping[str, Any], precision: str) -> str:
+    return (f"The {precision} build fails its accuracy check: {accuracy.get('measured')}, wanted "
+            f"{accuracy.get('criterion')} (max abs error {accuracy.get('max_abs_error', float('nan')):.3g}; "
+            f"{accuracy.get('data')})")
 
 
 class _Job:
@@ -178,6 +202,10 @@ class _Job:
             report["warnings"] = _speed_warnings(comparison, o.precision)
         if self.mixed is not None:
             report["mixed_precision"] = self.mixed
+            report["accuracy"].update(criterion=f"the mixed-precision budget: {self.mixed['metric']} at most "
+                                                f"{self.mixed['budget_points']} points below fp32",
+                                      measured=f"{self.mixed['mixed']:.2f} vs fp32 {self.mixed['fp32']:.2f}",
+                                      ok=bool(self.mixed["met"]))
         write_build_files(staging, manifest, report, self.steps.timings)
         return manifest, report
 
@@ -214,7 +242,8 @@ class _Job:
                                                  f"bundle's model.onnx; {self.backend.name} itself runs on the device")
             else:
                 report["accuracy"] = {"skipped": f"{self.backend.name} artifacts for {self.tgt.arch} do not run on this "
-                                                 f"{platform.machine()} machine; run edgec profile on the device"}
+                                                 f"{platform.machine()} machine: `edgec profile OUT --device ...` "
+                                                 "checks the outputs on the board (exit 4 on a mismatch)"}
             return manifest, report
         with self.steps.step(f"checking {precision} accuracy against the fp32 ONNX Runtime reference"):
             report["accuracy"] = _verify(_head(self.reference(fp32), check_samples), self.backend.runner(folder, manifest),
@@ -306,6 +335,10 @@ class _Job:
         manifest, report = self.build_and_check(model, fp32, precision, folder, max(20, self.runs // 2),
                                                 FP32_CHECK_SAMPLES if precision == "fp32" else 0)
         summary = _summarize(report, folder, manifest["artifact"]["files"])
+        if report["accuracy"].get("ok") is False:
+            print(f"edgec: WARNING: the {precision} comparison build fails its accuracy check "
+                  f"({_check_failure(report['accuracy'], precision)}); its numbers in report.json are not "
+                  "comparable", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
         return summary, report["profile"]["layers"]
 
@@ -350,12 +383,19 @@ def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) ->
 @isolated
 def profile(output_dir: str | Path, device: str = "local", runs: int = 100, warmup: int = 10,
             write: bool = True) -> Profile:
-    """Profile a compiled output folder on `device`; writes `profile.json` into it."""
+    """Profile a compiled output folder on `device`; writes `profile.json` into it. Raises AccuracyCheckFailed
+    (after writing it) when the device's outputs disagree with ONNX Runtime's on the same inputs."""
     out = Path(output_dir)
     manifest = read_manifest(out)
     prof = _profile_folder(out, manifest, device, runs, warmup)
     if write:
         write_json_atomic(out / "profile.json", prof.to_json())
+    check = prof.extra.get("accuracy") or {}
+    if check.get("ok") is False:
+        raise AccuracyCheckFailed(f"The build's outputs on {prof.device} disagree with ONNX Runtime's on the same "
+                                  f"inputs (max abs error {check.get('max_abs_error', float('nan')):.3g}; "
+                                  f"{check.get('reference')}): do not deploy it. Rebuild for this board's target "
+                                  "(edgec targets) or report the model.", profile=prof)
     return prof
 
 
@@ -403,13 +443,11 @@ def _verify(reference: tuple[Samples, list[Any]], runner: accuracy.Runner, preci
     samples, outputs = reference
     result = accuracy.compare(outputs, accuracy.collect(runner, samples), samples.labels)
     result["data"] = samples.description
-    floor = _COSINE_FLOOR.get(precision)
-    if floor is not None:
-        result["criterion"] = f"cosine_min >= {floor} vs fp32 reference"
-        result["ok"] = result["cosine_min"] >= floor
-        if not result["ok"]:
-            print(f"edgec: WARNING: the {precision} build disagrees with the fp32 reference "
-                  f"(cosine_min {result['cosine_min']} < {floor}); see report.json", file=sys.stderr)
+    if precision in CHECK_CRITERION:
+        stat, floor = CHECK_CRITERION[precision]
+        result["criterion"] = f"{stat} >= {floor} vs the fp32 reference"
+        result["measured"] = f"{stat} {result[stat]}"
+        result["ok"] = bool(result[stat] >= floor)
     return result
 
 

@@ -72,6 +72,7 @@ CHANGES = {
     "precision": lambda s, o: {"precision": "fp32"},
     "calibration": lambda s, o: Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(s[1] / "0.png"),
     "input_shapes": lambda s, o: {"input_shapes": {"x": [2, 3, 16, 16]}},
+    "input_values": lambda s, o: {"input_values": {"x": 0.5}},
     "max_accuracy_drop": lambda s, o: {"max_accuracy_drop": 0.5},
     "calibration_method": lambda s, o: {"calibration_method": "minmax"},
     "weight_rounding": lambda s, o: {"weight_rounding": "nearest"},

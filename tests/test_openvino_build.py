@@ -117,7 +117,7 @@ def test_labels_give_labelled_accuracy(tmp_path: Path, tiny_onnx: Path) -> None:
 
 
 @pytest.mark.parametrize("data, match", [
-    ({"x": np.zeros((4, 3, 15, 16), np.float32)}, "the model wants"),
+    ({"x": np.zeros((4, 3, 15, 16), np.float32)}, r"input 'x' is \[1, 3, 16, 16\]"),
     ({"x": np.full((4, 3, 16, 16), np.nan, np.float32)}, "NaN"),
     ({"image": np.zeros((4, 3, 16, 16), np.float32)}, "no array for input"),
 ])
