@@ -21,7 +21,12 @@ def onnx_runtime_runner(proto: Any) -> Runner:
 
 def collect(runner: Runner, samples: Samples) -> list[np.ndarray]:
     """First output of every sample, concatenated along the batch dim: [N, ...]."""
-    return [np.concatenate([runner(feed)[0] for feed in samples.feeds])]
+    return [rows([runner(feed)[0] for feed in samples.feeds])]
+
+
+def rows(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-sample outputs joined along the batch dim; a scalar output (0-d) counts as one row."""
+    return np.concatenate([np.atleast_1d(o) for o in outputs])
 
 
 def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
@@ -68,7 +73,7 @@ def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[
     """Score a model with ONNX Runtime on `samples` against fp32 outputs (and labels when present)."""
     def evaluate(model: Model) -> Evaluation:
         session = ort_session(model.proto)
-        out = np.concatenate([session.run(None, feed)[0] for feed in samples.feeds])
+        out = rows([session.run(None, feed)[0] for feed in samples.feeds])
         error = float(np.mean((out.astype(np.float64) - reference_outputs) ** 2))
         top = out.reshape(len(out), -1).argmax(1)
         truth = samples.labels if samples.labels is not None else reference_outputs.reshape(len(out), -1).argmax(1)

@@ -10,7 +10,8 @@ read in one of two layouts, decided per input from its shape and said in the sam
 - a leading sample axis: `[N, *input_shape]` (a state input [2, 1, 128] as [N, 2, 1, 128]; a scalar as [N]);
 - rows along the batch dim (the single-input layout): `[N x batch, *input_shape[1:]]`.
 An array holding one sample (or a 0-d scalar) beside inputs with N is given once: the same for every sample.
-Inputs with no array: constants from `--input-value NAME=VALUE` and recurrent state (zeros) (`fixed_inputs`).
+Recurrent state inputs with no array are zeros (`fixed_inputs`); `--input-value NAME=VALUE` folds a constant
+input into the model (frontend), so it needs no array either.
 Optional `y` (or `labels`): integer class labels, one per row. Keys prefixed `val_` (`val_x`, `val_y`) form a
 held-out split that accuracy checks prefer over the calibration split. In Python, a list of feed dicts
 ({input name: array of the input's shape}) reads as the leading-sample-axis layout.
@@ -67,7 +68,7 @@ class CalibrationSet:
     def load(self, inputs: Sequence[TensorSpec], split: str = "calibration",
              fixed: Mapping[str, np.ndarray] | None = None) -> Samples | None:
         """Samples for `split` ('calibration' or 'validation'); None if the source has no such split. `fixed`
-        (fixed_inputs()) fills inputs the data leaves out: constants and zero recurrent state."""
+        (fixed_inputs()) fills inputs the data leaves out: zero recurrent state."""
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--calib-samples must be at least 1 (got {self.limit}).")
         fixed = dict(fixed or {})
@@ -226,7 +227,7 @@ def read_arrays(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec], 
     for name, value in fixed.items():
         if name not in out:
             out[name], kinds[name] = value, "constant"
-            notes.append(f"'{name}' {_describe_fixed(value)}")
+            notes.append(f"'{name}' zeros (recurrent state: give an array named after it to set it)")
     first = data_inputs[0] if data_inputs else inputs[0]
     rows = first.shape[0] if first.shape and isinstance(first.shape[0], int) else 1
     return InputArrays(out, kinds, count, rows, "; ".join(notes))
@@ -296,26 +297,15 @@ def _as_input_dtype(a: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
 
 
 def fixed_inputs(model: Model) -> dict[str, np.ndarray]:
-    """Inputs that need no data: the constants given with --input-value (provenance["input_values"]) and
-    recurrent state, zero (an input named like state, h0, c0, hidden, past or cache, or any input but the
-    first that has an output of its shape and type, as an LSTM's state has). Data given for either wins."""
-    values = model.provenance.get("input_values") or {}
+    """Inputs that need no data: recurrent state, zero (an input named like state, h0, c0, hidden, past or cache,
+    or any input but the first that has an output of its shape and type, as an LSTM's state has). Data given
+    for one wins. (Constants given with --input-value are no inputs any more: frontend folds them in.)"""
     outputs = {(tuple(o.shape), o.dtype) for o in model.outputs}
     fixed = {}
     for i, spec in enumerate(model.inputs):
-        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-        if spec.name in values:
-            fixed[spec.name] = np.broadcast_to(np.asarray(values[spec.name], dtype=spec.dtype), shape).copy()
-        elif _STATE_NAME.search(spec.name) or (i > 0 and (tuple(spec.shape), spec.dtype) in outputs):
-            fixed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        if _STATE_NAME.search(spec.name) or (i > 0 and (tuple(spec.shape), spec.dtype) in outputs):
+            fixed[spec.name] = np.zeros([d if isinstance(d, int) else 1 for d in spec.shape], dtype=spec.dtype)
     return fixed
-
-
-def _describe_fixed(value: np.ndarray) -> str:
-    if not value.any():
-        return "zeros (recurrent state or not given: give an array named after it to set it)"
-    shown = value.item() if value.size == 1 else f"an array {list(value.shape)}"
-    return f"= {shown} for every sample (--input-value)"
 
 
 def synthetic_samples(inputs: Sequence[TensorSpec], count: int = 16, seed: int = 0,

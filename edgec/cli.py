@@ -180,8 +180,9 @@ def _compile(args: argparse.Namespace) -> int:
               file=sys.stderr)
     for name, variant in (build.report.get("comparison") or {}).items():
         lab = variant["accuracy"].get("labelled")
-        score = f"accuracy {100 * lab['accuracy']:.2f}%" if lab else \
-            f"top-1 agreement {100 * variant['accuracy'].get('top1_agreement', float('nan')):.2f}%"
+        top1 = variant["accuracy"].get("top1_agreement")
+        score = (f"accuracy {100 * lab['accuracy']:.2f}%" if lab else f"top-1 agreement {100 * top1:.2f}%"
+                 if top1 is not None else f"cosine {variant['accuracy'].get('cosine_mean', float('nan')):.6f}")
         print(f"{name:6} {score}, latency p50 {variant['latency_ms_p50']:.3f} ms, artifact "
               f"{variant['artifact_bytes'] / 1e6:.2f} MB")
     mixed = build.report.get("mixed_precision")

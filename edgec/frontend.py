@@ -50,7 +50,7 @@ def to_model(source: Any, example_inputs: Sequence[Any] | None = None,
              input_shapes: Mapping[str, Sequence[int]] | None = None,
              input_values: Mapping[str, Any] | None = None) -> Model:
     """Turn what the user has into a checked Model whose inputs all have static shapes; `input_values` (constant
-    inputs, e.g. a sample rate) are kept in provenance["input_values"] for every run edgec makes."""
+    inputs, e.g. a sample rate) are folded into the graph (set_input_shapes)."""
     if isinstance(source, (str, os.PathLike)):
         model = load_model(Path(source))
     elif type(source).__name__ == "ModelProto":
@@ -127,12 +127,14 @@ def _quiet_exporter() -> Iterator[None]:
 
 def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]],
                      values: Mapping[str, Any] | None = None) -> Model:
-    """Fix input dims from `shapes`; a remaining dynamic leading (batch) dim becomes 1. `values` are constant
-    inputs (checked against the fixed shapes, kept in provenance["input_values"]).
+    """Fix input dims from `shapes`; a remaining dynamic leading (batch) dim becomes 1. Inputs in `values` become
+    constants folded into the graph (the built model has no such input; the values stay in
+    provenance["input_values"]).
 
-    A (min, opt, max) dim stays symbolic; its range is kept in provenance["dynamic_shapes"]. When shape
-    inference can't follow the new shapes through every subgraph (an `If` branch that the inputs never take),
-    ONNX Runtime must run the model with them: then the shapes stand.
+    A (min, opt, max) dim stays symbolic; its range is kept in provenance["dynamic_shapes"]. When fixed dims
+    break shape inference inside a subgraph (an `If` branch the inputs never take) so that ONNX Runtime can no
+    longer load the model, the graph keeps its symbolic dims and the shapes go to provenance["input_shapes"]
+    (Model.inputs reports them): the model still runs as it did before, at the user's shapes.
     """
     by_name = {spec.name: spec for spec in model.inputs}
     values = dict(values or {})
@@ -140,39 +142,95 @@ def set_input_shapes(model: Model, shapes: dict[str, Sequence[Dim]],
         unknown = sorted(set(names) - set(by_name))
         if unknown:
             raise ConfigError(f"{flag} names {', '.join(unknown)}, but the model's inputs are: {', '.join(by_name)}.")
-    notes = []
-    dynamic_shapes: dict[str, dict[str, list[int]]] = {}
-    opt_shapes: dict[str, tuple[int, ...]] = {}
-    for value in model.proto.graph.input:
-        if value.name not in by_name:
-            continue
-        spec = by_name[value.name]
-        given = shapes.get(value.name)
-        if given is not None:
-            wanted = _checked_shape(spec, given)
-        else:
-            wanted = _batch_of_one(spec)
-            if wanted is None:
-                continue
-            notes.append(f"dynamic batch dim of '{spec.name}' set to 1 (use --input-shape to change it)")
-        _write_dims(value, spec.name, wanted)
-        if any(isinstance(d, tuple) for d in wanted):
-            dynamic_shapes[spec.name] = {key: [d[k] if isinstance(d, tuple) else d for d in wanted]
-                                         for k, key in enumerate(("min", "opt", "max"))}
-        opt_shapes[spec.name] = tuple(d[1] if isinstance(d, tuple) else d for d in wanted)
+    wanted, notes = _wanted_shapes([s for s in model.inputs if s.name not in values], shapes)
+    opt_shapes = {n: tuple(d[1] if isinstance(d, tuple) else d for d in w) for n, w in wanted.items()}
     provenance = dict(model.provenance)
     if values:
-        provenance["input_values"] = _checked_values(values, Model(model.proto).inputs, opt_shapes)
-    proto, inference_note = _reinfer_shapes(model)
+        provenance["input_values"] = _checked_values(values, model.inputs, opt_shapes)
+    bound = _bind_constants(model.proto, provenance.get("input_values", {}))
+    if values:
+        notes.append(f"input(s) {', '.join(values)} bound to the given value(s) and folded into the model: the "
+                     "built model has no such input")
+    fixed = type(bound)()
+    fixed.CopyFrom(bound)
+    for value in fixed.graph.input:
+        if value.name in wanted:
+            _write_dims(value, value.name, wanted[value.name])
+    proto, inference_note = _reinfer_shapes(Model(fixed))
+    run_shapes = {n: v for n, v in opt_shapes.items() if n not in values}
     if shapes or values or inference_note:
-        _dry_run(proto, opt_shapes, provenance.get("input_values", {}), inference_note)
+        try:
+            _dry_run(proto, run_shapes, inference_note)
+        except ConfigError:
+            if inference_note is None:
+                raise
+            proto = _keep_symbolic_dims(bound, run_shapes, inference_note)
+            provenance["input_shapes"] = {n: list(v) for n, v in run_shapes.items()}
+            inference_note = (f"input dims kept symbolic in the graph ({', '.join(run_shapes)}): fixed dims break "
+                              f"shape inference in a subgraph branch these inputs never take; edgec runs the model "
+                              f"at {', '.join(f'{n}={_fmt(v)}' for n, v in run_shapes.items())}")
     if inference_note:
         notes.append(inference_note)
     if notes:
         provenance["notes"] = provenance.get("notes", []) + notes
-    if dynamic_shapes:
-        provenance["dynamic_shapes"] = dynamic_shapes
+    dynamic = {n: {key: [d[k] if isinstance(d, tuple) else d for d in w] for k, key in enumerate(("min", "opt", "max"))}
+               for n, w in wanted.items() if any(isinstance(d, tuple) for d in w)}
+    if dynamic:
+        provenance["dynamic_shapes"] = dynamic
     return Model(proto, provenance)
+
+
+def _wanted_shapes(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[Dim]]
+                   ) -> tuple[dict[str, tuple[Dim, ...]], list[str]]:
+    """The dims to write per input (given, or a dynamic batch of 1) and notes on what was assumed."""
+    wanted: dict[str, tuple[Dim, ...]] = {}
+    notes = []
+    for spec in inputs:
+        given = shapes.get(spec.name)
+        if given is not None:
+            wanted[spec.name] = _checked_shape(spec, given)
+            continue
+        batch_of_one = _batch_of_one(spec)
+        if batch_of_one is not None:
+            wanted[spec.name] = batch_of_one
+            notes.append(f"dynamic batch dim of '{spec.name}' set to 1 (use --input-shape to change it)")
+    return wanted, notes
+
+
+def _bind_constants(proto: Any, values: Mapping[str, Any]) -> Any:
+    """A copy of `proto` whose inputs named in `values` are initializers holding those values, constant-folded
+    (onnxscript's optimizer): an `If` on such an input (a sample rate) keeps only the branch it takes."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    if not values:
+        return out
+    graph = out.graph
+    for value in [v for v in graph.input if v.name in values]:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        graph.input.remove(value)
+        graph.initializer.append(numpy_helper.from_array(np.asarray(values[value.name], dtype=dtype), value.name))
+    try:
+        import onnxscript.optimizer
+
+        return onnxscript.optimizer.optimize(out)
+    except Exception:  # folding is an optimisation: the bound graph is valid without it
+        return out
+
+
+def _keep_symbolic_dims(proto: Any, shapes: Mapping[str, tuple[int, ...]], inference_note: str) -> Any:
+    """`proto` as it came (symbolic input dims, leniently inferred) once ONNX Runtime runs it at `shapes`."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=False)
+    except Exception:
+        inferred = proto
+    _dry_run(inferred, shapes, inference_note)
+    return inferred
 
 
 def _checked_shape(spec: TensorSpec, given: Sequence[Dim]) -> tuple[Dim, ...]:
@@ -264,25 +322,19 @@ def _has_subgraphs(proto: Any) -> bool:
     return any(a.type in (5, 10) for n in proto.graph.node for a in n.attribute)  # GRAPH, GRAPHS
 
 
-def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]], values: Mapping[str, Any],
-             inference_note: str | None) -> None:
-    """Run once on zeros (and the constant `values`): shape inference misses some clashes (e.g. Conv channels),
-    the runtime does not."""
+def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]], inference_note: str | None) -> None:
+    """Run once on zeros: shape inference misses some clashes (e.g. Conv channels), the runtime does not."""
     import numpy as np
 
     inputs = Model(proto).inputs
     try:
         session = ort_session(proto, log_level=4)
-        session.run(None, {s.name: np.asarray(values[s.name], dtype=s.dtype) if s.name in values else
-                           np.zeros(shapes.get(s.name, s.shape), dtype=s.dtype) for s in inputs})
+        session.run(None, {s.name: np.zeros(shapes.get(s.name, s.shape), dtype=s.dtype) for s in inputs})
     except Exception as e:
-        given = ", ".join(f"{s.name}={_fmt(s.shape)}" for s in inputs)
+        given = ", ".join(f"{s.name}={_fmt(shapes.get(s.name, s.shape))}" for s in inputs)
         hint = f" ({inference_note.split(';')[0]})" if inference_note else ""
-        constants = ", ".join(values)
-        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}{hint}. "
-                          + (f"It ran with the constants {constants}. " if constants else
-                             "If an input selects a branch (e.g. a sample rate), give it with --input-value "
-                             "NAME=VALUE. ")) from e
+        raise ConfigError(f"The input shapes {given} do not fit the model: {brief(e)}{hint}. If an input selects a "
+                          "branch (e.g. a sample rate), fix it with --input-value NAME=VALUE.") from e
 
 
 def _fmt(shape: Sequence[Any]) -> str:

@@ -47,8 +47,12 @@ class Model:
 
     @property
     def inputs(self) -> list[TensorSpec]:
+        """The graph's inputs (not initializers), at the shapes edgec runs them: the graph's dims, or those in
+        provenance["input_shapes"] for a graph whose dims must stay symbolic (frontend.set_input_shapes)."""
         init = {t.name for t in self.proto.graph.initializer}
-        return [_spec(v) for v in self.proto.graph.input if v.name not in init]
+        shapes = self.provenance.get("input_shapes") or {}
+        specs = [_spec(v) for v in self.proto.graph.input if v.name not in init]
+        return [TensorSpec(s.name, tuple(shapes[s.name]), s.dtype) if s.name in shapes else s for s in specs]
 
     @property
     def outputs(self) -> list[TensorSpec]:

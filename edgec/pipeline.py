@@ -260,7 +260,7 @@ class _Job:
         validation = self._validation = _validation_samples(fp32, self.calib, calibration=samples)
         calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples)
         if calibrated.outputs is not None:  # the statistics pass ran the fp32 model on the validation samples
-            self._reference = (validation, [np.concatenate(calibrated.outputs)])
+            self._reference = (validation, [accuracy.rows(calibrated.outputs)])
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
             comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")

@@ -32,17 +32,11 @@ def new_manifest(source: Model, model: Model, target: Target, precision: str, sd
         "quantization": model.provenance.get("quantization"),
         "dynamic_shapes": model.provenance.get("dynamic_shapes"),
         "sparsity": model.provenance.get("sparsity"),
-        "inputs": input_specs(model), "outputs": [s.to_json() for s in model.outputs],
+        "inputs": [s.to_json() for s in model.inputs], "input_values": model.provenance.get("input_values"),
+        "outputs": [s.to_json() for s in model.outputs],
         "artifact": {"backend": artifact.backend, "files": artifact.files, "config": artifact.config,
                      "layer_map": artifact.layer_map},
     }
-
-
-def input_specs(model: Model) -> list[dict[str, Any]]:
-    """The inputs' specs as JSON; a constant input (--input-value) carries its `value`, which runs on the device
-    feed (tvm_runner.seeded_feeds)."""
-    values = model.provenance.get("input_values") or {}
-    return [{**s.to_json(), **({"value": values[s.name]} if s.name in values else {})} for s in model.inputs]
 
 
 def new_report(manifest: Mapping[str, Any]) -> dict[str, Any]:

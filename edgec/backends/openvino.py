@@ -70,7 +70,10 @@ class OpenVINOBackend:
                 raise ConfigError(f"This {device} has no bf16 support (capabilities: {', '.join(caps)}). "
                                   "Use --precision fp32.")
         try:
-            ov_model = ov.convert_model(str(out_dir / "model.onnx"))
+            # The shapes edgec runs (Model.inputs): the graph's own, or those kept beside a graph whose dims stay
+            # symbolic (frontend.set_input_shapes).
+            shapes = [(s.name, ov.PartialShape([d if isinstance(d, int) else -1 for d in s.shape])) for s in model.inputs]
+            ov_model = ov.convert_model(str(out_dir / "model.onnx"), input=shapes)
             ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         except Exception as e:
             raise BuildError(f"OpenVINO could not convert the model: {brief(e)}") from e

@@ -205,15 +205,11 @@ def read_spec(out_dir: Path) -> dict[str, Any]:
 
 
 def seeded_feeds(inputs: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Uniform [0, 1) floats (zeros for integer inputs), seeded: the same inputs on every machine. An input
-    spec with a "value" (a constant input) gets that value."""
+    """Uniform [0, 1) floats (zeros for integer inputs), seeded: the same inputs on every machine."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for s in inputs:
         shape = [int(d) for d in s["shape"]]
-        if "value" in s:
-            feeds[s["name"]] = np.broadcast_to(np.asarray(s["value"], dtype=s["dtype"]), shape).copy()
-            continue
         feeds[s["name"]] = (rng.random(shape) if s["dtype"].startswith("float") else np.zeros(shape)).astype(s["dtype"])
     return feeds
 
