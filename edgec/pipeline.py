@@ -23,6 +23,7 @@ from .isolation import import_onnxruntime, isolated
 from .model import Model, load_model, node_sources
 from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
+from .passes.fp32 import Fp32Pass, has_float16
 from .passes.opset import QDQ_MIN_OPSET, OpsetUpgradePass, default_opset
 from .passes.mixed import MixedResult, layer_times, search_mixed
 from .passes.ptq import Calibrated, calibrate, calibration_samples
@@ -183,8 +184,11 @@ class _Job:
         fp32 = self.run_pass(CleanupPass(), self.model_in)
         if o.sparsity is not None:
             fp32 = self.run_pass(o.sparsity, fp32)
-        if o.precision in ("int8", "mixed", "int8-weights") and default_opset(fp32.proto) < QDQ_MIN_OPSET:
-            fp32 = self.run_pass(OpsetUpgradePass(), fp32)
+        if o.precision in ("int8", "mixed", "int8-weights"):
+            if has_float16(fp32.proto):
+                fp32 = self.run_pass(Fp32Pass(), fp32)
+            if default_opset(fp32.proto) < QDQ_MIN_OPSET:
+                fp32 = self.run_pass(OpsetUpgradePass(), fp32)
         comparison: dict[str, Any] = {}
         final = fp32
         if o.precision in ("int8", "mixed"):
