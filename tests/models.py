@@ -149,3 +149,67 @@ def tiny_concat_model():
 
     torch.manual_seed(0)
     return ConcatNet().eval()
+
+
+def if_lstm_onnx(take_lstm_when: int = 16000, seed: int = 0) -> onnx.ModelProto:
+    """A Silero-VAD-shaped graph: inputs x [N, M] (dynamic), state [2, 1, 4] (recurrent), sr (int64 scalar);
+    `If (sr == take_lstm_when)` runs an LSTM on x reshaped to [1, 1, 8]; the other branch squeezes x, which at
+    a fixed x of [1, 8] feeds the LSTM rank 2: shape inference (and ONNX Runtime's loader) reject the fixed
+    dims although that branch is never taken. Outputs: y (a scalar) and state_out [2, 1, 4]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 16, 8)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "R")]
+
+    def branch(name: str, squeeze: bool) -> onnx.GraphProto:
+        if squeeze:
+            head = [helper.make_node("Constant", [], [f"{name}_axes"], value=helper.make_tensor(
+                        f"{name}_axes_v", TensorProto.INT64, [1], [0])),
+                    helper.make_node("Squeeze", ["x"], [f"{name}_q"], name=f"{name}_squeeze"),
+                    helper.make_node("Unsqueeze", [f"{name}_q", f"{name}_axes"], [f"{name}_in"], name=f"{name}_unsq")]
+        else:
+            head = [helper.make_node("Constant", [], [f"{name}_shape"], value=helper.make_tensor(
+                        f"{name}_shape_v", TensorProto.INT64, [3], [1, 1, 8])),
+                    helper.make_node("Reshape", ["x", f"{name}_shape"], [f"{name}_in"], name=f"{name}_reshape")]
+        body = head + [helper.make_node("LSTM", [f"{name}_in", "W", "R"], [f"{name}_h"], hidden_size=4,
+                                        name=f"{name}_lstm"),
+                       helper.make_node("ReduceSum", [f"{name}_h"], [f"{name}_y"], keepdims=0, name=f"{name}_sum")]
+        return helper.make_graph(body, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [])])
+
+    nodes = [helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k_v", TensorProto.INT64, [], [take_lstm_when])),
+             helper.make_node("Equal", ["sr", "k"], ["cond"], name="is_rate"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=branch("then", False),
+                              else_branch=branch("else", True)),
+             helper.make_node("Tanh", ["state"], ["state_out"], name="state_update")]
+    graph = helper.make_graph(
+        nodes, "if_lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, 1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def old_opset_conv_onnx(opset: int = 11, scaler: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """x [1, 3, 16, 16] -> (ImageScaler, an op removed after opset 9, when `scaler`) -> Conv(8) -> Relu ->
+    GlobalAveragePool -> Flatten: y [1, 8], at an old opset, as exporters of a few years ago wrote."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("ImageScaler", ["x"], ["xs"], name="scale", scale=0.5, bias=[0.0, 0.1, 0.2])] if scaler else []
+    nodes += [helper.make_node("Conv", ["xs" if scaler else "x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["c"], ["r"], name="relu"),
+              helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+              helper.make_node("Flatten", ["p"], ["y"], name="flatten")]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b")]
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=6)
+
+
+def fp16_conv_onnx(seed: int = 0) -> onnx.ModelProto:
+    """tiny_conv_onnx with float16 weights, activations and interface (x and logits are float16)."""
+    from onnxconverter_common import float16
+
+    return float16.convert_float_to_float16(tiny_conv_onnx(seed=seed), keep_io_types=False)
