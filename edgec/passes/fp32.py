@@ -49,6 +49,7 @@ class Fp32Pass:
         _cast_boundaries(proto.graph)
         del proto.graph.value_info[:]
         proto = onnx.shape_inference.infer_shapes(proto)
+        _drop_float_to_float_casts(proto.graph)
         notes = model.provenance.get("notes", []) + ["float16 weights and casts upcast to float32 for int8 (exact)"]
         return Model(proto, {**model.provenance, "notes": notes})
 
@@ -74,6 +75,29 @@ def _upcast_graph(graph: Any) -> None:
     for value in list(graph.value_info):
         if value.type.tensor_type.elem_type == _FLOAT16:
             value.type.tensor_type.elem_type = _FLOAT
+
+
+def _drop_float_to_float_casts(graph: Any) -> None:
+    """Remove the Casts that upcasting left from float32 to float32 (they would block Q/DQ fusions); a Cast
+    producing a graph output stays."""
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    outputs = {o.name for o in graph.output}
+    alias: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        node.input[:] = [alias.get(n, n) for n in node.input]
+        if (node.op_type == "Cast" and node.output[0] not in outputs and types.get(node.input[0]) == _FLOAT
+                and any(a.name == "to" and a.i == _FLOAT for a in node.attribute)):
+            alias[node.output[0]] = node.input[0]
+            continue
+        kept.append(node)
+    for body in _graphs(graph):
+        if body is not graph:
+            for node in body.node:
+                node.input[:] = [alias.get(n, n) for n in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _to_float32(tensor: Any) -> Any:
