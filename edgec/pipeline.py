@@ -90,6 +90,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes)
+    refusal = backend.model_refusal(model_in, tgt)  # e.g. ops the backend cannot read: before any work
+    if refusal:
+        raise ConfigError(refusal)
     request = plan(model_in, options, backend, sdk)
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{options.precision}"
     _check_output_dir(out)
