@@ -704,6 +704,31 @@ def _deconv_as_conv(relax: Any, emit: Any, x: Any, w: Any, xs: list[int], ws: li
     return relax.op.nn.conv2d(x, w1, padding=[before[0], before[1], after[0], after[1]], dilation=d, groups=groups)
 
 
+def _matmul(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """MatMul by a constant [K, N] whose N has no vector-sized divisor: N zero-padded to a multiple of 16, the
+    result cut back to N. Or None for TVM's converter.
+
+    The reduction schedule vectorizes N; with N = 6625 (PP-OCRv4 rec's CTC head) it could not, and that one
+    scalar matmul took 22 of the model's 38 ms. The padding costs one copy of the output (a slice kernel).
+    """
+    import numpy as np
+    import tvm
+
+    w = inputs[1]
+    shape = _static_shape(w)
+    if not isinstance(w, tvm.ir.Constant) or shape is None or len(shape) != 2 or not str(w.ty.dtype).startswith("float"):
+        return None
+    n = shape[1]
+    if n % 8 == 0 or n < 64 or _static_shape(inputs[0]) is None:
+        return None
+    value = w.value.numpy()
+    padded = np.zeros((shape[0], -(-n // 16) * 16), value.dtype)
+    padded[:, :n] = value
+    y = emit(relax.op.matmul(inputs[0], relax.const(padded)))
+    rank = len(_static_shape(inputs[0]))
+    return relax.op.strided_slice(y, axes=[rank - 1], begin=[0], end=[n])
+
+
 def _static_shape(x: Any) -> list[int] | None:
     shape = getattr(getattr(x, "ty", None), "shape", None)
     values = getattr(shape, "values", None)
@@ -715,7 +740,7 @@ def _static_shape(x: Any) -> list[int] | None:
         return None
 
 
-_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose,
+_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul,
                **{op: _variadic(op) for op in ("Max", "Min", "Sum", "Mean")}}
 
 
