@@ -10,7 +10,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ConfigError, brief
 from .fileio import write_bytes_atomic
@@ -118,6 +118,27 @@ def ort_session(proto: Any, log_level: int = 3, spin: bool = True) -> Any:
         raise
     weakref.finalize(session, shutil.rmtree, tmp, True)
     return session
+
+
+def graphs(graph: Any) -> Iterator[Any]:
+    """`graph` and every If/Loop/Scan body inside it, depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from graphs(body)
+
+
+def all_nodes(graph: Any, path: str = "") -> list[tuple[Any, str]]:
+    """(node, "node 'name'" with where it is) for every node, subgraphs (If/Loop/Scan bodies) included."""
+    out = []
+    for i, node in enumerate(graph.node):
+        name = node.name or f"#{i} ({node.op_type})"
+        out.append((node, f"node '{name}'" + (f" in {path}" if path else "")))
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                out.extend(all_nodes(body, f"the {attr.name} of '{name}'" + (f" in {path}" if path else "")))
+    return out
 
 
 def _spec(value_info: Any) -> TensorSpec:

@@ -84,8 +84,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
 
     int8 and mixed need `calibration` data; `weight_rounding` is "gptq" (error-compensating, passes/gptq.py)
     or "nearest"; `range_search` calibration samples judge candidate activation ranges by the model's output
-    (passes/range_search.py; 0 turns it off). `input_values` are constant inputs ({"sr": 16000}): fed to every
-    run edgec makes and recorded in the manifest. `max_accuracy_drop` (points of labelled accuracy, or of top-1
+    (passes/range_search.py; 0 turns it off). `input_values` bind constant inputs ({"sr": 16000}): folded into
+    the graph (the built model has no such input) and recorded in the manifest. `max_accuracy_drop` (points of labelled accuracy, or of top-1
     agreement with fp32 without labels) is the budget for `mixed`. Writes `output_dir` atomically: on
     any failure or interrupt the previous folder (or nothing) remains. A build that fails its accuracy check
     (CHECK_CRITERION) raises AccuracyCheckFailed and is moved to `<output_dir>.rejected/` for inspection, unless
@@ -101,6 +101,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes, input_values)
+    refusal = backend.model_refusal(model_in, tgt)  # e.g. ops the backend cannot read: before any work
+    if refusal:
+        raise ConfigError(refusal)
     request = plan(model_in, options, backend, sdk)
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"{_stem(model_in)}-{tgt.name}-{options.precision}"
     _check_output_dir(out)

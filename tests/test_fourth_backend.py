@@ -37,6 +37,9 @@ class OnnxRuntimeBackend:
     def precision_refusal(self, target, precision: str) -> str | None:
         return None
 
+    def model_refusal(self, model, target) -> str | None:
+        return None
+
     def qdq_placement(self, target) -> Placement:
         return Placement("onnxruntime", WEIGHTED_OPS, residual_add="none", symmetric_activations=False)
 

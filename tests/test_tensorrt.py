@@ -121,7 +121,8 @@ def test_unsupported_ops_are_listed_with_their_source(tmp_path: Path) -> None:
     from edgec.model import Model
 
     found = unsupported_nodes(Model(model))
-    assert found == [{"node": "fancy", "op": "com.example::FancyNorm", "module": "norm", "where": None}]
+    assert found == [{"node": "fancy", "in": "node 'fancy'", "op": "com.example::FancyNorm", "module": "norm",
+                      "where": None}]
 
 
 def test_layer_names_map_back_to_onnx_nodes() -> None:

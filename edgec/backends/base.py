@@ -70,6 +70,10 @@ class Backend(Protocol):
     def precision_refusal(self, target: Target, precision: str) -> str | None:
         """Why `precision`, outside `capabilities.precisions`, is refused on `target`; None: no particular reason."""
 
+    def model_refusal(self, model: Model, target: Target) -> str | None:
+        """Why `model` cannot be built for `target` (e.g. ops the backend's ONNX reader lacks), naming the nodes
+        and a target that can run them; asked before any work. None: nothing known against it."""
+
     def qdq_placement(self, target: Target) -> Placement | None:
         """Where Q/DQ go so that this backend's int8 kernels fuse them; None for a backend without int8."""
 

@@ -35,6 +35,9 @@ class OpenVINOBackend:
     def precision_refusal(self, target: Target, precision: str) -> str | None:
         return None
 
+    def model_refusal(self, model: Model, target: Target) -> None:
+        return None  # unsupported ops surface in the build, with the SDK's own message
+
     def qdq_placement(self, target: Target) -> Placement:
         return PLACEMENT
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, ConfigError
 from ..fileio import signals_deferred, write_bytes_atomic, write_json_atomic
-from ..model import Model, node_sources
+from ..model import Model, all_nodes, node_sources
 from ..passes.qdq import WEIGHTED_OPS, Placement
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
 from ..target import Target
@@ -29,8 +29,8 @@ from .base import Artifact, Capabilities, Runner
 
 # ONNX ops TensorRT 10's ONNX parser imports (onnx-tensorrt docs/operators.md), for the pre-flight check.
 SUPPORTED_OPS = frozenset("""
-Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization BitShift Cast Ceil Celu
-Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast CastLike Ceil
+Celu GRU Hardmax ImageScaler LSTM MeanVarianceNormalization RNN Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
 Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool
 GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization HardSigmoid HardSwish Identity If
 InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization
@@ -59,6 +59,16 @@ class TensorRTBackend:
     def precision_refusal(self, target: Target, precision: str) -> str | None:
         return None
 
+    def model_refusal(self, model: Model, target: Target) -> str | None:
+        """Nodes TensorRT's ONNX parser cannot import (If/Loop/Scan bodies included), before any work."""
+        unsupported = unsupported_nodes(model)
+        if not unsupported:
+            return None
+        listed = "; ".join(f"{n['in']} ({n['op']}" + (f", from {n['module']}" if n["module"] else "") + ")"
+                           for n in unsupported[:10])
+        return (f"TensorRT's ONNX parser cannot import {len(unsupported)} node(s): {listed}. Replace those ops in "
+                "the model, or target a CPU board (intel-cpu runs every standard ONNX op).")
+
     def qdq_placement(self, target: Target) -> Placement:
         return PLACEMENT
 
@@ -84,12 +94,9 @@ class TensorRTBackend:
         return importlib.util.find_spec("tensorrt") is not None and platform.machine() == target.arch
 
     def build(self, model: Model, target: Target, precision: str, out_dir: Path) -> Artifact:
-        unsupported = unsupported_nodes(model)
-        if unsupported:
-            listed = "; ".join(f"{n['node']} ({n['op']}" + (f", from {n['module']}" if n["module"] else "") + ")"
-                               for n in unsupported[:10])
-            raise ConfigError(f"TensorRT's ONNX parser cannot import {len(unsupported)} node(s): {listed}. "
-                              "Replace those ops in the model, or target a CPU board.")
+        refusal = self.model_refusal(model, target)  # passes may have added ops since the pipeline asked
+        if refusal:
+            raise ConfigError(refusal)
         ranges = range_problems(model)
         if ranges:
             raise ConfigError("TensorRT cannot represent: " + "; ".join(ranges[:10]) + ". TensorRT computes indices "
@@ -195,13 +202,13 @@ class TensorRTBackend:
 
 
 def unsupported_nodes(model: Model) -> list[dict[str, Any]]:
-    """Nodes TensorRT's ONNX parser cannot import, with the PyTorch module they came from."""
+    """Nodes TensorRT's ONNX parser cannot import (name, where it is, op), with the PyTorch module they came from."""
     sources = node_sources(model.proto)
     out = []
-    for node in model.proto.graph.node:
+    for node, where in all_nodes(model.proto.graph):
         if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
             src = sources.get(node.name)
-            out.append({"node": node.name, "op": f"{node.domain + '::' if node.domain else ''}{node.op_type}",
+            out.append({"node": node.name, "in": where, "op": f"{node.domain + '::' if node.domain else ''}{node.op_type}",
                         "module": src.module if src else None, "where": src.where if src else None})
     return out
 

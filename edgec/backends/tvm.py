@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, ConfigError, EdgecError, brief
 from ..fileio import signals_deferred, write_bytes_atomic
-from ..model import Model, load_model, ort_session
+from ..model import Model, all_nodes, load_model, ort_session
 from ..profile import LatencyStats, LayerRow, Profile, batch_size, with_shares
 from ..target import Target
 from ..device import tvm_runner
@@ -34,7 +34,9 @@ _INSTALL_HINT = "Apache TVM is not installed: pip install 'edgec[tvm]'"
 RUNTIME_FILE = "edgec_runtime.py"
 # Desired layouts: channels innermost, weights HWIO, so conv kernels vectorize over output channels.
 # Pooling and elementwise ops follow their input's layout (pools take no desired layout in 0.27).
-_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+# conv2d_transpose reaches Relax only where `_conv_transpose` leaves a ConvTranspose to TVM's converter: TOPI
+# legalizes it in NCHW/IOHW only (in NHWC it stayed a raw Relax op and VM codegen refused it).
+_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
 _VAR_PREFIX = re.compile(r"^e(\d+)_")
 # `python benchmarks/tvm.py --int8` measures a fake-quant build against fp32 on the machine it runs on.
 INT8_REFUSAL = (
@@ -89,6 +91,37 @@ class TVMBackend:
     def can_run_here(self, target: Target) -> bool:
         return target.arch == platform.machine()
 
+    def model_refusal(self, model: Model, target: Target) -> str | None:
+        """The ops TVM's Relax ONNX importer has no converter for (subgraphs of If/Loop/Scan included), or None.
+
+        The supported set is the importer's own converter table plus what it handles itself (If, Constant),
+        so it follows the installed TVM.
+        """
+        self._tvm()
+        from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+        supported = set(fe._get_convert_map()) | _IMPORTER_HANDLES
+        missing: dict[str, list[str]] = {}
+        custom: set[str] = set()
+        for node, where in all_nodes(model.proto.graph):  # the importer looks converters up by op type alone
+            if node.op_type not in supported:
+                missing.setdefault(node.op_type, []).append(where)
+                if node.domain not in ("", "ai.onnx"):
+                    custom.add(f"{node.domain}.{node.op_type}")
+        if not missing:
+            return None
+        listed = "; ".join(f"{op} ({nodes[0]}{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''})"
+                           for op, nodes in sorted(missing.items()))
+        standard = sorted(op for op in missing if not any(c.endswith(f".{op}") for c in custom))
+        where_else = (f" intel-cpu (OpenVINO) runs {', '.join(standard)}: compile with --target intel-cpu, or "
+                      "re-export the model without these ops (e.g. recurrent layers unrolled, NonMaxSuppression "
+                      "moved to post-processing)." if standard else "")
+        if custom:
+            where_else += (f" {', '.join(sorted(custom))} belong to custom op domains, which no edgec target is "
+                           "known to read: export with standard ONNX ops.")
+        return (f"TVM {self.versions()['tvm']} cannot build this model for {target.name}: its Relax ONNX importer "
+                f"has no converter for {len(missing)} op type(s): {listed}.{where_else}")
+
     # -------------------------------------------------------------------------------------------- build
     def build(self, model: Model, target: Target, precision: str, out_dir: Path) -> Artifact:
         if precision != "fp32":
@@ -98,7 +131,9 @@ class TVMBackend:
         tvm = self._tvm()
         from tvm import relax
 
-
+        refusal = self.model_refusal(model, target)  # the pipeline asked already; build() may be called alone
+        if refusal:
+            raise ConfigError(refusal)
         shapes = _static_shapes(model)
         target_json = tvm_target_json(target)
         try:
@@ -478,6 +513,10 @@ def _static_shapes(model: Model) -> dict[str, list[int]]:
 
 
 # ------------------------------------------------------------------------------------------------ import
+# Ops the Relax ONNX importer handles itself, outside its converter table (onnx_frontend._construct_nodes).
+_IMPORTER_HANDLES = frozenset({"If", "Constant"})
+
+
 def _import(tvm: Any, relax: Any, proto: Any, shapes: dict[str, list[int]]) -> tuple[Any, dict[str, str], str]:
     """Relax module, {variable prefix: ONNX node name}, and a note on the layer map.
 
@@ -506,14 +545,23 @@ def _import_named(relax: Any, proto: Any, shapes: dict[str, list[int]]) -> tuple
 
     class NamingImporter(fe.ONNXGraphImporter):
         def _convert_operator(self, op_name, inputs, attrs, opset):
-            sym = _clip(relax, inputs, attrs, opset) if op_name == "Clip" else None
+            node = (attrs.get("tvm_custom") or {}).get("name") or ""
+            key = f"e{len(names)}"
+            hint = f"{key}_{re.sub(r'[^0-9A-Za-z_]', '_', node)[:48]}"
+
+            def emit(expr):  # intermediate results of edgec's converters carry the node's name too
+                if not node:
+                    return expr
+                names[key] = node
+                return self.bb.emit(expr, name_hint=hint)
+
+            convert = _CONVERTERS.get(op_name)
+            sym = convert(relax, self.bb, emit, inputs, attrs, opset) if convert else None
             if sym is None:
                 sym = super()._convert_operator(op_name, inputs, attrs, opset)
-            node = (attrs.get("tvm_custom") or {}).get("name") or ""
             if node and isinstance(sym, relax.Call) and not all(isinstance(a, tvm.ir.Constant) for a in sym.args):
-                key = f"e{len(names)}"
                 names[key] = node
-                sym = self.bb.emit(sym, name_hint=f"{key}_{re.sub(r'[^0-9A-Za-z_]', '_', node)[:48]}")
+                sym = self.bb.emit(sym, name_hint=hint)
             return sym
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -521,7 +569,7 @@ def _import_named(relax: Any, proto: Any, shapes: dict[str, list[int]]) -> tuple
     return importer.from_onnx(proto.graph, opset), names
 
 
-def _clip(relax: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+def _clip(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
     """Clip with constant bounds (ReLU6) as Relax maximum/minimum, or None to use TVM's converter.
 
     TVM's converter emits Clip as two prebuilt TIR kernels, which ConvertLayout cannot see through: every
@@ -553,6 +601,134 @@ def _clip(relax: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
     if bounds[1] is not None:
         out = relax.op.minimum(out, relax.const(bounds[1], str(dtype)))
     return out
+
+
+def _variadic(op_name: str) -> Any:
+    """Max/Min/Sum/Mean of several tensors folded pairwise (maximum, minimum, add), or None for TVM's converter.
+
+    TVM's converter broadcasts the inputs, stacks them on a new axis and reduces it; ConvertLayout's layout
+    rule for `stack` names the new axis 'S', which the reduction's rule then cannot find ("Invalid SLayout:
+    can't find S in source layout ABC"). That failed Google's magika file classifier (a LayerNorm's
+    max(0, var)) whenever the model also had a conv. The pairwise form is the converter's own
+    (`_impl_dynamic`, used for inputs of unknown shape): the same function, with broadcasting ops only.
+    """
+    def convert(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+        import tvm
+        from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+        args = [x for x in inputs if x is not None]
+        if len(args) < 2 or all(isinstance(x, tvm.ir.Constant) for x in args):
+            return None  # one input (identity) or constants (folded by TVM's converter)
+        return getattr(fe, op_name)._impl_dynamic(bb, args)
+
+    return convert
+
+
+def _conv_transpose(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """2-D ConvTranspose as a conv2d (which ConvertLayout turns NHWC and edgec's conv rule schedules), or None.
+
+    TVM's converter emits relax.nn.conv2d_transpose, which TOPI legalizes only in NCHW and which no CPU rule
+    schedules. Kernel == stride with no padding (DBNet/U-Net upsampling): a 1x1 conv to C_out*s*s channels,
+    then depth-to-space. Otherwise: zeros inserted between input pixels (stride), then a stride-1 conv with
+    the flipped, transposed kernel. `output_shape` and SAME auto_pad go to TVM's converter.
+    """
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    xs, ws = _static_shape(x), _static_shape(w)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if xs is None or ws is None or len(xs) != 4 or len(ws) != 4 or "output_shape" in attrs \
+            or auto_pad not in ("NOTSET", "VALID"):
+        return None
+    k = ws[2:]
+    s = list(attrs.get("strides", [1, 1]))
+    d = list(attrs.get("dilations", [1, 1]))
+    out_pad = list(attrs.get("output_padding", [0, 0]))
+    pads = [0, 0, 0, 0] if auto_pad == "VALID" else list(attrs.get("pads", [0, 0, 0, 0]))
+    groups = int(attrs.get("group", 1))
+    if k == s and pads == [0, 0, 0, 0] and d == [1, 1] and out_pad == [0, 0] and groups == 1:
+        y = _deconv_as_depth_to_space(relax, emit, x, w, bias, xs, ws)
+    else:
+        y = _deconv_as_conv(relax, emit, x, w, xs, ws, k, s, d, pads, out_pad, groups)
+        if y is not None and bias is not None:
+            y = relax.op.add(y, relax.op.reshape(bias, [1, -1, 1, 1]))
+    return y
+
+
+def _deconv_as_depth_to_space(relax: Any, emit: Any, x: Any, w: Any, bias: Any, xs: list[int],
+                              ws: list[int]) -> Any:
+    """ConvTranspose with kernel == stride, no padding: out[n, o, h*s+i, w*s+j] = sum_c x[n, c, h, w] W[c, o, i, j]."""
+    n, _, h, wd = xs
+    c_in, c_out, sh, sw = ws
+    w1 = relax.op.reshape(relax.op.permute_dims(w, [1, 2, 3, 0]), [c_out * sh * sw, c_in, 1, 1])
+    y = relax.op.nn.conv2d(x, w1)
+    if bias is not None:  # added before the shuffle: it fuses into the conv kernel's epilogue
+        y = relax.op.add(y, relax.op.reshape(relax.op.repeat(bias, sh * sw, axis=0), [1, c_out * sh * sw, 1, 1]))
+    y = emit(y)
+    y = relax.op.permute_dims(relax.op.reshape(y, [n, c_out, sh, sw, h, wd]), [0, 1, 4, 2, 5, 3])
+    return relax.op.reshape(emit(y), [n, c_out, h * sh, wd * sw])
+
+
+def _deconv_as_conv(relax: Any, emit: Any, x: Any, w: Any, xs: list[int], ws: list[int], k: list[int],
+                    s: list[int], d: list[int], pads: list[int], out_pad: list[int], groups: int) -> Any:
+    """ConvTranspose = zeros inserted between input pixels, padded by d*(k-1)-pad, conv with the flipped kernel."""
+    n, c, h, wd = xs
+    c_in, c_out_g, kh, kw = ws
+    before = [d[i] * (k[i] - 1) - pads[i] for i in range(2)]
+    after = [d[i] * (k[i] - 1) - pads[i + 2] + out_pad[i] for i in range(2)]
+    if min(before + after) < 0:
+        return None  # padding beyond the kernel's reach: leave it to TVM's converter
+    if s != [1, 1]:  # zero insertion: [N,C,H,1,W,1] padded to [N,C,H,s,W,s]; the trailing s-1 zeros are cut
+        y = relax.op.reshape(x, [n, c, h, 1, wd, 1])
+        y = relax.op.nn.pad(y, [0, 0, 0, 0, 0, 0, 0, s[0] - 1, 0, 0, 0, s[1] - 1])
+        y = relax.op.reshape(y, [n, c, h * s[0], wd * s[1]])
+        x = emit(relax.op.strided_slice(y, axes=[2, 3], begin=[0, 0],
+                                        end=[(h - 1) * s[0] + 1, (wd - 1) * s[1] + 1]))
+    # W [C_in, C_out/g, kh, kw] -> [C_out, C_in/g, kh, kw], spatially flipped.
+    w1 = relax.op.reshape(w, [groups, c_in // groups, c_out_g, kh, kw])
+    w1 = relax.op.reshape(relax.op.permute_dims(w1, [0, 2, 1, 3, 4]), [groups * c_out_g, c_in // groups, kh, kw])
+    w1 = relax.op.flip(relax.op.flip(w1, axis=2), axis=3)
+    return relax.op.nn.conv2d(x, w1, padding=[before[0], before[1], after[0], after[1]], dilation=d, groups=groups)
+
+
+def _matmul(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """MatMul by a constant [K, N] whose N has no vector-sized divisor: N zero-padded to a multiple of 16, the
+    result cut back to N. Or None for TVM's converter.
+
+    The reduction schedule vectorizes N; with N = 6625 (PP-OCRv4 rec's CTC head) it could not, and that one
+    scalar matmul took 22 of the model's 38 ms. The padding costs one copy of the output (a slice kernel).
+    """
+    import numpy as np
+    import tvm
+
+    w = inputs[1]
+    shape = _static_shape(w)
+    if not isinstance(w, tvm.ir.Constant) or shape is None or len(shape) != 2 or not str(w.ty.dtype).startswith("float"):
+        return None
+    n = shape[1]
+    if n % 8 == 0 or n < 64 or _static_shape(inputs[0]) is None:
+        return None
+    value = w.value.numpy()
+    padded = np.zeros((shape[0], -(-n // 16) * 16), value.dtype)
+    padded[:, :n] = value
+    y = emit(relax.op.matmul(inputs[0], relax.const(padded)))
+    rank = len(_static_shape(inputs[0]))
+    return relax.op.strided_slice(y, axes=[rank - 1], begin=[0], end=[n])
+
+
+def _static_shape(x: Any) -> list[int] | None:
+    shape = getattr(getattr(x, "ty", None), "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None:
+        return None
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):  # a symbolic dimension
+        return None
+
+
+_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul,
+               **{op: _variadic(op) for op in ("Max", "Min", "Sum", "Mean")}}
 
 
 def _var_nodes(relax: Any, mod: Any, names: dict[str, str], graph_outputs: list[str]) -> dict[str, Any]:

@@ -142,10 +142,21 @@ def _vector_split(extent: int, lanes: int, max_vectors: int = 1) -> int:
 
 
 def _vectorize_innermost(sch: Any, block: Any, lanes: int) -> None:
+    """Vectorize the block's innermost loop, if that loop is the block's own (holds no other block).
+
+    A block moved under a shared loop (reverse_compute_at) may have no loop of its own: its innermost loop is
+    then the shared outer loop, and vectorizing that would vectorize every block under it, reductions
+    included. PP-OCRv4 rec's classifier head (matmul 40x120 @ 120x6625 + bias) got exactly that: 6625 has no
+    vector-sized divisor, so the epilogue sat directly under the fused 40*6625 loop, which was split by 8 and
+    vectorized around the 120-step reduction; vectors straddled rows (8 does not divide 6625) and TVM
+    compiled it to wrong results (cosine 0.26-0.31 vs ONNX Runtime), and the loop lost its parallel.
+    """
     loops = sch.get_loops(block)
     if not loops:
         return
     inner = loops[-1]
+    if len(sch.get_child_blocks(inner)) != 1:
+        return
     ext = _extent(sch, inner)
     if ext is None or ext < 2:
         return

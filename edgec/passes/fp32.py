@@ -7,18 +7,18 @@ the model's interface does not change.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from ..model import Model
+from ..model import Model, graphs
 
 _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT, FLOAT16
 
 
 def has_float16(proto: Any) -> bool:
     """Whether any initializer, constant or Cast of the model (subgraphs included) is float16."""
-    for graph in _graphs(proto.graph):
+    for graph in graphs(proto.graph):
         if any(t.data_type == _FLOAT16 for t in graph.initializer):
             return True
         for node in graph.node:
@@ -44,7 +44,7 @@ class Fp32Pass:
 
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
-        for graph in _graphs(proto.graph):
+        for graph in graphs(proto.graph):
             _upcast_graph(graph)
         _cast_boundaries(proto.graph)
         del proto.graph.value_info[:]
@@ -52,14 +52,6 @@ class Fp32Pass:
         _drop_float_to_float_casts(proto.graph)
         notes = model.provenance.get("notes", []) + ["float16 weights and casts upcast to float32 for int8 (exact)"]
         return Model(proto, {**model.provenance, "notes": notes})
-
-
-def _graphs(graph: Any) -> Iterator[Any]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for body in ([attr.g] if attr.type == attr.GRAPH else list(attr.graphs)):
-                yield from _graphs(body)
 
 
 def _upcast_graph(graph: Any) -> None:
@@ -92,7 +84,7 @@ def _drop_float_to_float_casts(graph: Any) -> None:
             alias[node.output[0]] = node.input[0]
             continue
         kept.append(node)
-    for body in _graphs(graph):
+    for body in graphs(graph):
         if body is not graph:
             for node in body.node:
                 node.input[:] = [alias.get(n, n) for n in node.input]
@@ -123,7 +115,7 @@ def _cast_boundaries(graph: Any) -> None:
             renames[value.name] = f"{value.name}_fp32"
             tails.append(onnx.helper.make_node("Cast", [renames[value.name]], [value.name], to=_FLOAT16,
                                                name=f"{value.name}_to_fp16"))
-    for graph_ in _graphs(graph):
+    for graph_ in graphs(graph):
         for node in graph_.node:
             node.input[:] = [renames.get(n, n) for n in node.input]
             if graph_ is graph:

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import ConfigError, PassError
-from ..model import Model
+from ..model import Model, all_nodes
 from .qmath import activation_qparams, dequantize, quantize_weight
 
 
@@ -208,22 +208,10 @@ def _emit_pending(graph: Any, pending: dict[str, list[Any]]) -> None:
 
 def _replace_initializers(graph: Any, new_inits: list[Any]) -> None:
     """Drop the initializers nothing reads any more (float weights now stored as int8); append `new_inits`."""
-    still_used = _read_names(graph) | {o.name for o in graph.output}
+    still_used = {i for node, _ in all_nodes(graph) for i in node.input} | {o.name for o in graph.output}
     kept_inits = [t for t in graph.initializer if t.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits + new_inits)
-
-
-def _read_names(graph: Any) -> set[str]:
-    """Every tensor name a node of `graph` reads, including nodes in If/Loop/Scan bodies (which read outer
-    tensors by name)."""
-    names = set()
-    for node in graph.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            for body in ([attr.g] if attr.type == attr.GRAPH else list(attr.graphs)):
-                names |= _read_names(body)
-    return names
 
 
 def _source_of(dq_output: str, act_dq: Mapping[str, str]) -> str:

@@ -1,0 +1,176 @@
+"""TVM builds of the op patterns that broke on published models (#15), as tiny graphs built in code.
+
+- ConvTranspose (PaddleOCR's DBNet text detector): conv2d_transpose reached VM codegen unlowered.
+- int32 bytes -> Cast -> Conv1D with a Max clamp (Google's magika): ConvertLayout failed on the Max.
+- MatMul + bias whose width has no vector-sized divisor (PP-OCRv4 rec's CTC head, 6625 classes): the
+  reduction schedule vectorized a loop around the reduction and the build computed garbage; then it ran
+  unvectorized (22 of 38 ms) until such weights were padded to whole vectors.
+- Ops TVM's importer cannot read (LSTM, a GRU inside an If): refused before any work, naming the nodes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgec
+from edgec import ConfigError
+from edgec.backends.tvm import TVMBackend
+from edgec.model import Model
+
+pytestmark = pytest.mark.requires_tvm
+
+_RNG = np.random.default_rng(15)
+
+
+def _weight(name: str, shape: tuple[int, ...], scale: float = 0.3) -> onnx.TensorProto:
+    return numpy_helper.from_array(_RNG.normal(0, scale, shape).astype(np.float32), name)
+
+
+def _model(nodes, inputs, output: str, out_shape, inits, opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _build(tmp_path: Path, model: onnx.ModelProto, samples: dict[str, np.ndarray] | None = None) -> edgec.Build:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    return edgec.compile(path, "x86-tvm", calibration=samples, output_dir=tmp_path / "out", profile_runs=3,
+                         progress=False)
+
+
+def _assert_matches_onnx_runtime(build: edgec.Build) -> dict[str, str]:
+    acc = build.report["accuracy"]
+    assert acc["ok"] is True and acc["cosine_min"] > 0.9999 and acc["max_abs_error"] < 1e-3, acc
+    return build.manifest["artifact"]["config"]["kernels"]
+
+
+# (kernel, stride, pads, output_padding, group, bias): the 2x upsampling of DBNet (kernel == stride) and the
+# general form (zeros inserted between pixels, then a conv), grouped and with output_padding.
+_DECONVS = {
+    "k2s2-bias": (2, 2, [0, 0, 0, 0], [0, 0], 1, True),
+    "k3s2-pad1-outpad1-bias": (3, 2, [1, 1, 1, 1], [1, 1], 1, True),
+    "k4s2-pad1-grouped": (4, 2, [1, 1, 1, 1], [0, 0], 2, False),
+}
+
+
+def _conv_transpose_onnx(kernel: int, stride: int, pads: list[int], out_pad: list[int], group: int,
+                         bias: bool) -> onnx.ModelProto:
+    """x[1,8,7,9] -> Conv3x3 -> Relu -> ConvTranspose(16) -> Relu: the transposed conv sits between NHWC convs."""
+    inits = [_weight("w0", (8, 8, 3, 3)), _weight("w", (8, 16 // group, kernel, kernel)), _weight("b", (16,))]
+    up_inputs = ["r0", "w"] + (["b"] if bias else [])
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("ConvTranspose", up_inputs, ["up"], name="up", kernel_shape=[kernel, kernel],
+                              strides=[stride, stride], pads=pads, output_padding=out_pad, group=group),
+             helper.make_node("Relu", ["up"], ["y"], name="relu1")]
+    out_hw = [stride * (n - 1) + out_pad[i] + kernel - pads[i] - pads[i + 2] for i, n in enumerate((7, 9))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 7, 9])], "y",
+                  [1, 16, *out_hw], inits if bias else inits[:2])
+
+
+@pytest.mark.parametrize("case", list(_DECONVS))
+def test_conv_transpose_builds_as_a_scheduled_conv_and_matches_onnx_runtime(tmp_path: Path, case: str) -> None:
+    build = _build(tmp_path, _conv_transpose_onnx(*_DECONVS[case]))
+    kernels = _assert_matches_onnx_runtime(build)
+    layer_map = build.manifest["artifact"]["layer_map"]
+    # The transposed conv runs as a conv edgec's NHWC rule schedules, and its kernels map back to node 'up'.
+    up_kernels = [k for k, nodes in layer_map.items() if "up" in nodes]
+    assert any(kernels.get(k.split("#")[0]) == "conv2d-nhwc" for k in up_kernels), (layer_map, kernels)
+
+
+def test_int32_bytes_cast_conv1d_with_a_max_clamp_builds(tmp_path: Path) -> None:
+    """magika's pattern: int32 bytes -> Cast -> Conv1D -> Max(., 0) -> Unsqueeze -> Conv2D [5x1] -> Squeeze.
+
+    TVM's Max converter stacks its inputs; ConvertLayout's rule for stack then failed the build with
+    "Invalid SLayout: can't find S in source layout ABCD".
+    """
+    inits = [_weight("w1", (8, 4, 3), 0.01), _weight("b1", (8,)), _weight("w2", (8, 8, 5, 1)), numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+             numpy_helper.from_array(np.array([3], np.int64), "ax")]
+    nodes = [helper.make_node("Cast", ["bytes"], ["xf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["xf", "w1", "b1"], ["c1"], name="conv1d", pads=[1, 1]),
+             helper.make_node("Max", ["c1", "zero"], ["m"], name="clamp"),
+             helper.make_node("Unsqueeze", ["m", "ax"], ["u"], name="unsqueeze"),
+             helper.make_node("Conv", ["u", "w2"], ["c2"], name="conv2d"),
+             helper.make_node("Squeeze", ["c2", "ax"], ["y"], name="squeeze")]
+    model = _model(nodes, [helper.make_tensor_value_info("bytes", TensorProto.INT32, [1, 4, 32])], "y", [1, 8, 28],
+                   inits)
+    byte_values = {"bytes": _RNG.integers(0, 256, (4, 4, 32)).astype(np.int32)}  # synthetic ints are zeros
+    build = _build(tmp_path, model, byte_values)
+    kernels = _assert_matches_onnx_runtime(build)
+    assert build.report["accuracy"]["samples"] == 4 and build.manifest["inputs"][0]["dtype"] == "int32"
+    assert "unscheduled" not in kernels.values(), kernels
+    assert any("clamp" in nodes for nodes in build.manifest["artifact"]["layer_map"].values())
+
+
+def test_matmul_bias_with_an_odd_width_matches_onnx_runtime(tmp_path: Path) -> None:
+    """PP-OCRv4 rec's CTC head in small: [1,8,16] @ [16,37] + bias (37, like 6625, has no vector-sized divisor).
+
+    The reduction schedule vectorized the loop around the whole reduction by 8 lanes straddling rows:
+    cosine 0.13 against ONNX Runtime before the fix.
+    """
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="head"),
+             helper.make_node("Add", ["mm", "b"], ["y"], name="bias")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])], "y", [1, 8, 37],
+                   [_weight("w", (16, 37)), _weight("b", (37,))])
+    kernels = _assert_matches_onnx_runtime(_build(tmp_path, model))
+    assert list(kernels.values()) == ["reduction"]
+
+
+def test_matmul_by_a_wide_odd_constant_is_padded_to_whole_vectors(tmp_path: Path) -> None:
+    """[1,4,16] @ [16,100] + bias: N = 100 is padded to 112 so the reduction rule vectorizes it, then cut back."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="head"),
+             helper.make_node("Add", ["mm", "b"], ["y"], name="bias")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])], "y", [1, 4, 100],
+                   [_weight("w", (16, 100)), _weight("b", (100,))])
+    build = _build(tmp_path, model)
+    kernels = _assert_matches_onnx_runtime(build)
+    assert any("strided_slice" in k and rule == "reduction" for k, rule in kernels.items()), kernels
+    assert build.manifest["outputs"][0]["shape"] == [1, 4, 100]
+
+
+def _lstm_onnx() -> onnx.ModelProto:
+    """x[5,1,4] -> LSTM(hidden 3) 'encoder_lstm'; an If whose then-branch holds a GRU 'gru_in_branch'."""
+    gru = helper.make_node("GRU", ["h", "gw", "gr"], ["", "gh"], name="gru_in_branch", hidden_size=3)
+    then_branch = helper.make_graph([gru], "then", [], [helper.make_tensor_value_info("gh", TensorProto.FLOAT, [1, 1, 3])],
+                                    [_weight("gw", (1, 9, 3)), _weight("gr", (1, 9, 3))])
+    other = helper.make_graph([helper.make_node("Identity", ["yh"], ["eh"], name="keep")], "else", [],
+                              [helper.make_tensor_value_info("eh", TensorProto.FLOAT, [1, 1, 3])])
+    nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["", "yh"], name="encoder_lstm", hidden_size=3),
+             helper.make_node("Reshape", ["yh", "shape"], ["h"], name="as_sequence"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_branch, else_branch=other)]
+    inits = [_weight("w", (1, 12, 4)), _weight("r", (1, 12, 3)),
+             numpy_helper.from_array(np.array([1, 1, 3], np.int64), "shape"),
+             numpy_helper.from_array(np.array(True), "cond")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_ops_the_importer_cannot_read_are_refused_before_any_work(tmp_path: Path) -> None:
+    path = tmp_path / "rnn.onnx"
+    path.write_bytes(_lstm_onnx().SerializeToString())
+    with pytest.raises(ConfigError) as e:
+        edgec.compile(path, "x86-tvm", output_dir=tmp_path / "out", progress=False)
+    message = str(e.value)
+    assert "LSTM (node 'encoder_lstm')" in message
+    assert "GRU (node 'gru_in_branch' in the then_branch of 'branch')" in message  # inside an If's subgraph
+    assert "intel-cpu (OpenVINO) runs GRU, LSTM" in message and "--target intel-cpu" in message
+    assert "If (" not in message and "Reshape (" not in message  # what the importer reads is not listed
+    assert not (tmp_path / "out").exists()
+
+
+def test_supported_set_is_the_importers_own_table() -> None:
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    assert "LSTM" not in onnx_frontend._get_convert_map()  # what the refusal above relies on
+    model = Model(_conv_transpose_onnx(*_DECONVS["k2s2-bias"]), {})
+    assert TVMBackend().model_refusal(model, edgec.load_target("x86-tvm")) is None
