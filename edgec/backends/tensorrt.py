@@ -218,9 +218,12 @@ def range_problems(model: Model) -> list[str]:
     from onnx import numpy_helper
 
     limit = 2**31 - 1
+    # Slice starts/ends beyond int32 (exporters write INT64_MAX for "to the end") are safe: TensorRT casts int64
+    # down clamping to +-INT_MAX (onnx-tensorrt docs/operators.md), and a slice clamps to the dim anyway.
+    slice_bounds = {i for node, _ in all_nodes(model.proto.graph) if node.op_type == "Slice" for i in node.input[1:3]}
     problems = []
     for t in model.proto.graph.initializer:
-        if t.data_type == 7 and not t.external_data:  # INT64
+        if t.data_type == 7 and not t.external_data and t.name not in slice_bounds:  # INT64
             values = numpy_helper.to_array(t)
             if values.size and np.abs(values).max() > limit:
                 problems.append(f"int64 initializer '{t.name}' holds {int(np.abs(values).max())}")
