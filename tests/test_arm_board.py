@@ -81,6 +81,31 @@ def test_cli_profile_over_rpc(rpi4_build: Path, a72_board, capsys) -> None:
 
 
 @board_test
+def test_a_board_whose_outputs_disagree_exits_4(rpi4_build: Path, a72_board, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from edgec.cli import main
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(rpi4_build, wrong)
+    # model.so on the board computes the original graph; the host's reference now runs a different one.
+    proto = onnx.load(wrong / "model.onnx")
+    w1 = next(t for t in proto.graph.initializer if t.name == "w1")
+    w1.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w1), "w1"))
+    onnx.save(proto, wrong / "model.onnx")
+    assert main(["profile", str(wrong), "--device", a72_board.device, "--runs", "3", "--warmup", "1"]) == 4
+    captured = capsys.readouterr()
+    assert "disagree with ONNX Runtime" in captured.err and "do not deploy" in captured.err
+    assert "latency p50" in captured.out  # the profile is still shown, and written
+    assert json.loads((wrong / "profile.json").read_text())["accuracy"]["ok"] is False
+    assert np.isfinite(json.loads((wrong / "profile.json").read_text())["accuracy"]["max_abs_error"])
+
+
+@board_test
 def test_a_build_for_a_cpu_the_board_lacks_fails_with_illegal_instruction(tiny: Path, rpi4_build: Path, a72_board,
                                                                           tmp_path: Path) -> None:
     rpi4 = (TARGETS_DIR / "rpi4.toml").read_text()

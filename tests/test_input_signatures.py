@@ -147,3 +147,17 @@ def test_a_build_failing_its_check_fails_the_compile(tmp_path: Path, capsys) -> 
     with pytest.raises(AccuracyCheckFailed):
         edgec.compile(tmp_path / "m.onnx", "intel-cpu", "int8", {"x": x}, output_dir=tmp_path / "p",
                       calibration_method="minmax", range_search=0, profile_runs=5, progress=False, use_cache=False)
+
+
+def test_outputs_that_are_all_but_zero_on_both_sides_agree() -> None:
+    from edgec.accuracy import compare
+
+    reference = np.zeros((3, 100))
+    reference[0] = RNG.random(100)           # a page with text: a real map
+    reference[1:] = 1e-6 * RNG.random((2, 100))  # photos: "no text" everywhere
+    candidate = reference.copy()
+    candidate[1] = 0.0                        # a backend that rounds "no text" to exactly zero
+    result = compare([reference], [candidate])
+    assert result["cosine_min"] == 1.0 and result["negligible_samples"] == 2
+    candidate[2, 5] = 0.5                     # a real disagreement on a quiet sample still counts
+    assert compare([reference], [candidate])["cosine_min"] < 0.1
