@@ -19,7 +19,6 @@ Self-check (by hand, needs the network once): ``python -m benchmarks.zoo_check``
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 import re
@@ -36,6 +35,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from benchmarks import zoo_data as data
+from edgec.fileio import write_bytes_atomic
+from edgec.model import file_sha256
 
 __all__ = ["ZooModel", "InputSpec", "ZOO", "get", "ci_subset", "cache_dir", "wheel_path", "bert_tiny",
            "export_bert_tiny", "captcha", "SKIMAGE"]
@@ -68,26 +69,9 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edgec" / "zoo"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write(dest: Path, payload: bytes) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(dest, payload)
 
 
 def wheel_path(requirement: str) -> Path:
@@ -122,7 +106,7 @@ def wheel_path(requirement: str) -> Path:
 @functools.lru_cache(maxsize=64)
 def _verified(path: Path, mtime_ns: int) -> str:
     """sha256 of a file, computed once per (path, mtime) in a process."""
-    return _sha256(path)
+    return file_sha256(path)
 
 
 # ------------------------------------------------------------------------------------------------- the model
