@@ -27,7 +27,7 @@ from .passes.fp32 import Fp32Pass, has_float16
 from .passes.opset import QDQ_MIN_OPSET, OpsetUpgradePass, default_opset
 from .passes.mixed import MixedResult, layer_times, search_mixed
 from .passes.ptq import Calibrated, calibrate, calibration_samples
-from .passes.qdq import WeightOnlyInt8Pass
+from .passes.qdq import WeightOnlyInt8Pass, already_quantized
 from .profile import Profile, attach_sources, not_faster
 from .progress import Steps
 from .report import MANIFEST_SCHEMA, new_manifest, new_report, write_build_files
@@ -126,6 +126,10 @@ def plan(model: Model, options: CompileOptions, backend: Backend, sdk: Mapping[s
     if model.provenance.get("dynamic_shapes") and not backend.capabilities.dynamic_shapes:
         raise ConfigError(f"Dynamic input dims (MIN:OPT:MAX) are for TensorRT targets; {options.target.name} "
                           f"({backend.name}) builds static shapes: give plain sizes in --input-shape.")
+    if options.precision in ("int8", "mixed", "int8-weights"):
+        refusal = already_quantized(model.proto)
+        if refusal:
+            raise ConfigError(refusal)
     versions = dict(sdk)
     if model.provenance.get("kind") == "torch":
         import torch  # the exporter's version shapes the graph; torch is loaded already when kind is torch

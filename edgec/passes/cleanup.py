@@ -20,6 +20,7 @@ class CleanupPass:
 
     def run(self, model: Model) -> Model:
         proto = model.proto
+        provenance = model.provenance
         if self.fold_constants:
             import onnxscript.optimizer
 
@@ -28,8 +29,13 @@ class CleanupPass:
             except Exception as e:
                 raise PassError(f"cleanup: onnxscript's optimizer failed on {model.provenance.get('source')}: "
                                 f"{brief(e)}. Retry with fold_constants=False.") from e
+            problem = _invalid_for_its_opset(proto)
+            if problem:  # the optimizer writes newer-opset attributes into old graphs (Reshape allowzero < 14)
+                proto = model.proto
+                provenance = {**provenance, "notes": provenance.get("notes", []) + [
+                    f"cleanup kept the model unfolded: onnxscript's optimizer made it invalid for its opset ({problem})"]}
         name_nodes(proto)
-        return Model(proto, model.provenance)
+        return Model(proto, provenance)
 
 
 def name_nodes(proto: Any) -> None:
@@ -46,3 +52,22 @@ def name_nodes(proto: Any) -> None:
         node.name = f"{node.op_type}_{counter}"
         taken.add(node.name)
         kept.add(node.name)
+
+
+def _invalid_for_its_opset(proto: Any) -> str | None:
+    """Why `proto` is not a valid model at its own opsets (after dropping a Reshape `allowzero=0`, the default,
+    which opsets below 14 do not know); None when it is."""
+    import onnx
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 14:
+        for node in proto.graph.node:
+            if node.op_type == "Reshape":
+                kept = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 0)]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # onnx raises ValidationError, or a bare Exception from its C++ checker
+        return brief(e, 160)
+    return None

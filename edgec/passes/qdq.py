@@ -19,6 +19,23 @@ from .qmath import activation_qparams, dequantize, quantize_weight
 
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+# Ops of a model that is quantized already (by ORT's quantizer, NNCF, a QAT export): int8 on top is refused.
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                           "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
+                           "DynamicQuantizeMatMul", "QAttention", "QGemm", "MatMulIntegerToFloat"})
+
+
+def already_quantized(proto: Any) -> str | None:
+    """A refusal naming the quantized ops of `proto` (subgraphs included), or None when it has none."""
+    found: dict[str, str] = {}
+    for node, where in all_nodes(proto.graph):
+        if node.op_type in QUANTIZED_OPS:
+            found.setdefault(node.op_type, where)
+    if not found:
+        return None
+    listed = ", ".join(f"{op} ({where})" for op, where in sorted(found.items()))
+    return (f"The model is quantized already: {listed}. edgec calibrates float models; compile this one with "
+            "--precision fp32 (the backend runs its int8 ops as they are), or give edgec the float model.")
 
 
 @dataclass(frozen=True)
