@@ -160,4 +160,4 @@ def test_outputs_that_are_all_but_zero_on_both_sides_agree() -> None:
     result = compare([reference], [candidate])
     assert result["cosine_min"] == 1.0 and result["negligible_samples"] == 2
     candidate[2, 5] = 0.5                     # a real disagreement on a quiet sample still counts
-    assert compare([reference], [candidate])["cosine_min"] < 0.1
+    assert compare([reference], [candidate])["cosine_min"] < 0.5
