@@ -546,7 +546,8 @@ def _import(tvm: Any, relax: Any, proto: Any, shapes: dict[str, list[int]]) -> t
         try:
             mod = from_onnx(proto, shape_dict=shapes)
         except Exception as e:  # noqa: BLE001
-            raise BuildError(f"TVM's Relax ONNX importer could not read the model: {brief(e)}") from e
+            raise BuildError(f"TVM's Relax ONNX importer could not read the model: {brief(e)} (with edgec's "
+                             f"converters: {brief(first, 300)})") from first
         return mod, {}, f"no layer map: the naming importer failed ({brief(first, 120)})"
 
 
@@ -735,6 +736,26 @@ def _matmul(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], 
     return relax.op.strided_slice(y, axes=[rank - 1], begin=[0], end=[n])
 
 
+def _squeeze(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """Squeeze with negative axes made non-negative (static rank, constant axes), or None for TVM's converter.
+
+    ConvertLayout's rule for a squeeze with axis -1 after a conv1d (silero VAD's encoder -> LSTM) crashed
+    the build with std::bad_alloc; the same squeeze with axis 2 converts.
+    """
+    import tvm
+
+    x = inputs[0]
+    shape = _static_shape(x)
+    if opset < 13:
+        axes = attrs.get("axes")
+    else:
+        a = inputs[1] if len(inputs) > 1 else None
+        axes = [int(v) for v in a.value.numpy().reshape(-1)] if isinstance(a, tvm.ir.Constant) else None
+    if shape is None or not axes or all(int(v) >= 0 for v in axes):
+        return None
+    return relax.op.squeeze(x, axis=sorted(int(v) % len(shape) for v in axes))
+
+
 def _static_shape(x: Any) -> list[int] | None:
     shape = getattr(getattr(x, "ty", None), "shape", None)
     values = getattr(shape, "values", None)
@@ -836,11 +857,12 @@ def _lstm_direction(relax: Any, bb: Any, emit: Any, xw: Any, d: int, weights: tu
     steps, batch, hidden = dims
     r_t, p = weights
     h, c = state
-    gates = 4 * hidden
+    gates, width = 4 * hidden, _static_shape(xw)[-1]
     outs: list[Any] = [None] * steps
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        g = relax.op.reshape(relax.op.strided_slice(xw, axes=[0, 2], begin=[t, d * gates],
-                                                    end=[t + 1, (d + 1) * gates]), [batch, gates])
+        g = relax.op.reshape(relax.op.strided_slice(xw, axes=[0], begin=[t], end=[t + 1]), [batch, width])
+        if width != gates:  # bidirectional: this direction's half
+            g = relax.op.strided_slice(g, axes=[1], begin=[d * gates], end=[(d + 1) * gates])
         if h is not None:
             g = relax.op.add(g, relax.op.matmul(h, r_t))
         g = _bind(relax, bb, emit, g)
@@ -877,6 +899,7 @@ def _bind(relax: Any, bb: Any, emit: Any, expr: Any) -> Any:
 
 
 _CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "LSTM": _lstm,
+               "Squeeze": _squeeze,
                **{op: _variadic(op) for op in ("Max", "Min", "Sum", "Mean")}}
 # Ops edgec converts, with the nodes whose attributes their converter does not implement: node -> reason or None.
 _NODE_REFUSALS = {"LSTM": lstm_refusal}
