@@ -252,3 +252,14 @@ def test_lstm_variants_the_unrolling_lacks_are_refused_before_any_work(tmp_path:
     message = str(e.value)
     assert "LSTM (node 'rnn')" in message and words in message and "--target intel-cpu" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_conv1d_then_squeeze_of_the_last_axis_builds(tmp_path: Path) -> None:
+    """silero VAD's encoder -> LSTM: Conv1D -> Relu -> Squeeze(axes=[-1]). ConvertLayout crashed the build
+    with std::bad_alloc on the negative axis; edgec's Squeeze converter makes it non-negative."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Squeeze", ["r", "ax"], ["y"], name="squeeze")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1])], "y", [1, 8],
+                   [_weight("w", (8, 4, 3)), numpy_helper.from_array(np.array([-1], np.int64), "ax")])
+    _assert_matches_onnx_runtime(_build(tmp_path, model))
