@@ -5,7 +5,9 @@
 - MatMul + bias whose width has no vector-sized divisor (PP-OCRv4 rec's CTC head, 6625 classes): the
   reduction schedule vectorized a loop around the reduction and the build computed garbage; then it ran
   unvectorized (22 of 38 ms) until such weights were padded to whole vectors.
-- Ops TVM's importer cannot read (LSTM, a GRU inside an If): refused before any work, naming the nodes.
+- Ops TVM's importer cannot read (RNN, a GRU inside an If): refused before any work, naming the nodes.
+- LSTM (silero VAD, ddddocr's OCR): no converter in TVM's importer; edgec unrolls it over the static
+  sequence. What the unrolling does not implement (clip, ...) is refused before any work.
 """
 from __future__ import annotations
 
@@ -135,17 +137,17 @@ def test_matmul_by_a_wide_odd_constant_is_padded_to_whole_vectors(tmp_path: Path
     assert build.manifest["outputs"][0]["shape"] == [1, 4, 100]
 
 
-def _lstm_onnx() -> onnx.ModelProto:
-    """x[5,1,4] -> LSTM(hidden 3) 'encoder_lstm'; an If whose then-branch holds a GRU 'gru_in_branch'."""
+def _recurrent_onnx() -> onnx.ModelProto:
+    """x[5,1,4] -> RNN(hidden 3) 'encoder_rnn'; an If whose then-branch holds a GRU 'gru_in_branch'."""
     gru = helper.make_node("GRU", ["h", "gw", "gr"], ["", "gh"], name="gru_in_branch", hidden_size=3)
     then_branch = helper.make_graph([gru], "then", [], [helper.make_tensor_value_info("gh", TensorProto.FLOAT, [1, 1, 3])],
                                     [_weight("gw", (1, 9, 3)), _weight("gr", (1, 9, 3))])
     other = helper.make_graph([helper.make_node("Identity", ["yh"], ["eh"], name="keep")], "else", [],
                               [helper.make_tensor_value_info("eh", TensorProto.FLOAT, [1, 1, 3])])
-    nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["", "yh"], name="encoder_lstm", hidden_size=3),
+    nodes = [helper.make_node("RNN", ["x", "w", "r"], ["", "yh"], name="encoder_rnn", hidden_size=3),
              helper.make_node("Reshape", ["yh", "shape"], ["h"], name="as_sequence"),
              helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_branch, else_branch=other)]
-    inits = [_weight("w", (1, 12, 4)), _weight("r", (1, 12, 3)),
+    inits = [_weight("w", (1, 3, 4)), _weight("r", (1, 3, 3)),
              numpy_helper.from_array(np.array([1, 1, 3], np.int64), "shape"),
              numpy_helper.from_array(np.array(True), "cond")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 4])],
@@ -157,20 +159,107 @@ def _lstm_onnx() -> onnx.ModelProto:
 
 def test_ops_the_importer_cannot_read_are_refused_before_any_work(tmp_path: Path) -> None:
     path = tmp_path / "rnn.onnx"
-    path.write_bytes(_lstm_onnx().SerializeToString())
+    path.write_bytes(_recurrent_onnx().SerializeToString())
     with pytest.raises(ConfigError) as e:
         edgec.compile(path, "x86-tvm", output_dir=tmp_path / "out", progress=False)
     message = str(e.value)
-    assert "LSTM (node 'encoder_lstm')" in message
+    assert "RNN (node 'encoder_rnn')" in message
     assert "GRU (node 'gru_in_branch' in the then_branch of 'branch')" in message  # inside an If's subgraph
-    assert "intel-cpu (OpenVINO) runs GRU, LSTM" in message and "--target intel-cpu" in message
+    assert "intel-cpu (OpenVINO) runs GRU, RNN" in message and "--target intel-cpu" in message
     assert "If (" not in message and "Reshape (" not in message  # what the importer reads is not listed
     assert not (tmp_path / "out").exists()
 
 
-def test_supported_set_is_the_importers_own_table() -> None:
+def test_supported_set_is_the_importers_own_table_plus_edgecs_converters() -> None:
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    assert "LSTM" not in onnx_frontend._get_convert_map()  # what the refusal above relies on
+    convert_map = onnx_frontend._get_convert_map()
+    assert "RNN" not in convert_map and "GRU" not in convert_map  # what the refusal above relies on
+    assert "LSTM" not in convert_map  # LSTM builds through edgec's converter (the tests below)
     model = Model(_conv_transpose_onnx(*_DECONVS["k2s2-bias"]), {})
     assert TVMBackend().model_refusal(model, edgec.load_target("x86-tvm")) is None
+
+
+def _lstm_onnx(direction: str = "forward", seq: int = 6, batch: int = 2, size: int = 5, hidden: int = 4,
+               optional: tuple[str, ...] = ("B", "initial_h", "initial_c"), layout: int = 0,
+               **attrs) -> onnx.ModelProto:
+    """x -> LSTM 'rnn' with the optional inputs named in `optional` (initial states as graph inputs) ->
+    Y, Y_h and Y_c each through a Relu (so every output is used by another node, as in real models)."""
+    dirs = 2 if direction == "bidirectional" else 1
+    x_shape = [seq, batch, size] if layout == 0 else [batch, seq, size]
+    state_shape = [dirs, batch, hidden] if layout == 0 else [batch, dirs, hidden]
+    y_shape = [seq, dirs, batch, hidden] if layout == 0 else [batch, seq, dirs, hidden]
+    inits = [_weight("w", (dirs, 4 * hidden, size)), _weight("r", (dirs, 4 * hidden, hidden))]
+    inits += [_weight("b", (dirs, 8 * hidden))] if "B" in optional else []
+    inits += [_weight("p", (dirs, 3 * hidden))] if "P" in optional else []
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, state_shape)
+               for n in ("initial_h", "initial_c") if n in optional]
+    names = ["x", "w", "r", "b" if "B" in optional else "", "",
+             *(n if n in optional else "" for n in ("initial_h", "initial_c")), "p" if "P" in optional else ""]
+    while names[-1] == "":
+        names.pop()
+    nodes = [helper.make_node("LSTM", names, ["y", "yh", "yc"], name="rnn", hidden_size=hidden, direction=direction,
+                              layout=layout, **attrs)]
+    nodes += [helper.make_node("Relu", [o], [f"{o}_out"], name=f"relu_{o}") for o in ("y", "yh", "yc")]
+    outs = [helper.make_tensor_value_info("y_out", TensorProto.FLOAT, y_shape),
+            helper.make_tensor_value_info("yh_out", TensorProto.FLOAT, state_shape),
+            helper.make_tensor_value_info("yc_out", TensorProto.FLOAT, state_shape)]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outs, inits),
+                              opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _lstm_samples(model: onnx.ModelProto, n: int = 4) -> dict[str, np.ndarray]:
+    return {i.name: _RNG.normal(0, 1, [n] + [d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in model.graph.input}
+
+
+# (direction, optional inputs, layout): forward with every optional input; without initial states (zeros);
+# reverse with peepholes; bidirectional with and without B and initial states.
+_LSTMS = {
+    "forward-B-h0-c0": ("forward", ("B", "initial_h", "initial_c"), 0),
+    "forward-no-state": ("forward", ("B",), 0),
+    "reverse-peepholes": ("reverse", ("B", "initial_h", "initial_c", "P"), 0),
+    "bidirectional-B-h0-c0": ("bidirectional", ("B", "initial_h", "initial_c"), 0),
+    "bidirectional-no-B-no-state": ("bidirectional", (), 0),
+}
+
+
+@pytest.mark.parametrize("case", list(_LSTMS))
+def test_lstm_is_unrolled_and_matches_onnx_runtime(tmp_path: Path, case: str) -> None:
+    """LSTM has no converter in TVM's importer: edgec unrolls it (one X·Wᵀ matmul, then a step per element of
+    the sequence). All three outputs (Y, Y_h, Y_c) are compared with ONNX Runtime."""
+    direction, optional, layout = _LSTMS[case]
+    model = _lstm_onnx(direction, optional=optional, layout=layout)
+    build = _build(tmp_path, model, _lstm_samples(model))
+    kernels = _assert_matches_onnx_runtime(build)
+    assert "unscheduled" not in kernels.values(), kernels
+    assert [o["name"] for o in build.manifest["outputs"]] == ["y_out", "yh_out", "yc_out"]
+    assert any("rnn" in nodes for nodes in build.manifest["artifact"]["layer_map"].values())
+
+
+@pytest.mark.parametrize("attrs, words", [({"clip": 3.0}, "clip=3.0"), ({"layout": 1}, "layout=1"),
+                                          ({"activations": ["Relu", "Tanh", "Tanh"]}, "activations=")],
+                         ids=["clip", "layout1", "activations"])
+def test_lstm_variants_the_unrolling_lacks_are_refused_before_any_work(tmp_path: Path, attrs: dict,
+                                                                      words: str) -> None:
+    path = tmp_path / "lstm.onnx"
+    path.write_bytes(_lstm_onnx(**attrs).SerializeToString())
+    with pytest.raises(ConfigError) as e:
+        edgec.compile(path, "x86-tvm", output_dir=tmp_path / "out", progress=False)
+    message = str(e.value)
+    assert "LSTM (node 'rnn')" in message and words in message and "--target intel-cpu" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_conv1d_then_squeeze_of_the_last_axis_builds(tmp_path: Path) -> None:
+    """silero VAD's encoder -> LSTM: Conv1D -> Relu -> Squeeze(axes=[-1]). ConvertLayout crashed the build
+    with std::bad_alloc on the negative axis; edgec's Squeeze converter makes it non-negative."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Squeeze", ["r", "ax"], ["y"], name="squeeze")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1])], "y", [1, 8],
+                   [_weight("w", (8, 4, 3)), numpy_helper.from_array(np.array([-1], np.int64), "ax")])
+    _assert_matches_onnx_runtime(_build(tmp_path, model))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnx import helper as onnx_helper
 
 from ..errors import BackendUnavailable, BuildError, ConfigError, EdgecError, brief
 from ..fileio import signals_deferred, write_bytes_atomic
@@ -92,24 +93,33 @@ class TVMBackend:
         return target.arch == platform.machine()
 
     def model_refusal(self, model: Model, target: Target) -> str | None:
-        """The ops TVM's Relax ONNX importer has no converter for (subgraphs of If/Loop/Scan included), or None.
+        """The ops TVM cannot build (subgraphs of If/Loop/Scan included), or None.
 
-        The supported set is the importer's own converter table plus what it handles itself (If, Constant),
-        so it follows the installed TVM.
+        Supported: the Relax ONNX importer's own converter table, what it handles itself (If, Constant), and
+        edgec's converters (`_CONVERTERS`, e.g. LSTM unrolled), so it follows the installed TVM. A node of an
+        op edgec converts but whose attributes its converter does not implement (`_NODE_REFUSALS`, e.g. an
+        LSTM with clip) is refused too, naming the node and what it lacks.
         """
         self._tvm()
         from tvm.relax.frontend.onnx import onnx_frontend as fe
 
-        supported = set(fe._get_convert_map()) | _IMPORTER_HANDLES
+        supported = set(fe._get_convert_map()) | _IMPORTER_HANDLES | set(_CONVERTERS)
         missing: dict[str, list[str]] = {}
         custom: set[str] = set()
+        partial: list[str] = []
         for node, where in all_nodes(model.proto.graph):  # the importer looks converters up by op type alone
             if node.op_type not in supported:
                 missing.setdefault(node.op_type, []).append(where)
                 if node.domain not in ("", "ai.onnx"):
                     custom.add(f"{node.domain}.{node.op_type}")
-        if not missing:
+            elif node.op_type in _NODE_REFUSALS and (why := _NODE_REFUSALS[node.op_type](node)):
+                partial.append(f"{node.op_type} ({where}): {why}")
+        if not missing and not partial:
             return None
+        head = f"TVM {self.versions()['tvm']} cannot build this model for {target.name}: "
+        if not missing:
+            return (head + "; ".join(partial) + ". Compile with --target intel-cpu (OpenVINO runs these), or "
+                    "re-export the model without these attributes.")
         listed = "; ".join(f"{op} ({nodes[0]}{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''})"
                            for op, nodes in sorted(missing.items()))
         standard = sorted(op for op in missing if not any(c.endswith(f".{op}") for c in custom))
@@ -119,8 +129,9 @@ class TVMBackend:
         if custom:
             where_else += (f" {', '.join(sorted(custom))} belong to custom op domains, which no edgec target is "
                            "known to read: export with standard ONNX ops.")
-        return (f"TVM {self.versions()['tvm']} cannot build this model for {target.name}: its Relax ONNX importer "
-                f"has no converter for {len(missing)} op type(s): {listed}.{where_else}")
+        also = f" Also: {'; '.join(partial)}." if partial else ""
+        return (head + f"its Relax ONNX importer has no converter for {len(missing)} op type(s): {listed}."
+                f"{where_else}{also}")
 
     # -------------------------------------------------------------------------------------------- build
     def build(self, model: Model, target: Target, precision: str, out_dir: Path) -> Artifact:
@@ -529,11 +540,14 @@ def _import(tvm: Any, relax: Any, proto: Any, shapes: dict[str, list[int]]) -> t
     try:
         mod, names = _import_named(relax, proto, shapes)
         return mod, names, ""
+    except EdgecError:
+        raise  # an edgec converter's own error (it names the node); the plain importer would not do better
     except Exception as first:  # noqa: BLE001 - retry without naming, then report the real error
         try:
             mod = from_onnx(proto, shape_dict=shapes)
         except Exception as e:  # noqa: BLE001
-            raise BuildError(f"TVM's Relax ONNX importer could not read the model: {brief(e)}") from e
+            raise BuildError(f"TVM's Relax ONNX importer could not read the model: {brief(e)} (with edgec's "
+                             f"converters: {brief(first, 300)})") from first
         return mod, {}, f"no layer map: the naming importer failed ({brief(first, 120)})"
 
 
@@ -544,6 +558,12 @@ def _import_named(relax: Any, proto: Any, shapes: dict[str, list[int]]) -> tuple
     names: dict[str, str] = {}
 
     class NamingImporter(fe.ONNXGraphImporter):
+        def _check_for_unsupported_ops(self, graph):  # edgec's converters count as supported
+            known = set(fe._get_convert_map()) | _IMPORTER_HANDLES | set(_CONVERTERS)
+            missing = {n.op_type for n in graph.node} - known
+            if missing:
+                raise tvm.error.OpNotImplemented(f"No converter for {', '.join(sorted(missing))}")
+
         def _convert_operator(self, op_name, inputs, attrs, opset):
             node = (attrs.get("tvm_custom") or {}).get("name") or ""
             key = f"e{len(names)}"
@@ -716,6 +736,26 @@ def _matmul(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], 
     return relax.op.strided_slice(y, axes=[rank - 1], begin=[0], end=[n])
 
 
+def _squeeze(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """Squeeze with negative axes made non-negative (static rank, constant axes), or None for TVM's converter.
+
+    ConvertLayout's rule for a squeeze with axis -1 after a conv1d (silero VAD's encoder -> LSTM) crashed
+    the build with std::bad_alloc; the same squeeze with axis 2 converts.
+    """
+    import tvm
+
+    x = inputs[0]
+    shape = _static_shape(x)
+    if opset < 13:
+        axes = attrs.get("axes")
+    else:
+        a = inputs[1] if len(inputs) > 1 else None
+        axes = [int(v) for v in a.value.numpy().reshape(-1)] if isinstance(a, tvm.ir.Constant) else None
+    if shape is None or not axes or all(int(v) >= 0 for v in axes):
+        return None
+    return relax.op.squeeze(x, axis=sorted(int(v) % len(shape) for v in axes))
+
+
 def _static_shape(x: Any) -> list[int] | None:
     shape = getattr(getattr(x, "ty", None), "shape", None)
     values = getattr(shape, "values", None)
@@ -727,8 +767,142 @@ def _static_shape(x: Any) -> list[int] | None:
         return None
 
 
-_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul,
+# ------------------------------------------------------------------------------------------------ LSTM
+_LSTM_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+
+
+def lstm_refusal(node: Any) -> str | None:
+    """Why edgec's LSTM converter cannot build `node` (an ONNX LSTM NodeProto), or None when it can.
+
+    The converter implements ONNX LSTM with the default activations (Sigmoid, Tanh, Tanh), optional B,
+    initial_h, initial_c and peepholes P, in every direction. It refuses what it does not
+    implement: clip, other activations, input_forget, sequence_lens (per-sequence lengths) and layout=1.
+    """
+    attrs = {a.name: onnx_helper.get_attribute_value(a) for a in node.attribute}
+    reasons = []
+    if "clip" in attrs:
+        reasons.append(f"clip={attrs['clip']}")
+    if int(attrs.get("input_forget", 0)):
+        reasons.append("input_forget=1")
+    if attrs.get("activation_alpha") or attrs.get("activation_beta"):
+        reasons.append("activation_alpha/activation_beta")
+    acts = [a.decode().lower() if isinstance(a, bytes) else str(a).lower() for a in attrs.get("activations", [])]
+    if acts and any(acts[i] != _LSTM_ACTIVATIONS[i % 3] for i in range(len(acts))):
+        reasons.append(f"activations={acts}")
+    if len(node.input) > 4 and node.input[4]:
+        reasons.append(f"sequence_lens ('{node.input[4]}')")
+    if int(attrs.get("layout", 0)):
+        reasons.append("layout=1 (batch first; ONNX Runtime, edgec's accuracy reference, cannot run it either)")
+    if not reasons:
+        return None
+    return (f"edgec's LSTM converter does not implement {', '.join(reasons)} (it unrolls LSTMs with the "
+            "default Sigmoid/Tanh/Tanh activations, no clip, no input_forget, every sequence of full length, layout 0)")
+
+
+def _lstm(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """ONNX LSTM unrolled over its static sequence length: (Y, Y_h, Y_c) as a relax.Tuple.
+
+    X·Wᵀ + Wb + Rb for every step and direction is one matmul; then per step and direction gates =
+    that row + H·Rᵀ, split in ONNX's order i, o, f, c; c = f*c + i*g; h = o*tanh(c) (peepholes added to
+    i, f and o when P is given). Y is [seq, num_directions, batch, hidden] (layout 0).
+    What `lstm_refusal` refuses is refused before the build; a dynamic shape here raises BuildError.
+    """
+    x, w, r = inputs[0], inputs[1], inputs[2]
+    opt = [inputs[i] if len(inputs) > i else None for i in range(3, 8)]
+    b, _, h0, c0, p = opt
+    hidden = int(attrs["hidden_size"])
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    name = (attrs.get("tvm_custom") or {}).get("name") or "LSTM"
+    xs, ws = _static_shape(x), _static_shape(w)
+    if xs is None or ws is None or len(xs) != 3:
+        raise BuildError(f"LSTM node '{name}': its input X has no static shape ({xs}); pass --input-shape for "
+                         "the model's inputs so the sequence length is known, or compile for --target intel-cpu.")
+    steps, batch, _ = xs
+    dirs = ws[0]
+    gates = 4 * hidden
+    # One matmul for every step and direction: [seq*batch, input] @ [input, dirs*4H] (+ Wb + Rb).
+    xw = relax.op.matmul(relax.op.reshape(x, [steps * batch, xs[2]]),
+                         relax.op.permute_dims(relax.op.reshape(w, [dirs * gates, xs[2]]), [1, 0]))
+    if b is not None:
+        bias = relax.op.reshape(b, [dirs, 2, gates])
+        bias = relax.op.add(relax.op.strided_slice(bias, axes=[1], begin=[0], end=[1]),
+                            relax.op.strided_slice(bias, axes=[1], begin=[1], end=[2]))
+        xw = relax.op.add(xw, relax.op.reshape(bias, [dirs * gates]))
+    xw = _bind(relax, bb, emit, relax.op.reshape(_bind(relax, bb, emit, xw), [steps, batch, dirs * gates]))
+    ys, hs, cs = [], [], []
+    for d in range(dirs):
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        state = [None if s is None else _bind(relax, bb, emit, _pick(relax, s, d, [batch, hidden]))
+                 for s in (h0, c0)]
+        weights = (_bind(relax, bb, emit, relax.op.permute_dims(_pick(relax, r, d, [gates, hidden]), [1, 0])),
+                   None if p is None else _bind(relax, bb, emit, _pick(relax, p, d, [3, 1, hidden])))
+        y, h, c = _lstm_direction(relax, bb, emit, xw, d, weights, state, (steps, batch, hidden), reverse)
+        ys.append(y)
+        hs.append(relax.op.reshape(h, [1, batch, hidden]))
+        cs.append(relax.op.reshape(c, [1, batch, hidden]))
+    y = relax.op.concat(ys, axis=1) if dirs > 1 else ys[0]   # [seq, dirs, batch, hidden]
+    y_h = relax.op.concat(hs, axis=0) if dirs > 1 else hs[0]  # [dirs, batch, hidden]
+    y_c = relax.op.concat(cs, axis=0) if dirs > 1 else cs[0]
+    return relax.Tuple([_bind(relax, bb, emit, v) for v in (y, y_h, y_c)])
+
+
+def _lstm_direction(relax: Any, bb: Any, emit: Any, xw: Any, d: int, weights: tuple[Any, Any],
+                    state: list[Any], dims: tuple[int, int, int], reverse: bool) -> tuple[Any, Any, Any]:
+    """One direction of an LSTM, step by step: (Y [seq, 1, batch, hidden] in time order, last h, last c).
+
+    `xw` [seq, batch, dirs*4H] holds X·Wᵀ + biases; `weights` = (Rᵀ [H, 4H], P [3, 1, H] or None);
+    `state` = (h0, c0), None meaning zeros (the first step then skips H·Rᵀ and f*c).
+    """
+    steps, batch, hidden = dims
+    r_t, p = weights
+    h, c = state
+    gates, width = 4 * hidden, _static_shape(xw)[-1]
+    outs: list[Any] = [None] * steps
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        g = relax.op.reshape(relax.op.strided_slice(xw, axes=[0], begin=[t], end=[t + 1]), [batch, width])
+        if width != gates:  # bidirectional: this direction's half
+            g = relax.op.strided_slice(g, axes=[1], begin=[d * gates], end=[(d + 1) * gates])
+        if h is not None:
+            g = relax.op.add(g, relax.op.matmul(h, r_t))
+        g = _bind(relax, bb, emit, g)
+        i, o, f, cell = (relax.op.strided_slice(g, axes=[1], begin=[k * hidden], end=[(k + 1) * hidden])
+                         for k in range(4))
+        if p is not None and c is not None:
+            i = relax.op.add(i, relax.op.multiply(_peephole(relax, p, 0, hidden), c))
+            f = relax.op.add(f, relax.op.multiply(_peephole(relax, p, 2, hidden), c))
+        new_c = relax.op.multiply(relax.op.sigmoid(i), relax.op.tanh(cell))
+        if c is not None:
+            new_c = relax.op.add(relax.op.multiply(relax.op.sigmoid(f), c), new_c)
+        c = _bind(relax, bb, emit, new_c)
+        if p is not None:
+            o = relax.op.add(o, relax.op.multiply(_peephole(relax, p, 1, hidden), c))
+        h = _bind(relax, bb, emit, relax.op.multiply(relax.op.sigmoid(o), relax.op.tanh(c)))
+        outs[t] = relax.op.reshape(h, [1, 1, batch, hidden])
+    return _bind(relax, bb, emit, relax.op.concat(outs, axis=0)), h, c
+
+
+def _peephole(relax: Any, p: Any, k: int, hidden: int) -> Any:
+    """Row k of the peepholes [3, 1, H] (ONNX order i, o, f) as [1, H]."""
+    return relax.op.reshape(relax.op.strided_slice(p, axes=[0], begin=[k], end=[k + 1]), [1, hidden])
+
+
+def _pick(relax: Any, t: Any, d: int, shape: list[int]) -> Any:
+    """Direction d of a [num_directions, ...] tensor, reshaped to `shape`."""
+    return relax.op.reshape(relax.op.strided_slice(t, axes=[0], begin=[d], end=[d + 1]), shape)
+
+
+def _bind(relax: Any, bb: Any, emit: Any, expr: Any) -> Any:
+    """`expr` bound to a variable (named after the ONNX node when it has a name): each value is computed once."""
+    out = emit(expr)
+    return out if isinstance(out, relax.Var) else bb.emit(out)
+
+
+_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "LSTM": _lstm,
+               "Squeeze": _squeeze,
                **{op: _variadic(op) for op in ("Max", "Min", "Sum", "Mean")}}
+# Ops edgec converts, with the nodes whose attributes their converter does not implement: node -> reason or None.
+_NODE_REFUSALS = {"LSTM": lstm_refusal}
 
 
 def _var_nodes(relax: Any, mod: Any, names: dict[str, str], graph_outputs: list[str]) -> dict[str, Any]:

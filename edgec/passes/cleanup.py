@@ -22,10 +22,13 @@ class CleanupPass:
         proto = model.proto
         provenance = model.provenance
         if self.fold_constants:
+            import onnx_ir as ir
             import onnxscript.optimizer
 
             try:
-                proto = onnxscript.optimizer.optimize(proto)
+                model_ir = ir.serde.deserialize_model(proto)
+                onnxscript.optimizer.optimize_ir(model_ir, should_fold=_fold_small_constant_of_shape)
+                proto = ir.serde.serialize_model(model_ir)
             except Exception as e:
                 raise PassError(f"cleanup: onnxscript's optimizer failed on {model.provenance.get('source')}: "
                                 f"{brief(e)}. Retry with fold_constants=False.") from e
@@ -36,6 +39,23 @@ class CleanupPass:
                     f"cleanup kept the model unfolded: onnxscript's optimizer made it invalid for its opset ({problem})"]}
         name_nodes(proto)
         return Model(proto, provenance)
+
+
+_SMALL_FILL = 4096  # elements: a ConstantOfShape up to this size is folded (a pad or shape vector, not a tensor)
+
+
+def _fold_small_constant_of_shape(node: Any) -> bool | None:
+    """onnxscript's should_fold: True for a ConstantOfShape of constant shape with few elements, else its default.
+
+    onnxscript keeps every ConstantOfShape (so as not to grow the model); silero VAD builds its STFT's Pad
+    widths from one, and TVM's importer cannot read a Pad whose widths are computed at run time.
+    """
+    if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+        return None
+    shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
+    if shape is None:
+        return None
+    return int(abs(shape.numpy()).prod()) <= _SMALL_FILL
 
 
 def name_nodes(proto: Any) -> None:
