@@ -137,6 +137,17 @@ def test_matmul_by_a_wide_odd_constant_is_padded_to_whole_vectors(tmp_path: Path
     assert build.manifest["outputs"][0]["shape"] == [1, 4, 100]
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_by_a_wide_odd_constant_is_padded_to_whole_vectors(tmp_path: Path, trans_b: int) -> None:
+    """[4,16] x [16,100] + bias as a Gemm (transB either way): padded like the MatMul, same result."""
+    shape = (100, 16) if trans_b else (16, 100)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="classifier", transB=trans_b)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], "y", [4, 100],
+                   [_weight("w", shape), _weight("b", (100,))])
+    kernels = _assert_matches_onnx_runtime(_build(tmp_path, model))
+    assert any("strided_slice" in k for k in kernels), kernels
+
+
 def _recurrent_onnx() -> onnx.ModelProto:
     """x[5,1,4] -> RNN(hidden 3) 'encoder_rnn'; an If whose then-branch holds a GRU 'gru_in_branch'."""
     gru = helper.make_node("GRU", ["h", "gw", "gr"], ["", "gh"], name="gru_in_branch", hidden_size=3)

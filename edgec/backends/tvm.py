@@ -736,6 +736,38 @@ def _matmul(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], 
     return relax.op.strided_slice(y, axes=[rank - 1], begin=[0], end=[n])
 
 
+def _gemm(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """Gemm by a constant weight whose output width has no vector-sized divisor, padded as _matmul pads it (the
+    1024 -> 8210 classifier after ddddocr's LSTM: 135 ms unpadded). Plain Gemm only (alpha = beta = 1, A not
+    transposed, a constant [N] bias or none); otherwise None for TVM's converter."""
+    import numpy as np
+    import tvm
+
+    a, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+    shape = _static_shape(w)
+    if (not plain or not isinstance(w, tvm.ir.Constant) or shape is None or len(shape) != 2
+            or (bias is not None and not isinstance(bias, tvm.ir.Constant))):
+        return None
+    value = w.value.numpy().T if attrs.get("transB", 0) else w.value.numpy()
+    n = value.shape[1]
+    if n % 8 == 0 or n < 64 or not str(value.dtype).startswith("float") or _static_shape(a) is None:
+        return None
+    width = -(-n // 16) * 16
+    padded = np.zeros((value.shape[0], width), value.dtype)
+    padded[:, :n] = value
+    y = emit(relax.op.matmul(a, relax.const(padded)))
+    if bias is not None:
+        b = bias.value.numpy().reshape(-1)
+        if b.size not in (1, n):
+            return None
+        full = np.zeros(width, value.dtype)
+        full[:n] = b
+        y = emit(relax.op.add(y, relax.const(full)))
+    return relax.op.strided_slice(y, axes=[1], begin=[0], end=[n])
+
+
 def _squeeze(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
     """Squeeze with negative axes made non-negative (static rank, constant axes), or None for TVM's converter.
 
@@ -898,7 +930,7 @@ def _bind(relax: Any, bb: Any, emit: Any, expr: Any) -> Any:
     return out if isinstance(out, relax.Var) else bb.emit(out)
 
 
-_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "LSTM": _lstm,
+_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "Gemm": _gemm, "LSTM": _lstm,
                "Squeeze": _squeeze,
                **{op: _variadic(op) for op in ("Max", "Min", "Sum", "Mean")}}
 # Ops edgec converts, with the nodes whose attributes their converter does not implement: node -> reason or None.
