@@ -148,6 +148,18 @@ def test_gemm_by_a_wide_odd_constant_is_padded_to_whole_vectors(tmp_path: Path, 
     assert any("strided_slice" in k for k in kernels), kernels
 
 
+def test_conv1d_with_an_odd_channel_count_is_tiled_as_a_padded_conv2d(tmp_path: Path) -> None:
+    """An STFT as Conv1D (1 -> 100 channels, kernel 16, stride 4): a conv2d over [N, C, 1, L] with the output
+    channels padded to 112 and cut back, scheduled by the conv rule (conv1d has no CPU schedule)."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="stft", strides=[4])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64])], "y", [1, 100, 13],
+                   [_weight("w", (100, 1, 16)), _weight("b", (100,))])
+    build = _build(tmp_path, model)
+    kernels = _assert_matches_onnx_runtime(build)
+    assert "conv2d-nhwc" in kernels.values(), kernels
+    assert build.manifest["outputs"][0]["shape"] == [1, 100, 13]
+
+
 def _recurrent_onnx() -> onnx.ModelProto:
     """x[5,1,4] -> RNN(hidden 3) 'encoder_rnn'; an If whose then-branch holds a GRU 'gru_in_branch'."""
     gru = helper.make_node("GRU", ["h", "gw", "gr"], ["", "gh"], name="gru_in_branch", hidden_size=3)

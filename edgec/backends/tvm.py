@@ -675,6 +675,52 @@ def _conv_transpose(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str
     return y
 
 
+def _conv1d(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], opset: int) -> Any:
+    """1-D Conv as a conv2d over [N, C, 1, L] (which ConvertLayout turns NHWC and edgec's conv rule schedules;
+    conv1d has no CPU schedule: an STFT done as a 512-wide conv1d took 6 ms vs ONNX Runtime's 0.2), or None
+    for TVM's converter (other ranks, SAME auto_pad)."""
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    xs, ws = _static_shape(x), _static_shape(w)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if xs is None or ws is None or len(xs) != 3 or len(ws) != 3 or auto_pad not in ("NOTSET", "VALID"):
+        return None
+    pads = [0, 0] if auto_pad == "VALID" else list(attrs.get("pads", [0, 0]))
+    groups = int(attrs.get("group", 1))
+    w, bias, c_out = _padded_out_channels(relax, w, bias, ws[0], groups)
+    y = relax.op.nn.conv2d(relax.op.reshape(x, [xs[0], xs[1], 1, xs[2]]),
+                           relax.op.reshape(w, [_static_shape(w)[0], ws[1], 1, ws[2]]),
+                           strides=[1, int(attrs.get("strides", [1])[0])], padding=[0, pads[0], 0, pads[1]],
+                           dilation=[1, int(attrs.get("dilations", [1])[0])], groups=groups)
+    if bias is not None:
+        y = relax.op.add(y, relax.op.reshape(bias, [1, -1, 1, 1]))
+    y = emit(y)
+    out = _static_shape(y)
+    y = relax.op.reshape(y, [out[0], out[1], out[3]])
+    return y if out[1] == c_out else relax.op.strided_slice(emit(y), axes=[1], begin=[0], end=[c_out])
+
+
+def _padded_out_channels(relax: Any, w: Any, bias: Any, c_out: int, groups: int) -> tuple[Any, Any, int]:
+    """A constant conv weight [O, ...] (and bias) zero-padded to a multiple of 16 output channels when O has no
+    vector-sized divisor (an STFT's 257 bins: the conv rule could not tile it and the kernel ran unblocked), so
+    the conv is tiled and its extra channels cut off after. (w, bias, O) unchanged otherwise."""
+    import numpy as np
+    import tvm
+
+    if (c_out % 8 == 0 or c_out < 64 or groups != 1 or not isinstance(w, tvm.ir.Constant)
+            or (bias is not None and not isinstance(bias, tvm.ir.Constant))):
+        return w, bias, c_out
+    value = w.value.numpy()
+    padded = np.zeros((-(-c_out // 16) * 16,) + value.shape[1:], value.dtype)
+    padded[:c_out] = value
+    if bias is not None:
+        b = np.zeros(padded.shape[0], value.dtype)
+        b[:c_out] = bias.value.numpy().reshape(-1)
+        bias = relax.const(b)
+    return relax.const(padded), bias, c_out
+
+
 def _deconv_as_depth_to_space(relax: Any, emit: Any, x: Any, w: Any, bias: Any, xs: list[int],
                               ws: list[int]) -> Any:
     """ConvTranspose with kernel == stride, no padding: out[n, o, h*s+i, w*s+j] = sum_c x[n, c, h, w] W[c, o, i, j]."""
@@ -930,7 +976,7 @@ def _bind(relax: Any, bb: Any, emit: Any, expr: Any) -> Any:
     return out if isinstance(out, relax.Var) else bb.emit(out)
 
 
-_CONVERTERS = {"Clip": _clip, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "Gemm": _gemm, "LSTM": _lstm,
+_CONVERTERS = {"Clip": _clip, "Conv": _conv1d, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "Gemm": _gemm, "LSTM": _lstm,
                "Squeeze": _squeeze,
                **{op: _variadic(op) for op in ("Max", "Min", "Sum", "Mean")}}
 # Ops edgec converts, with the nodes whose attributes their converter does not implement: node -> reason or None.
