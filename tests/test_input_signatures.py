@@ -118,12 +118,16 @@ def test_int8_refuses_an_old_opset_it_cannot_convert_before_calibrating(tmp_path
 
 
 @pytest.mark.requires_openvino
-def test_int8_on_fp16_weights_keeps_the_fp16_interface(tmp_path: Path) -> None:
+def test_fp16_weights_compute_in_fp32_behind_the_fp16_interface(tmp_path: Path) -> None:
     build = edgec.compile(fp16_conv_onnx(), "intel-cpu", "int8", RNG.random((16, 3, 16, 16)).astype(np.float16),
                           output_dir=tmp_path / "o", profile_runs=5, progress=False, use_cache=False)
     assert [i["dtype"] for i in build.manifest["inputs"]] == ["float16"]
     assert [o["dtype"] for o in build.manifest["outputs"]] == ["float16"]
     assert "fp16-to-fp32" in [p["name"] for p in build.manifest["passes"]] and build.report["accuracy"]["ok"]
+    fp32 = edgec.compile(fp16_conv_onnx(), "intel-cpu", "fp32", output_dir=tmp_path / "f", profile_runs=5,
+                         progress=False, use_cache=False)  # computes in fp32, as asked
+    assert "fp16-to-fp32" in [p["name"] for p in fp32.manifest["passes"]] and fp32.report["accuracy"]["ok"]
+    assert [i["dtype"] for i in fp32.manifest["inputs"]] == ["float16"]
 
 
 @pytest.mark.requires_openvino

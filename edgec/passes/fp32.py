@@ -1,5 +1,6 @@
-"""Float16 -> float32: a model stored or computing in fp16 becomes an fp32 graph, for int8 calibration and
-Q/DQ (QuantizeLinear takes float16 only from opset 19, and calibration statistics want fp32).
+"""Float16 -> float32: a model stored or computing in fp16 becomes an fp32 graph, for fp32 builds (CPUs without
+fp16 arithmetic run it 2x slower in fp16) and for int8 calibration and Q/DQ (QuantizeLinear takes float16
+only from opset 19, and calibration statistics want fp32).
 
 fp16 -> fp32 is exact for weights. Graph inputs and outputs keep their fp16 type (a Cast at each boundary), so
 the model's interface does not change.
@@ -50,7 +51,8 @@ class Fp32Pass:
         del proto.graph.value_info[:]
         proto = onnx.shape_inference.infer_shapes(proto)
         _drop_float_to_float_casts(proto.graph)
-        notes = model.provenance.get("notes", []) + ["float16 weights and casts upcast to float32 for int8 (exact)"]
+        notes = model.provenance.get("notes", []) + ["float16 weights and casts upcast to float32 (exact): the "
+                                                     "model computes in float32"]
         return Model(proto, {**model.provenance, "notes": notes})
 
 
