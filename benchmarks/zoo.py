@@ -65,6 +65,8 @@ class Outcome:
             parts.append(f"{self.int8_layers} int8 layers")
         if self.latency_ms is not None and self.anchor_ms:
             parts.append(f"{self.latency_ms:.2f} ms = {self.latency_ms / self.anchor_ms:.2f}x anchor")
+        elif self.latency_ms is not None:
+            parts.append(f"{self.latency_ms:.2f} ms (the anchor tool fails on the original model)")
         elif self.extra.get("on_board"):
             parts.append(self.extra["on_board"])
         elif self.extra.get("accuracy_skipped"):

@@ -81,6 +81,26 @@ def test_cli_profile_over_rpc(rpi4_build: Path, a72_board, capsys) -> None:
 
 
 @board_test
+def test_a_model_with_two_outputs_is_checked_output_by_output_on_the_board(a72_board, tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    from models import tiny_conv_onnx
+
+    model = tiny_conv_onnx()
+    model.graph.output.append(helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, [1, 8, 1, 1]))
+    out = _compile_proto(model, tmp_path)
+    prof = edgec.profile(out, device=a72_board.device, runs=3, warmup=1, write=False)  # a tuple came back opaque
+    assert prof.extra["accuracy"]["ok"] is True and len(prof.extra["accuracy"]["per_output_max_abs_error"]) == 2
+
+
+def _compile_proto(model, tmp_path: Path) -> Path:
+    path = tmp_path / "two.onnx"
+    path.write_bytes(model.SerializeToString())
+    return _compile(path, "rpi4", tmp_path / "out")
+
+
+@board_test
 def test_a_board_whose_outputs_disagree_exits_4(rpi4_build: Path, a72_board, tmp_path: Path, capsys) -> None:
     import shutil
 

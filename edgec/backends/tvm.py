@@ -400,6 +400,16 @@ def _remote_json(remote: Any, name: str, *args: Any) -> Any:
     return json.loads(func(*args))
 
 
+def _remote_outputs(vm: Any, *index: int) -> list[np.ndarray]:
+    """The outputs of the VM's last stateful call of main, flattened. Over RPC a tuple result is an opaque handle,
+    so they are read one by one; not VirtualMachine.get_outputs, whose recursive closure keeps the VM (and the
+    board's only RPC session) alive until the garbage collector runs."""
+    arity = vm._get_output_arity("main", *index)
+    if arity == -1:
+        return [vm._get_output("main", *index).numpy()]
+    return [a for i in range(arity) for a in _remote_outputs(vm, *index, i)]
+
+
 def remote_measure(address: DeviceAddress, model_so: Path, manifest: dict[str, Any], feeds: dict[str, Any],
                    runs: int, warmup: int, kernel_runs: int = 5) -> dict[str, Any]:
     """Upload, load, run once (outputs), time on the board. Remote handles stay inside this function."""
@@ -424,7 +434,9 @@ def remote_measure(address: DeviceAddress, model_so: Path, manifest: dict[str, A
         stage = "running the model"
         args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]]), dev) for s in manifest["inputs"]]
         vm = VirtualMachine(lib, dev)
-        outputs = flatten_outputs(vm["main"](*args))
+        vm.set_input("main", *args)
+        vm.invoke_stateful("main")
+        outputs = _remote_outputs(vm)
         stage = "timing the model"
         measured = _remote_json(remote, "edgec.measure", lib, runs, warmup, kernel_runs, *args) \
             if info else None
@@ -445,7 +457,12 @@ def remote_measure(address: DeviceAddress, model_so: Path, manifest: dict[str, A
     except EdgecError:
         raise
     except Exception as e:  # noqa: BLE001 - find out whether the board crashed, then re-raise with context
-        raise _board_failure(address, manifest, stage, info, e) from e
+        failure = _board_failure(address, manifest, stage, info, e)
+        # The RPC handles must be gone before the interpreter is: one still alive at exit (held by this frame or
+        # the traceback) made TVM call std::terminate, and the CLI's exit code became SIGABRT.
+        remote = lib = vm = args = None  # noqa: F841
+        e.__traceback__ = None
+        raise failure from None
     return {"outputs": outputs, "samples_ms": samples, "kernels": kernels, "board": info,
             "connect_s": round(connect_s, 3), "upload_s": round(upload_s, 3),
             "latency_timing": latency_timing, "kernel_timing": kernel_timing}
