@@ -27,7 +27,7 @@ from ..model import Model, all_nodes, load_model, ort_session
 from ..profile import LatencyStats, LayerRow, Profile, batch_size, with_shares
 from ..target import Target
 from ..device import tvm_runner
-from ..device.tvm_runner import Session, cpu_name, flatten_outputs, num_threads, seeded_feeds
+from ..device.tvm_runner import Session, cpu_name, num_threads, seeded_feeds
 from .base import Artifact, Capabilities, Runner
 from .tvm_schedules import schedule_module
 
