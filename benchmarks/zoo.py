@@ -189,6 +189,32 @@ def run_zoo(models: Sequence[ZooModel], targets: Sequence[str], timeout: float, 
     return outcomes
 
 
+def compact_cell(o: Outcome) -> str:
+    """A short cell for the README: cosine and latency ratio, or the outcome's kind (reasons listed below it)."""
+    if o.exit_code != 0:
+        return {2: "refused", 3: "refused", 4: f"**failed check**", 124: "timed out"}.get(o.exit_code, "**BUG**")
+    cell = f"{o.cosine:.4f}" if o.cosine is not None else ("on board" if o.extra.get("on_board") else "built")
+    if o.latency_ms is not None and o.anchor_ms:
+        cell += f", {o.latency_ms / o.anchor_ms:.2f}x"
+    elif o.latency_ms is not None:
+        cell += ", n/a"  # the anchor tool itself fails on the original model
+    return cell
+
+
+def compact_table(models: Sequence[ZooModel], targets: Sequence[str], outcomes: Sequence[Outcome]) -> str:
+    """The README's table: one short cell per model and target, then every refusal and failed check in full."""
+    by = {(o.model, o.target): o for o in outcomes}
+    lines = ["| model | covers | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets)]
+    for m in models:
+        cells = [compact_cell(by[(m.name, t)]) if (m.name, t) in by else "-" for t in targets]
+        lines.append(f"| {m.name} | {', '.join(m.covers[:3])} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for o in outcomes:
+        if o.exit_code != 0:
+            lines.append(f"- {o.model} on {o.target}: exit {o.exit_code}: {o.message.removeprefix('edgec: error: ')[:300]}")
+    return "\n".join(lines)
+
+
 def table(models: Sequence[ZooModel], targets: Sequence[str], outcomes: Sequence[Outcome]) -> str:
     by = {(o.model, o.target): o for o in outcomes}
     lines = ["| model | covers | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets)]
@@ -239,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.board:
             board = stack.enter_context(start_board(free_port(), cpu="cortex-a72")).device
         outcomes = run_zoo(models, targets, args.timeout, Path(tmp), board)
-    if args.update:
+    if args.update:  # cells of this run replace the earlier run's
         fresh = {(o.model, o.target) for o in outcomes}
         earlier = [Outcome(**o) for o in json.loads(args.update.read_text())]
         outcomes = [o for o in earlier if (o.model, o.target) not in fresh] + outcomes
@@ -247,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets = [t for t in TARGETS if any(o.target == t for o in outcomes)]
     text = (f"# python -m benchmarks.zoo, {time.strftime('%Y-%m-%d')}, {_cpu()}, {CALIBRATION} calibration + "
             f"{VALIDATION} held-out samples per model; anchor = OpenVINO's own conversion (intel-cpu) / ONNX "
-            f"Runtime (x86-tvm), median of {ANCHOR_RUNS} runs\n\n" + table(models, targets, outcomes))
+            f"Runtime (x86-tvm), median of {ANCHOR_RUNS} runs\n\n" + table(models, targets, outcomes)
+            + "\n\nCompact (cosine of output 0 vs fp32 ONNX Runtime, latency / anchor):\n\n"
+            + compact_table(models, targets, outcomes))
     print("\n" + text)
     if args.out:
         args.out.write_text(text + "\n")
