@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import ConfigError, brief
-from .model import Model, TensorSpec, check_model, load_model, ort_session
+from .model import Model, TensorSpec, check_model, fit_to_its_opset, load_model, ort_session
 
 ONNX_OPSET = 18
 
@@ -216,9 +216,10 @@ def _bind_constants(proto: Any, values: Mapping[str, Any]) -> Any:
     try:
         import onnxscript.optimizer
 
-        return onnxscript.optimizer.optimize(out)
+        folded = onnxscript.optimizer.optimize(out)
     except Exception:  # folding is an optimisation: the bound graph is valid without it
         return out
+    return out if fit_to_its_opset(folded) else folded
 
 
 def _keep_symbolic_dims(proto: Any, shapes: Mapping[str, tuple[int, ...]], inference_note: str) -> Any:

@@ -293,3 +293,22 @@ def _user_frame(meta: dict[str, str]) -> str | None:
         if f"{os.sep}torch{os.sep}" not in file:
             return f"{file}:{line}"
     return None
+
+
+def fit_to_its_opset(proto: Any) -> str | None:
+    """Drop, in place, what onnxscript's optimizer writes that the model's own opset does not know (a Reshape
+    `allowzero=0`, the default, below opset 14); then why `proto` is still not valid at its opsets, or None."""
+    import onnx
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 14:
+        for node in proto.graph.node:
+            if node.op_type == "Reshape":
+                kept = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 0)]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # onnx raises ValidationError, or a bare Exception from its C++ checker
+        return brief(e, 160)
+    return None

@@ -165,3 +165,22 @@ def test_outputs_that_are_all_but_zero_on_both_sides_agree() -> None:
     assert result["cosine_min"] == 1.0 and result["negligible_samples"] == 2
     candidate[2, 5] = 0.5                     # a real disagreement on a quiet sample still counts
     assert compare([reference], [candidate])["cosine_min"] < 0.5
+
+
+def test_newer_opset_attributes_are_dropped_or_reported_for_old_models() -> None:
+    """onnxscript's optimizer writes Reshape(allowzero=0) into opset-12 graphs (ddddocr's OCR then failed to load)."""
+    from onnx import TensorProto, helper
+
+    from edgec.model import fit_to_its_opset
+
+    def model(allowzero: int) -> onnx.ModelProto:
+        shape = helper.make_tensor("s", TensorProto.INT64, [2], [1, 8])
+        graph = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"], name="r", allowzero=allowzero)], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [shape])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=7)
+
+    default = model(0)
+    assert fit_to_its_opset(default) is None and not default.graph.node[0].attribute
+    ort_session(default).run(None, {"x": np.zeros((2, 4), np.float32)})
+    assert "allowzero" in fit_to_its_opset(model(1))

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import PassError, brief
-from ..model import Model
+from ..model import Model, fit_to_its_opset
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class CleanupPass:
             except Exception as e:
                 raise PassError(f"cleanup: onnxscript's optimizer failed on {model.provenance.get('source')}: "
                                 f"{brief(e)}. Retry with fold_constants=False.") from e
-            problem = _invalid_for_its_opset(proto)
+            problem = fit_to_its_opset(proto)
             if problem:  # the optimizer writes newer-opset attributes into old graphs (Reshape allowzero < 14)
                 proto = model.proto
                 provenance = {**provenance, "notes": provenance.get("notes", []) + [
@@ -73,21 +73,3 @@ def name_nodes(proto: Any) -> None:
         taken.add(node.name)
         kept.add(node.name)
 
-
-def _invalid_for_its_opset(proto: Any) -> str | None:
-    """Why `proto` is not a valid model at its own opsets (after dropping a Reshape `allowzero=0`, the default,
-    which opsets below 14 do not know); None when it is."""
-    import onnx
-
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 14:
-        for node in proto.graph.node:
-            if node.op_type == "Reshape":
-                kept = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 0)]
-                del node.attribute[:]
-                node.attribute.extend(kept)
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as e:  # onnx raises ValidationError, or a bare Exception from its C++ checker
-        return brief(e, 160)
-    return None
