@@ -9,7 +9,7 @@ Importing edgec needs only onnx; each backend imports its SDK when used.
 from . import isolation  # noqa: F401  first: it turns ONNX Runtime's telemetry off before anything imports onnxruntime
 from ._version import __version__
 from .calibration import CalibrationSet
-from .errors import BackendUnavailable, BuildError, ConfigError, EdgecError, PassError
+from .errors import AccuracyCheckFailed, BackendUnavailable, BuildError, ConfigError, EdgecError, PassError
 from .model import Model, load_model
 from .pipeline import Build, compile, profile
 from .profile import LatencyStats, LayerRow, Profile
@@ -19,5 +19,5 @@ from .target import Target, list_targets, load_target
 __all__ = [
     "__version__", "compile", "profile", "prune", "PruneResult", "load_target", "list_targets", "load_model", "Build", "Model", "Target",
     "Profile", "LayerRow", "LatencyStats", "CalibrationSet", "EdgecError", "ConfigError", "BackendUnavailable",
-    "BuildError", "PassError",
+    "BuildError", "PassError", "AccuracyCheckFailed",
 ]
