@@ -148,6 +148,16 @@ def test_gemm_by_a_wide_odd_constant_is_padded_to_whole_vectors(tmp_path: Path, 
     assert any("strided_slice" in k for k in kernels), kernels
 
 
+def test_a_wide_gemm_is_blocked_like_a_1x1_conv(tmp_path: Path) -> None:
+    """[16, 32] x [32, 100] (M >= 8 rows, N padded to 112): the conv rule's register tiling, not the reduction rule
+    (6.6x faster on ddddocr's [24, 1024] x [1024, 8224] classifier)."""
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="classifier", transB=1)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 32])], "y", [16, 100],
+                   [_weight("w", (100, 32)), _weight("b", (100,))])
+    kernels = _assert_matches_onnx_runtime(_build(tmp_path, model))
+    assert [rule for k, rule in kernels.items() if "matmul" in k] == ["conv2d-nhwc"], kernels
+
+
 def test_conv1d_with_an_odd_channel_count_is_tiled_as_a_padded_conv2d(tmp_path: Path) -> None:
     """An STFT as Conv1D (1 -> 100 channels, kernel 16, stride 4): a conv2d over [N, C, 1, L] with the output
     channels padded to 112 and cut back, scheduled by the conv rule (conv1d has no CPU schedule)."""
