@@ -92,8 +92,8 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
                    help="fix an input's shape (repeatable)")
     c.add_argument("--input-value", action="append", default=[], metavar="NAME=VALUE",
-                   help="a constant input, fed to every run (e.g. sr=16000; repeatable); recurrent state inputs "
-                        "not in the data are zeros")
+                   help="bind a constant input (e.g. sr=16000; repeatable): folded into the model, which then has "
+                        "no such input; recurrent state inputs not in the data are zeros")
     c.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/<model>-<target>-<precision>)")
     c.add_argument("--runs", type=int, default=100, help="timed runs for the built-in profile (default 100)")
     c.add_argument("--json", action="store_true", help="print the build summary as JSON")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import ConfigError, brief
-from .model import Model, TensorSpec, check_model, fit_to_its_opset, load_model, ort_session
+from .model import Model, TensorSpec, check_model, fit_to_its_opset, load_model, ort_session, subgraphs_of
 
 ONNX_OPSET = 18
 
@@ -320,7 +320,7 @@ def _reinfer_shapes(model: Model) -> tuple[Any, str | None]:
 
 
 def _has_subgraphs(proto: Any) -> bool:
-    return any(a.type in (5, 10) for n in proto.graph.node for a in n.attribute)  # GRAPH, GRAPHS
+    return any(subgraphs_of(node) for node in proto.graph.node)
 
 
 def _dry_run(proto: Any, shapes: Mapping[str, tuple[int, ...]], inference_note: str | None) -> None:

@@ -120,13 +120,18 @@ def ort_session(proto: Any, log_level: int = 3, spin: bool = True) -> Any:
     return session
 
 
+def subgraphs_of(node: Any) -> list[tuple[str, Any]]:
+    """(attribute name, body) for each graph a node holds: an If's branches, a Loop's or Scan's body."""
+    return [(attr.name, body) for attr in node.attribute
+            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
 def graphs(graph: Any) -> Iterator[Any]:
     """`graph` and every If/Loop/Scan body inside it, depth first."""
     yield graph
     for node in graph.node:
-        for attr in node.attribute:
-            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from graphs(body)
+        for _, body in subgraphs_of(node):
+            yield from graphs(body)
 
 
 def all_nodes(graph: Any, path: str = "") -> list[tuple[Any, str]]:
@@ -135,9 +140,8 @@ def all_nodes(graph: Any, path: str = "") -> list[tuple[Any, str]]:
     for i, node in enumerate(graph.node):
         name = node.name or f"#{i} ({node.op_type})"
         out.append((node, f"node '{name}'" + (f" in {path}" if path else "")))
-        for attr in node.attribute:
-            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                out.extend(all_nodes(body, f"the {attr.name} of '{name}'" + (f" in {path}" if path else "")))
+        for attr_name, body in subgraphs_of(node):
+            out.extend(all_nodes(body, f"the {attr_name} of '{name}'" + (f" in {path}" if path else "")))
     return out
 
 

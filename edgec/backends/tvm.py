@@ -719,23 +719,32 @@ def _conv1d(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], 
 
 
 def _padded_out_channels(relax: Any, w: Any, bias: Any, c_out: int, groups: int) -> tuple[Any, Any, int]:
-    """A constant conv weight [O, ...] (and bias) zero-padded to a multiple of 16 output channels when O has no
-    vector-sized divisor (an STFT's 257 bins: the conv rule could not tile it and the kernel ran unblocked), so
-    the conv is tiled and its extra channels cut off after. (w, bias, O) unchanged otherwise."""
-    import numpy as np
+    """A constant conv weight [O, ...] (and bias) zero-padded to whole vectors of output channels (_vector_padded:
+    an STFT's 257 bins: the conv rule could not tile it and the kernel ran unblocked), so the conv is tiled and
+    its extra channels cut off after. (w, bias, O) unchanged otherwise."""
     import tvm
 
-    if (c_out % 8 == 0 or c_out < 64 or groups != 1 or not isinstance(w, tvm.ir.Constant)
-            or (bias is not None and not isinstance(bias, tvm.ir.Constant))):
+    if groups != 1 or not isinstance(w, tvm.ir.Constant) or (bias is not None and not isinstance(bias, tvm.ir.Constant)):
         return w, bias, c_out
-    value = w.value.numpy()
-    padded = np.zeros((-(-c_out // 16) * 16,) + value.shape[1:], value.dtype)
-    padded[:c_out] = value
+    padded = _vector_padded(w.value.numpy(), 0)
+    if padded is None:
+        return w, bias, c_out
     if bias is not None:
-        b = np.zeros(padded.shape[0], value.dtype)
-        b[:c_out] = bias.value.numpy().reshape(-1)
-        bias = relax.const(b)
+        bias = relax.const(_vector_padded(bias.value.numpy().reshape(-1), 0))
     return relax.const(padded), bias, c_out
+
+
+def _vector_padded(value: Any, axis: int) -> Any:
+    """`value` (numpy) zero-padded along `axis` to a multiple of 16 when that extent has no vector-sized divisor
+    (not a multiple of 8) and is wide enough (>= 64) to pay for cutting the result back; None otherwise."""
+    import numpy as np
+
+    n = value.shape[axis]
+    if n % 8 == 0 or n < 64:
+        return None
+    widths = [(0, 0)] * value.ndim
+    widths[axis] = (0, -(-n // 16) * 16 - n)
+    return np.pad(value, widths)
 
 
 def _deconv_as_depth_to_space(relax: Any, emit: Any, x: Any, w: Any, bias: Any, xs: list[int],
@@ -781,7 +790,6 @@ def _matmul(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], 
     The reduction schedule vectorizes N; with N = 6625 (PP-OCRv4 rec's CTC head) it could not, and that one
     scalar matmul took 22 of the model's 38 ms. The padding costs one copy of the output (a slice kernel).
     """
-    import numpy as np
     import tvm
 
     w = inputs[1]
@@ -789,11 +797,9 @@ def _matmul(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], 
     if not isinstance(w, tvm.ir.Constant) or shape is None or len(shape) != 2 or not str(w.ty.dtype).startswith("float"):
         return None
     n = shape[1]
-    if n % 8 == 0 or n < 64 or _static_shape(inputs[0]) is None:
+    padded = _vector_padded(w.value.numpy(), 1)
+    if padded is None or _static_shape(inputs[0]) is None:
         return None
-    value = w.value.numpy()
-    padded = np.zeros((shape[0], -(-n // 16) * 16), value.dtype)
-    padded[:, :n] = value
     y = emit(relax.op.matmul(inputs[0], relax.const(padded)))
     rank = len(_static_shape(inputs[0]))
     return relax.op.strided_slice(y, axes=[rank - 1], begin=[0], end=[n])
@@ -815,19 +821,15 @@ def _gemm(relax: Any, bb: Any, emit: Any, inputs: Any, attrs: dict[str, Any], op
         return None
     value = w.value.numpy().T if attrs.get("transB", 0) else w.value.numpy()
     n = value.shape[1]
-    if n % 8 == 0 or n < 64 or not str(value.dtype).startswith("float") or _static_shape(a) is None:
+    padded = _vector_padded(value, 1)
+    if padded is None or not str(value.dtype).startswith("float") or _static_shape(a) is None:
         return None
-    width = -(-n // 16) * 16
-    padded = np.zeros((value.shape[0], width), value.dtype)
-    padded[:, :n] = value
+    if bias is not None and bias.value.numpy().size not in (1, n):
+        return None
     y = emit(relax.op.matmul(a, relax.const(padded)))
     if bias is not None:
-        b = bias.value.numpy().reshape(-1)
-        if b.size not in (1, n):
-            return None
-        full = np.zeros(width, value.dtype)
-        full[:n] = b
-        y = emit(relax.op.add(y, relax.const(full)))
+        full = np.broadcast_to(bias.value.numpy().reshape(-1), (n,)).astype(value.dtype)
+        y = emit(relax.op.add(y, relax.const(_vector_padded(full, 0))))
     return relax.op.strided_slice(y, axes=[1], begin=[0], end=[n])
 
 

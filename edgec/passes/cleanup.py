@@ -72,4 +72,3 @@ def name_nodes(proto: Any) -> None:
         node.name = f"{node.op_type}_{counter}"
         taken.add(node.name)
         kept.add(node.name)
-
