@@ -373,10 +373,13 @@ def choose(op: str, index: int, ref: np.ndarray) -> Metric:
         return named("steps", index, ref, f"per-step scores [{core[0]}, {core[1]}] from {op}")
     if op == "Softmax" and len(core) == 3 and min(core[1:]) >= 8:
         return named("miou", index, ref, f"per-pixel class scores {list(core)}")
-    if op == "Sigmoid" and len(core) == 2 and core[0] >= 100:
-        return named("scores", index, ref, f"per-anchor class scores [{core[0]}, {core[1]}]")
-    if op == "Sigmoid" and len(core) >= 2 and min(core[-2:]) >= 8:
-        return named("mask_iou", index, ref, f"a probability map {list(core)}")
+    sample = ref.shape[1:]
+    if op == "Sigmoid" and len(core) == 1:
+        return named("binary", index, ref, f"{core[0]} probabilities per sample")
+    if op == "Sigmoid" and len(sample) == 2 and sample[0] >= 100:
+        return named("scores", index, ref, f"per-anchor class scores [{sample[0]}, {sample[1]}]")
+    if op == "Sigmoid" and len(sample) >= 3 and min(sample[-2:]) >= 8:
+        return named("mask_iou", index, ref, f"a probability map {list(sample)}")
     if op == "Concat" and len(core) == 2 and max(core) >= 1000 and 5 <= min(core) <= 300:
         layout = "v5" if core[0] > core[1] else "v8"
         if _decoded(ref, layout):

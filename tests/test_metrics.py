@@ -91,7 +91,8 @@ def test_metrics_are_chosen_from_the_producing_op_and_shape() -> None:
     assert chosen("Softmax", (4, 40, 97)) == "steps"
     assert chosen("Softmax", (4, 5, 16, 16)) == "miou"
     assert chosen("Sigmoid", (4, 1, 32, 32)) == "mask_iou"
-    assert chosen("Sigmoid", (4, 500, 10)) == "scores"
+    assert chosen("Sigmoid", (4, 500, 10)) == "scores" and chosen("Sigmoid", (4, 1, 960, 736)) == "mask_iou"
+    assert chosen("Sigmoid", (4, 32)) == "binary"
     assert chosen("Identity", (4, 1)) == "binary" and chosen("If", (4,), 5 * RNG.random(4)) == "relative"
     assert chosen("Tanh", (4, 128)) == "cosine" and chosen("LayerNormalization", (4, 64, 128)) == "cosine"
     boxes = np.array([[10, 10, 50, 50], [60, 60, 100, 120]], np.float64)
