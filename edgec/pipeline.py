@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from . import accuracy, cache, metrics
 from .backends import Backend, get_backend
@@ -36,7 +35,7 @@ from .target import Target, load_target
 
 VALIDATION_SAMPLES = 1000
 SEARCH_SAMPLES = 500  # of the validation samples, those the mixed search ranks layer sensitivity on
-GUARD_RANK_SAMPLES = 64  # ... and those the int8 guard ranks them on (it runs in every int8 compile that needs it)
+GUARD_SAMPLES, GUARD_RANK_SAMPLES = 256, 64  # ... those the int8 guard checks outputs on, and ranks layers on
 FP32_CHECK_SAMPLES = 64  # validation samples the fp32 comparison build is checked on
 
 
@@ -319,10 +318,11 @@ class _Job:
                               "seconds": round(time.perf_counter() - t0, 3)})
         return calibrated
 
-    def _evaluators(self, fp32: Model, rank_samples: int) -> tuple[Any, Any, accuracy.Evaluation]:
-        """(evaluate, rank, fp32's evaluation) on the validation samples; `rank` scores the first `rank_samples`
-        of them (None when that is all of them): per-layer sensitivity needs fewer samples than the goal."""
-        samples, reference = self.reference(fp32)
+    def _evaluators(self, fp32: Model, rank_samples: int, samples_at_most: int = 0) -> tuple[Any, Any, accuracy.Evaluation]:
+        """(evaluate, rank, fp32's evaluation) on the validation samples (the first `samples_at_most`, if given);
+        `rank` scores the first `rank_samples` of them (None when that is all of them): per-layer sensitivity
+        needs fewer samples than the goal."""
+        samples, reference = _head(self.reference(fp32), samples_at_most)
         assert self.judge is not None
         evaluate = accuracy.make_evaluator(samples, reference, self.judge)
         rank = None
@@ -335,7 +335,7 @@ class _Job:
         """Layers an int8 build keeps in float: none, unless int8 (run in ONNX Runtime on the validation samples)
         breaks an output, below the check's floor in its metric (a detector's heads, a log-mel frontend): then
         the fewest layers, ranked by measured sensitivity, that bring every output back above it."""
-        evaluate, rank, fp32_eval = self._evaluators(fp32, GUARD_RANK_SAMPLES)
+        evaluate, rank, fp32_eval = self._evaluators(fp32, GUARD_RANK_SAMPLES, GUARD_SAMPLES)
         with self.steps.step("checking int8 in ONNX Runtime, output by output"):
             int8 = evaluate(calibrated.quantized())
         if all(a >= accuracy.INT8_FLOOR for a in int8.agreements):

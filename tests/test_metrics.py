@@ -228,7 +228,7 @@ def test_yolo_txt_and_coco_boxes_follow_the_recipe_onto_the_input(tmp_path: Path
     spec = three_head_onnx().graph.input[0]
     model = edgec.Model(three_head_onnx(), {"source": "t", "kind": "onnx"})
     assert spec.name == "x"
-    images = _photo_folder(tmp_path / "data" / "images", [(32, 64), (64, 64)])
+    _photo_folder(tmp_path / "data" / "images", [(32, 64), (64, 64)])
     labels = tmp_path / "data" / "labels"
     labels.mkdir()
     (labels / "0.txt").write_text("2 0.5 0.25 0.5 0.25\n")   # x 8..24 of 32, y 8..24 of 64
