@@ -73,13 +73,17 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
             acts, weight = _weighted_inputs(node, inits, constants)
             if weight is None and len(acts) < 2 and node.op_type == "MatMul":
                 continue  # MatMul by a computed constant: leave it
+            if weight is None and any(producers.get(a) == "Softmax" for a in acts):
+                continue  # attention probabilities x values: float, as NNCF's transformer scheme and OpenVINO's MHA
             nodes.append(node.name)
             activations[node.name] = tuple(acts)
             if weight is not None:
                 weights[node.name] = weight
         elif node.op_type == "Add" and placement.residual_add != "none":
             acts = [i for i in node.input if i not in constants]
-            if len(acts) == 2:
+            # Only an Add fed by a convolution fuses into it; elsewhere (transformer residuals, embeddings,
+            # attention masks) Q/DQ on its inputs would only add error.
+            if len(acts) == 2 and any(producers.get(a) == "Conv" for a in acts):
                 # TensorRT fuses Conv + Add when the add's *other* (residual) input is quantized: quantize the
                 # inputs that do not come straight from a weighted op; if both or neither do, quantize both.
                 residual = [a for a in acts if producers.get(a) not in placement.ops]
