@@ -84,3 +84,13 @@ def test_transformer_placement_keeps_softmax_matmul_and_adds_in_float():
     plan = plan_quantization(_attention_onnx(), OPENVINO)
     assert set(plan.nodes) == {"q", "k", "v", "scores"}  # not the probabilities x values, nor any Add
     assert plan.activations["scores"] == ("q", "kt")
+
+
+def test_range_search_is_skipped_when_int8_is_already_close():
+    """An int8 model within SEARCH_WORTHWHILE (relative output MSE) of fp32 gets no range search: it says why."""
+    from edgec.passes import ptq
+
+    model, feeds = _model(), _feeds(outlier=1.0)
+    calibrated = calibrate(model, Samples(feeds, None, "16 samples"), OPENVINO, range_search=16)
+    log = calibrated.range_search
+    assert "skipped" in log and log["relative_output_mse"] < ptq.SEARCH_WORTHWHILE

@@ -57,6 +57,9 @@ class QuantPlan:
     nodes: tuple[str, ...]                      # names of nodes that will run in int8
     activations: dict[str, tuple[str, ...]]     # node -> activation inputs to quantize
     weights: dict[str, tuple[str, int]]         # node -> (weight initializer, channel axis)
+    # activations quantized int8 symmetric whatever the placement says: both inputs of a MatMul of two activations
+    # (attention's query x key), as NNCF does for transformers; OpenVINO then runs that MatMul in i8
+    symmetric: frozenset[str] = frozenset()
 
     def tensors(self) -> list[str]:
         return sorted({t for ts in self.activations.values() for t in ts})
@@ -67,7 +70,7 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
     inits = {t.name: t for t in graph.initializer}
     constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     producers = {o: n.op_type for n in graph.node for o in n.output}
-    nodes, activations, weights = [], {}, {}
+    nodes, activations, weights, symmetric = [], {}, {}, set()
     for node in graph.node:
         if node.op_type in placement.ops:
             acts, weight = _weighted_inputs(node, inits, constants)
@@ -79,6 +82,8 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
             activations[node.name] = tuple(acts)
             if weight is not None:
                 weights[node.name] = weight
+            elif node.op_type == "MatMul":
+                symmetric.update(acts)
         elif node.op_type == "Add" and placement.residual_add != "none":
             acts = [i for i in node.input if i not in constants]
             # Only an Add fed by a convolution fuses into it; elsewhere (transformer residuals, embeddings,
@@ -90,7 +95,7 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
                 nodes.append(node.name)
                 one_side = placement.residual_add == "residual" and len(residual) == 1
                 activations[node.name] = tuple(residual if one_side else acts)
-    return QuantPlan(tuple(nodes), activations, weights)
+    return QuantPlan(tuple(nodes), activations, weights, frozenset(symmetric))
 
 
 def _weighted_inputs(node: Any, inits: Mapping[str, Any], constants: set[str]) -> tuple[list[str], tuple[str, int] | None]:
@@ -145,7 +150,8 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
             if tensor not in act_dq:
                 if tensor not in ranges:
                     raise PassError(f"quantize: no calibration range for tensor '{tensor}' (input of {name}).")
-                qparams, qdq = _activation_qdq(tensor, ranges[tensor], placement.symmetric_activations, meta)
+                qparams, qdq = _activation_qdq(tensor, ranges[tensor],
+                                               placement.symmetric_activations or tensor in plan.symmetric, meta)
                 new_inits += qparams
                 act_dq[tensor] = qdq[-1].output[0]
                 pending[qdq[-1].output[0]] = qdq
