@@ -15,9 +15,9 @@ fp32 is edgec's own fp32 build of the module (its model.onnx is the graph NNCF q
 ov.convert_model). edgec int8 is `edgec.compile(module, "intel-cpu", "int8", calibration=64 feeds,
 example_inputs=...)`, cache off; its time is the whole compile (export, calibration, build, check, profile),
 and the calibrate pass's own seconds from the manifest. NNCF's time is nncf.quantize alone.
-Latency: OpenVINO CPU, f32 inference precision, LATENCY hint, batch 1; each variant timed in interleaved rounds
-of `runs` inferences; "vs fp32" / "vs NNCF" are medians over rounds of the round's ratio (paired: this shared
-machine drifts). Kernel precisions: per-layer exec types of the MatMul/FullyConnected layers (PERF_COUNT).
+Latency: OpenVINO CPU, f32 inference precision, LATENCY hint, batch 1; in each of `rounds` rounds the variants
+take turns inference by inference, `runs` each; "vs fp32" / "vs NNCF" are medians over rounds of the ratio of
+the round medians (paired: this shared machine drifts and has bursts). Kernel precisions: per-layer exec types of the MatMul/FullyConnected layers (PERF_COUNT).
 """
 from __future__ import annotations
 
@@ -111,29 +111,35 @@ def nncf_quantize(onnx_path: Path, calib: list[dict], shapes: dict):  # noqa: AN
 
 
 def interleaved_rounds(runners: dict, feed: dict, rounds: int, runs: int) -> dict[str, list[float]]:
-    """Each runner's median latency (ms) per round; runners alternate, in reverse order every other round."""
+    """Each runner's median latency (ms) per round. Within a round the runners take turns inference by inference
+    (A B C A B C ..., reversed every other round), so a burst of load from other processes on this shared
+    machine hits all of them alike; per-round ratios are then paired at the finest grain."""
     per_round: dict[str, list[float]] = {k: [] for k in runners}
     for fn in runners.values():
         for _ in range(20):
             fn(feed)
     for r in range(rounds):
-        for name, fn in (list(runners.items()) if r % 2 == 0 else list(runners.items())[::-1]):
-            ts = []
-            for _ in range(runs):
+        order = list(runners.items()) if r % 2 == 0 else list(runners.items())[::-1]
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(runs):
+            for name, fn in order:
                 t0 = time.perf_counter()
                 fn(feed)
-                ts.append(time.perf_counter() - t0)
+                times[name].append(time.perf_counter() - t0)
+        for name, ts in times.items():
             per_round[name].append(float(np.median(ts)) * 1000)
     return per_round
 
 
 def kernel_precisions(compiled, feed: dict) -> dict[str, int]:  # noqa: ANN001
-    """{'<layer type> <exec type>': count} of MatMul / FullyConnected layers that ran (PERF_COUNT on)."""
+    """{'<layer type> <exec type>': count} of the MatMul / FullyConnected layers that ran (PERF_COUNT on), and of
+    the Subgraph (snippets) layers of 30 us or more: OpenVINO's fused attention (MHA) is one of those."""
     request = compiled.create_infer_request()
     request.infer(feed)
     out: dict[str, int] = {}
     for p in request.profiling_info:
-        if p.node_type in ("MatMul", "FullyConnected") and p.real_time.total_seconds() > 0:
+        long_subgraph = p.node_type == "Subgraph" and p.real_time.total_seconds() >= 30e-6
+        if (p.node_type in ("MatMul", "FullyConnected") and p.real_time.total_seconds() > 0) or long_subgraph:
             key = f"{p.node_type} {p.exec_type}"
             out[key] = out.get(key, 0) + 1
     return out
@@ -192,6 +198,12 @@ def report(case: dict, ref: np.ndarray, outs: dict, per_round: dict, seconds: di
               f"{'' if seconds.get(k) is None else f'{seconds[k]:.1f}':>8}")
     if truth is not None:
         print(f"fp32 ORT accuracy {100 * (top_ref == truth).mean():.2f}% on {len(truth)} labelled images")
+    a, b = (outs[k].argmax(1) for k in ("edgec int8", "NNCF int8"))
+    for what, base in (("accuracy", truth), ("agreement", top_ref)):
+        if base is not None:  # paired: the same images, so the standard error is that of the per-image difference
+            gap = 100 * float((a == base).mean() - (b == base).mean())
+            rows["edgec int8"][f"{what}_vs_nncf_points"] = (gap, drop_standard_error(b == base, a == base))
+            print(f"edgec - NNCF {what}: {gap:+.2f} pt +- {drop_standard_error(b == base, a == base):.2f} (paired)")
     print(f"edgec passes (s): {json.dumps(passes)}")
     print(f"MatMul kernels: {json.dumps(kernels)}")
     return {"rows": rows, "passes": passes, "kernels": kernels}
@@ -219,8 +231,8 @@ def main() -> None:
                 ([vit_case()] if args.model in ("vit", "both") else [])
         for case in cases:
             results[case["name"]] = run_case(case, args, Path(tmp))
-    print(f"\nlatency: median of {args.rounds} interleaved rounds x {args.runs} runs, batch 1; ratios: median over "
-          "rounds of the round's ratio (IQR in --json)")
+    print(f"\nlatency: median of {args.rounds} rounds x {args.runs} runs (variants taking turns run by run), batch 1; "
+          "ratios: median over rounds of the round's ratio (IQR in --json)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
