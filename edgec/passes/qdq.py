@@ -57,6 +57,9 @@ class QuantPlan:
     nodes: tuple[str, ...]                      # names of nodes that will run in int8
     activations: dict[str, tuple[str, ...]]     # node -> activation inputs to quantize
     weights: dict[str, tuple[str, int]]         # node -> (weight initializer, channel axis)
+    # activations quantized int8 symmetric whatever the placement says: both inputs of a MatMul of two activations
+    # (attention's query x key), as NNCF does for transformers; OpenVINO then runs that MatMul in i8
+    symmetric: frozenset[str] = frozenset()
 
     def tensors(self) -> list[str]:
         return sorted({t for ts in self.activations.values() for t in ts})
@@ -67,26 +70,32 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
     inits = {t.name: t for t in graph.initializer}
     constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     producers = {o: n.op_type for n in graph.node for o in n.output}
-    nodes, activations, weights = [], {}, {}
+    nodes, activations, weights, symmetric = [], {}, {}, set()
     for node in graph.node:
         if node.op_type in placement.ops:
             acts, weight = _weighted_inputs(node, inits, constants)
             if weight is None and len(acts) < 2 and node.op_type == "MatMul":
                 continue  # MatMul by a computed constant: leave it
+            if weight is None and any(producers.get(a) == "Softmax" for a in acts):
+                continue  # attention probabilities x values: float, as NNCF's transformer scheme and OpenVINO's MHA
             nodes.append(node.name)
             activations[node.name] = tuple(acts)
             if weight is not None:
                 weights[node.name] = weight
+            elif node.op_type == "MatMul":
+                symmetric.update(acts)
         elif node.op_type == "Add" and placement.residual_add != "none":
             acts = [i for i in node.input if i not in constants]
-            if len(acts) == 2:
+            # Only an Add fed by a convolution fuses into it; elsewhere (transformer residuals, embeddings,
+            # attention masks) Q/DQ on its inputs would only add error.
+            if len(acts) == 2 and any(producers.get(a) == "Conv" for a in acts):
                 # TensorRT fuses Conv + Add when the add's *other* (residual) input is quantized: quantize the
                 # inputs that do not come straight from a weighted op; if both or neither do, quantize both.
                 residual = [a for a in acts if producers.get(a) not in placement.ops]
                 nodes.append(node.name)
                 one_side = placement.residual_add == "residual" and len(residual) == 1
                 activations[node.name] = tuple(residual if one_side else acts)
-    return QuantPlan(tuple(nodes), activations, weights)
+    return QuantPlan(tuple(nodes), activations, weights, frozenset(symmetric))
 
 
 def _weighted_inputs(node: Any, inits: Mapping[str, Any], constants: set[str]) -> tuple[list[str], tuple[str, int] | None]:
@@ -141,7 +150,8 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
             if tensor not in act_dq:
                 if tensor not in ranges:
                     raise PassError(f"quantize: no calibration range for tensor '{tensor}' (input of {name}).")
-                qparams, qdq = _activation_qdq(tensor, ranges[tensor], placement.symmetric_activations, meta)
+                qparams, qdq = _activation_qdq(tensor, ranges[tensor],
+                                               placement.symmetric_activations or tensor in plan.symmetric, meta)
                 new_inits += qparams
                 act_dq[tensor] = qdq[-1].output[0]
                 pending[qdq[-1].output[0]] = qdq
