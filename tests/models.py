@@ -213,3 +213,33 @@ def fp16_conv_onnx(seed: int = 0) -> onnx.ModelProto:
     from onnxconverter_common import float16
 
     return float16.convert_float_to_float16(tiny_conv_onnx(seed=seed), keep_io_types=False)
+
+
+def depthwise_onnx(channels: int = 16, size: int = 16, classes: int = 4, shared: bool = False,
+                   seed: int = 0) -> onnx.ModelProto:
+    """A MobileNet-style block: x[1,3,H,W] -> Conv 1x1 (output channels scaled 0.03x..10x) -> HardSwish -> h ->
+    depthwise Conv 3x3 -> HardSwish -> GlobalAveragePool -> Flatten -> Gemm -> logits. `shared`: h also feeds a
+    plain 1x1 Conv whose output is added to the depthwise output."""
+    rng = np.random.default_rng(seed)
+    spread = np.logspace(-1.5, 1, channels).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (channels, 3, 1, 1)).astype(np.float32) * spread[:, None, None, None], "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (channels, 1, 3, 3)).astype(np.float32) / spread[:, None, None, None], "wd"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (channels,)).astype(np.float32), "bd"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (classes, channels)).astype(np.float32), "wf"),
+             numpy_helper.from_array(np.zeros(classes, np.float32), "bf")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("HardSwish", ["c1"], ["h"], name="hswish1"),
+             helper.make_node("Conv", ["h", "wd", "bd"], ["d"], name="dwconv", group=channels, pads=[1, 1, 1, 1])]
+    if shared:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (channels, channels, 1, 1)).astype(np.float32), "ws"))
+        nodes += [helper.make_node("Conv", ["h", "ws"], ["s"], name="side"),
+                  helper.make_node("Add", ["d", "s"], ["ds"], name="add")]
+    nodes += [helper.make_node("HardSwish", ["ds" if shared else "d"], ["h2"], name="hswish2"),
+              helper.make_node("GlobalAveragePool", ["h2"], ["p"], name="pool"),
+              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "depthwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
+    onnx.checker.check_model(model)
+    return model

@@ -1,6 +1,7 @@
 """int8 Q/DQ placement per backend, quantization math, bias correction, mixed-precision budget."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from edgec.passes.mixed import search_mixed
 from edgec.passes.ptq import calibrate
 from edgec.passes.qdq import WEIGHTED_OPS, Placement, plan_quantization
 from edgec.passes.qmath import activation_qparams, quantize_weight
-from models import tiny_conv_onnx, tiny_resnet_and_mobilenet
+from models import depthwise_onnx, tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
 def _model(**kw) -> Model:
@@ -140,6 +141,38 @@ def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
     assert plan.nodes == ("conv1", "conv2", "add", "fc")
     assert plan.activations["add"] == ("c2", "r1") and plan.tensors() == sorted({"x", "r1", "c2", "f"})
     assert plan.weights["conv1"] == ("w1", 0)
+
+
+def _depthwise_samples(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).normal(0, 1, (n, 3, 16, 16)).astype(np.float32)}
+
+
+def test_openvino_quantizes_depthwise_inputs_per_channel() -> None:
+    model = Model(depthwise_onnx(), {"source": "tiny", "kind": "onnx"})
+    cal = calibrate(model, CalibrationSet(_depthwise_samples()), OPENVINO)
+    assert cal.plan.channel_axes == {"h": 1}
+    lo, hi = cal.ranges["h"]
+    assert lo.shape == hi.shape == (16,) and hi[-1] > 50 * hi[0]  # channels 0.03x..10x apart
+    q = cal.quantized().proto
+    onnx.checker.check_model(q)
+    qdq = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.name.startswith("h_")]
+    assert len(qdq) == 2 and all(onnx.helper.get_attribute_value(n.attribute[0]) == 1 for n in qdq)
+    scale = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == "h_scale"))
+    assert scale.shape == (16,)
+    per_tensor = calibrate(model, CalibrationSet(_depthwise_samples()),
+                           dataclasses.replace(OPENVINO, per_channel_depthwise=False))
+    assert per_tensor.plan.channel_axes == {} and np.ndim(per_tensor.ranges["h"][0]) == 0
+    x = _depthwise_samples(16, seed=1)["x"]
+    ref = _run(model.proto, x)
+    err = {k: float(np.mean((_run(c.quantized().proto, x) - ref) ** 2)) for k, c in
+           (("channel", cal), ("tensor", per_tensor))}
+    assert err["channel"] < 0.5 * err["tensor"], err
+
+
+def test_per_channel_only_where_every_reader_is_depthwise() -> None:
+    shared = plan_quantization(depthwise_onnx(shared=True), OPENVINO)
+    assert "h" in shared.tensors() and shared.channel_axes == {}  # one Q/DQ pair serves the plain conv too
+    assert plan_quantization(depthwise_onnx(), TENSORRT).channel_axes == {}  # TensorRT: per-tensor activations
 
 
 @pytest.mark.parametrize("data, match", [
@@ -382,3 +415,15 @@ def test_mixed_notes_a_budget_within_two_standard_errors(tmp_path: Path, tiny_on
     assert strict["met"] and strict["float_layers"]
     assert strict["standard_error_points"] == pytest.approx(drop_standard_error(np.ones(n, bool), agree), abs=1e-3)
     assert "within the noise" not in err
+
+
+@pytest.mark.requires_openvino
+def test_openvino_runs_per_channel_depthwise_in_int8(tmp_path: Path) -> None:
+    path = tmp_path / "dw.onnx"
+    onnx.save(depthwise_onnx(), path)
+    build = edgec.compile(path, "intel-cpu", "int8", calibration=_depthwise_samples(), output_dir=tmp_path / "o",
+                          profile_runs=5, progress=False, use_cache=False, range_search=0)
+    layers = build.report["profile"]["layers"]
+    depthwise = [r for r in layers if r["op"] == "GroupConvolution"]
+    assert depthwise and all(r["precision"] == "int8" for r in depthwise), depthwise
+    assert build.report["accuracy"]["cosine_min"] > 0.99

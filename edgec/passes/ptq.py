@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..model import Model
 from ..progress import Steps
 from . import gptq, range_search as rs
-from .calibrate import OutputRecorder, PercentileObserver, collect_statistics, make_observer
+from .calibrate import ChannelMinMaxObserver, OutputRecorder, PercentileObserver, collect_statistics, make_observer
 from .qdq import Placement, QuantPlan, insert_qdq, plan_quantization
 
 
@@ -95,7 +95,7 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
         hessians = _input_hessians(model, plan, rounder) if weight_rounding == "gptq" else {}
         means_of = ([plan.activations[n][0] for n in plan.weights if plan.activations.get(n) and n not in hessians]
                     if bias_correction else [])  # GPTQ's layers take no bias correction
-        range_observers = {t: make_observer(method, **dict(observer_options or {})) for t in plan.tensors()}
+        range_observers = _range_observers(plan, method, observer_options)
         histograms = _histograms(range_observers) if range_search > 0 else {}
         recorder = OutputRecorder()
         extra = _extra_observers(model, plan, hessians, histograms, range_observers,
@@ -124,10 +124,19 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
                       round(time.perf_counter() - t0, 3), codes, search_log, recorder.values if keep_outputs else None)
 
 
+def _range_observers(plan: QuantPlan, method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A `method` observer per activation tensor quantized per tensor; exact per-channel min/max for the tensors
+    the plan quantizes per channel (as NNCF does: a clipped channel has no neighbour to share its error with)."""
+    observers: dict[str, Any] = {t: make_observer(method, **dict(options or {})) for t in plan.per_tensor()}
+    observers.update({t: ChannelMinMaxObserver(axis) for t, axis in plan.channel_axes.items()})
+    return observers
+
+
 def _histograms(range_observers: Mapping[str, Any]) -> dict[str, PercentileObserver]:
-    """The percentile histogram of every tensor, for range search candidates: the range observer's own when it
-    is one, else a new one."""
-    return {t: obs if isinstance(obs, PercentileObserver) else PercentileObserver() for t, obs in range_observers.items()}
+    """The percentile histogram of every tensor quantized per tensor, for range search candidates: the range
+    observer's own when it is one, else a new one. Per-channel tensors are not searched."""
+    return {t: obs if isinstance(obs, PercentileObserver) else PercentileObserver() for t, obs in range_observers.items()
+            if not isinstance(obs, ChannelMinMaxObserver)}
 
 
 def _extra_observers(model: Model, plan: QuantPlan, hessians: Mapping[str, gptq.InputHessian],
@@ -157,7 +166,7 @@ def _input_hessians(model: Model, plan: QuantPlan, rounder: gptq.Rounder) -> dic
 def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,
                    histograms: Mapping[str, Any], subset: Samples, reference: list[np.ndarray],
                    steps: Steps) -> tuple[dict, dict]:
-    order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ())))
+    order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ()) if t in histograms))
     candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in order}
     search = rs.plan_search(ranges, order, candidates, len(subset))
     searched, log = rs.search_ranges(

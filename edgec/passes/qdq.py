@@ -2,20 +2,21 @@
 
 Weights: int8, symmetric, per output channel, stored as int8 initializers behind a DequantizeLinear.
 Activations: per tensor, a QuantizeLinear -> DequantizeLinear pair on the edge, uint8 asymmetric or int8
-symmetric as the placement says. Each backend owns its Placement (edgec/backends/*.py); this module knows
+symmetric as the placement says; where the placement asks for it (`per_channel_depthwise`), the input of a
+depthwise Conv is quantized per channel instead (QuantPlan.channel_axes; its range is a pair of arrays). Each backend owns its Placement (edgec/backends/*.py); this module knows
 no backend by name. Every node this pass creates copies `metadata_props` of the node it quantizes, so
 profiles still map fused int8 kernels back to PyTorch modules.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from ..errors import ConfigError, PassError
 from ..model import Model, all_nodes
-from .qmath import activation_qparams, dequantize, quantize_weight
+from .qmath import activation_qparams, channel_activation_qparams, dequantize, quantize_weight
 
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -48,6 +49,10 @@ class Placement:
     # "none", "residual" (only the input that does not come straight from a weighted op) or "both".
     residual_add: str
     symmetric_activations: bool
+    # Quantize the input of a depthwise Conv per channel (a scale and zero point per channel, exact min/max), as
+    # NNCF does for OpenVINO's CPU plugin: after a BatchNorm + HardSwish the channels of a MobileNet-style block
+    # span ranges 10x apart, and one per-tensor scale leaves the narrow ones a few levels (issue #16).
+    per_channel_depthwise: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,14 @@ class QuantPlan:
     nodes: tuple[str, ...]                      # names of nodes that will run in int8
     activations: dict[str, tuple[str, ...]]     # node -> activation inputs to quantize
     weights: dict[str, tuple[str, int]]         # node -> (weight initializer, channel axis)
+    channel_axes: dict[str, int] = field(default_factory=dict)  # activation tensors quantized per channel -> axis
 
     def tensors(self) -> list[str]:
         return sorted({t for ts in self.activations.values() for t in ts})
+
+    def per_tensor(self) -> list[str]:
+        """The activation tensors quantized with one range (all but `channel_axes`)."""
+        return [t for t in self.tensors() if t not in self.channel_axes]
 
 
 def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
@@ -86,7 +96,29 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
                 nodes.append(node.name)
                 one_side = placement.residual_add == "residual" and len(residual) == 1
                 activations[node.name] = tuple(residual if one_side else acts)
-    return QuantPlan(tuple(nodes), activations, weights)
+    axes = _depthwise_inputs(graph, inits, activations) if placement.per_channel_depthwise else {}
+    return QuantPlan(tuple(nodes), activations, weights, axes)
+
+
+def is_depthwise(node: Any, inits: Mapping[str, Any]) -> bool:
+    """A Conv with more than one group and one input channel per group (its weight initializer says so)."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    dims = inits[node.input[1]].dims
+    return group > 1 and len(dims) >= 3 and dims[1] == 1
+
+
+def _depthwise_inputs(graph: Any, inits: Mapping[str, Any], activations: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
+    """{tensor: 1} for each planned activation whose every planned reader is a depthwise Conv reading it as data
+    (a tensor shared with another int8 node keeps one range: it gets one Q/DQ pair)."""
+    by_name = {n.name: n for n in graph.node}
+    readers: dict[str, list[Any]] = {}
+    for name, tensors in activations.items():
+        for t in tensors:
+            readers.setdefault(t, []).append(by_name[name])
+    return {t: 1 for t, nodes in readers.items()
+            if all(is_depthwise(n, inits) and n.input[0] == t for n in nodes)}
 
 
 def _weighted_inputs(node: Any, inits: Mapping[str, Any], constants: set[str]) -> tuple[list[str], tuple[str, int] | None]:
@@ -141,7 +173,8 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
             if tensor not in act_dq:
                 if tensor not in ranges:
                     raise PassError(f"quantize: no calibration range for tensor '{tensor}' (input of {name}).")
-                qparams, qdq = _activation_qdq(tensor, ranges[tensor], placement.symmetric_activations, meta)
+                qparams, qdq = _activation_qdq(tensor, ranges[tensor], placement.symmetric_activations, meta,
+                                               plan.channel_axes.get(tensor))
                 new_inits += qparams
                 act_dq[tensor] = qdq[-1].output[0]
                 pending[qdq[-1].output[0]] = qdq
@@ -162,13 +195,17 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
     return out
 
 
-def _activation_qdq(tensor: str, lo_hi: tuple[float, float], symmetric: bool,
-                    meta: list[Any]) -> tuple[list[Any], list[Any]]:
+def _activation_qdq(tensor: str, lo_hi: tuple[Any, Any], symmetric: bool, meta: list[Any],
+                    axis: int | None = None) -> tuple[list[Any], list[Any]]:
     """([scale, zero point] initializers, [QuantizeLinear, DequantizeLinear]) for activation `tensor`
-    calibrated to the range `lo_hi`; the nodes carry `meta` (the quantized node's metadata_props)."""
+    calibrated to the range `lo_hi`; the nodes carry `meta` (the quantized node's metadata_props).
+    With `axis`, `lo_hi` holds two arrays (a range per channel along `axis`) and the pair quantizes per channel."""
     from onnx import helper, numpy_helper
 
-    scale, zero = activation_qparams(*lo_hi, symmetric)
+    if axis is None:
+        scale, zero = activation_qparams(*lo_hi, symmetric)
+    else:
+        scale, zero = channel_activation_qparams(*lo_hi, symmetric)
     base = _safe(tensor)
     qparams = [numpy_helper.from_array(scale, f"{base}_scale"),
                numpy_helper.from_array(zero, f"{base}_zero_point")]
@@ -178,6 +215,8 @@ def _activation_qdq(tensor: str, lo_hi: tuple[float, float], symmetric: bool,
                           [f"{base}_dequantized"], name=f"{base}_DequantizeLinear")
     for n in (q, dq):
         n.metadata_props.extend(meta)
+        if axis is not None:
+            n.attribute.append(helper.make_attribute("axis", axis))
     return qparams, [q, dq]
 
 

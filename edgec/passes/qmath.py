@@ -16,6 +16,13 @@ def activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[np.ndarra
     return np.array(scale, np.float32), np.array(zero, np.uint8)
 
 
+def channel_activation_qparams(lo: np.ndarray, hi: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """activation_qparams for each channel of 1-D `lo`, `hi`: (float32 scales, uint8 or int8 zero points)."""
+    pairs = [activation_qparams(a, b, symmetric) for a, b in zip(np.ravel(lo), np.ravel(hi))]
+    dtype = np.int8 if symmetric else np.uint8
+    return np.array([s for s, _ in pairs], np.float32), np.array([z for _, z in pairs], dtype)
+
+
 def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-channel int8 along `axis`: returns (int8 weights, float32 scales)."""
     reduce = tuple(i for i in range(w.ndim) if i != axis)
