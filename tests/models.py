@@ -243,3 +243,19 @@ def depthwise_onnx(channels: int = 16, size: int = 16, classes: int = 4, shared:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
     onnx.checker.check_model(model)
     return model
+
+
+def two_branch_onnx(seed: int = 0) -> onnx.ModelProto:
+    """Two inputs, two outputs, no path between them: a[1,3,8,8] -> Conv 3x3 -> Relu -> oa; b[1,3,8,8] -> Conv
+    3x3 -> Relu -> ob (both [1,4,8,8])."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    for v in ("a", "b"):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), f"w{v}"))
+        nodes += [helper.make_node("Conv", [v, f"w{v}"], [f"c{v}"], name=f"conv_{v}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{v}"], [f"o{v}"], name=f"relu_{v}")]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3 if n in "ab" else 4, 8, 8])  # noqa: E731
+    graph = helper.make_graph(nodes, "two_branch", [io("a"), io("b")], [io("oa"), io("ob")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
+    onnx.checker.check_model(model)
+    return model

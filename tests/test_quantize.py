@@ -21,7 +21,7 @@ from edgec.backends.tensorrt import PLACEMENT as TENSORRT
 from edgec.passes.mixed import search_mixed
 from edgec.passes.ptq import calibrate
 from edgec.passes.qdq import WEIGHTED_OPS, Placement, plan_quantization
-from edgec.passes.qmath import activation_qparams, quantize_weight
+from edgec.passes.qmath import activation_qparams, channel_activation_qparams, quantize_weight
 from models import depthwise_onnx, tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
@@ -107,6 +107,15 @@ def test_activation_qparams() -> None:
     assert zp.dtype == np.int8 and int(zp) == 0 and abs(float(scale) - 3 / 127) < 1e-7
     scale, _ = activation_qparams(0.0, 0.0, symmetric=False)
     assert float(scale) > 0
+
+
+def test_channel_activation_qparams_match_the_per_tensor_rule_channel_by_channel() -> None:
+    lo, hi = np.array([-1.0, 0.0, 0.5, 0.0, -3.0]), np.array([1.0, 2.0, 4.0, 0.0, -1.0])
+    for symmetric in (False, True):
+        scales, zeros = channel_activation_qparams(lo, hi, symmetric)
+        each = [activation_qparams(a, b, symmetric) for a, b in zip(lo, hi)]
+        assert scales.dtype == np.float32 and zeros.dtype == each[0][1].dtype
+        assert np.array_equal(scales, [s for s, _ in each]) and np.array_equal(zeros, [z for _, z in each])
 
 
 def test_quantize_weight_round_trip() -> None:

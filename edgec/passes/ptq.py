@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -97,9 +97,8 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
                     if bias_correction else [])  # GPTQ's layers take no bias correction
         range_observers = _range_observers(plan, method, observer_options)
         histograms = _histograms(range_observers) if range_search > 0 else {}
-        recorder = OutputRecorder()
-        extra = _extra_observers(model, plan, hessians, histograms, range_observers,
-                                 recorder if keep_outputs or range_search > 0 else None)
+        recorders = [OutputRecorder() for _ in model.proto.graph.output] if keep_outputs or range_search > 0 else []
+        extra = _extra_observers(model, plan, hessians, histograms, range_observers, recorders)
         counter = steps.counter("samples")
         with steps.step(f"calibration statistics: {len(samples)} samples, {len(range_observers)} activation tensors"
                         + (f", inputs of {len(hessians)} layers for GPTQ (each rounded once its inputs are in)"
@@ -119,9 +118,9 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
             picked = rs.subset_indices(len(samples), range_search)
             subset = Samples([samples.feeds[i] for i in picked], None, f"{len(picked)} of {samples.description}")
             ranges, search_log = _search_ranges(model, plan, ranges, means, codes, placement, histograms, subset,
-                                                [recorder.values[i] for i in picked], steps)
+                                                [[r.values[i] for r in recorders] for i in picked], steps)
     return Calibrated(model, plan, ranges, means, placement, samples.description,
-                      round(time.perf_counter() - t0, 3), codes, search_log, recorder.values if keep_outputs else None)
+                      round(time.perf_counter() - t0, 3), codes, search_log, recorders[0].values if keep_outputs else None)
 
 
 def _range_observers(plan: QuantPlan, method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -141,17 +140,17 @@ def _histograms(range_observers: Mapping[str, Any]) -> dict[str, PercentileObser
 
 def _extra_observers(model: Model, plan: QuantPlan, hessians: Mapping[str, gptq.InputHessian],
                      histograms: Mapping[str, PercentileObserver], range_observers: Mapping[str, Any],
-                     recorder: OutputRecorder | None) -> dict[str, list[Any]]:
+                     recorders: Sequence[OutputRecorder]) -> dict[str, list[Any]]:
     """{tensor: observers besides its range observer}: Hessians on layer inputs, histograms the range observers
-    do not already keep, and the recorder on the first graph output."""
+    do not already keep, and `recorders[k]` on graph output k."""
     extra: dict[str, list[Any]] = {}
     for n, hess in hessians.items():
         extra.setdefault(plan.activations[n][0], []).append(hess)
     for t, hist in histograms.items():
         if hist is not range_observers[t]:
             extra.setdefault(t, []).append(hist)
-    if recorder is not None:
-        extra.setdefault(model.proto.graph.output[0].name, []).append(recorder)
+    for recorder, output in zip(recorders, model.proto.graph.output):
+        extra.setdefault(output.name, []).append(recorder)
     return extra
 
 
@@ -164,7 +163,7 @@ def _input_hessians(model: Model, plan: QuantPlan, rounder: gptq.Rounder) -> dic
 
 
 def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,
-                   histograms: Mapping[str, Any], subset: Samples, reference: list[np.ndarray],
+                   histograms: Mapping[str, Any], subset: Samples, reference: list[list[np.ndarray]],
                    steps: Steps) -> tuple[dict, dict]:
     order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ()) if t in histograms))
     candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in order}

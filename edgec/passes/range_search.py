@@ -4,9 +4,10 @@ A range estimator (percentile, MSE, ...) judges a tensor by its own rounding and
 same way for every tensor. How much that error matters depends on what follows: a clipped outlier in
 a residual stream can cost more than coarse steps after a ReLU6. After calibration, this pass tries a
 few candidate ranges per activation tensor from the same calibration histogram (percentiles 99.9,
-99.99, 99.999 and the exact min/max) and keeps a candidate when the mean squared error of the whole
-model's output against fp32, run with ONNX Runtime, drops by more than 0.5%. Greedy coordinate
-descent in graph order, one sweep.
+99.99, 99.999 and the exact min/max) and keeps a candidate when the whole model's output error against
+fp32, run with ONNX Runtime, drops by more than 0.5%. The error sums, over the model's float outputs, each
+output's mean squared error divided by the variance of its fp32 reference (so a detector's box coordinates
+and its scores both count, whatever their units). Greedy coordinate descent in graph order, one sweep.
 
 Its cost is bounded before it starts (`plan_search`), and stated once the first model is timed:
 - Only tensors whose candidates differ are searched: the spread of a tensor is log(widest / narrowest
@@ -99,28 +100,61 @@ def plan_search(ranges: Mapping[str, Range], order: Sequence[str], candidates: M
 
 
 class OutputError:
-    """Per-sample mean squared error of a model's first output against the fp32 reference (one array per
-    sample), computed lazily: `score(proto)` returns a function of n, the mean error over the first n
-    samples, running only those not yet run. The first `screen` samples are spread evenly over the set."""
+    """Per-sample output error of a model against the fp32 reference, computed lazily: `score(proto)` returns a
+    function of n, the mean error over the first n samples, running only those not yet run. The first `screen`
+    samples are spread evenly over the set.
 
-    def __init__(self, samples: Samples, reference: Sequence[np.ndarray], screen: int = SCREEN_SAMPLES):
+    `reference[i]` holds sample i's fp32 outputs, one array per graph output in graph order (a bare array: the
+    model's only output). A sample's error is the sum over the float outputs (all outputs if none is float) of
+    MSE(output, reference) / the variance of that output's reference over every sample (1 where it is constant);
+    an output whose shape differs from its reference's (a detector keeping another number of boxes) counts 1.
+    """
+
+    def __init__(self, samples: Samples, reference: Sequence[Any], screen: int = SCREEN_SAMPLES):
         n = len(samples.feeds)
         first = subset_indices(n, screen)
         order = first + sorted(set(range(n)) - set(first))
         self.feeds = [samples.feeds[i] for i in order]
-        self.reference = [np.asarray(reference[i], np.float64) for i in order]
+        given = [_as_outputs(reference[i]) for i in order]
+        self.scored = _scored_outputs(given[0]) if given else []
+        self.reference = [{k: r[k].astype(np.float64) for k in self.scored} for r in given]
+        self.variance = {k: _variance([r[k] for r in self.reference]) for k in self.scored}
+
+    def sample_error(self, outputs: Sequence[np.ndarray], i: int) -> float:
+        """Sample i's error (class docstring) for the model's `outputs` on it."""
+        total = 0.0
+        for k in self.scored:
+            out, ref = np.asarray(outputs[k]).astype(np.float64), self.reference[i][k]
+            total += float(np.mean((out - ref) ** 2)) / self.variance[k] if out.shape == ref.shape else 1.0
+        return total
 
     def score(self, proto: Any) -> Callable[[int], float]:
-        session = ort_session(proto)
+        session = ort_session(proto, fuse_qdq=False)  # the same rounding as ORT's int8 kernels, twice as fast here
         errors: list[float] = []
 
         def mean(n: int) -> float:
             for i in range(len(errors), n):
-                out = session.run(None, self.feeds[i])[0].astype(np.float64)
-                errors.append(float(np.mean((out - self.reference[i]) ** 2)))
+                errors.append(self.sample_error(session.run(None, self.feeds[i]), i))
             return float(np.mean(errors[:n]))
 
         return mean
+
+
+def _as_outputs(sample: Any) -> list[np.ndarray]:
+    """One sample's reference as a list of arrays, one per output (a bare array: the only output)."""
+    return [np.asarray(sample)] if isinstance(sample, np.ndarray) else [np.asarray(a) for a in sample]
+
+
+def _scored_outputs(first: Sequence[np.ndarray]) -> list[int]:
+    """Indices of the outputs the error sums: the float ones, or every numeric one when none is float."""
+    floats = [k for k, a in enumerate(first) if a.dtype.kind == "f"]
+    return floats or [k for k, a in enumerate(first) if a.dtype.kind in "iub"]
+
+
+def _variance(arrays: Sequence[np.ndarray]) -> float:
+    """The variance of every value of `arrays` (shapes may differ); 1.0 when that is 0 (a constant output)."""
+    v = float(np.var(np.concatenate([a.ravel() for a in arrays]))) if arrays else 0.0
+    return v if v > 0 else 1.0
 
 
 def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable[[dict], Any],
@@ -167,7 +201,7 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
             changed.append(tensor)
         if progress is not None:
             progress(i + 1, len(plan.tensors))
-    return current, {"output_mse_before": start, "output_mse_after": best, "evaluations": 1 + screened,
+    return current, {"output_error_before": start, "output_error_after": best, "evaluations": 1 + screened,
                      "confirmed": confirmed, "tensors": plan.considered, "searched": len(plan.tensors),
                      "screen_samples": plan.screen_samples, "changed": changed,
                      "seconds": round(time.perf_counter() - t0, 3)}
