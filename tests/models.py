@@ -259,3 +259,22 @@ def two_branch_onnx(seed: int = 0) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
     onnx.checker.check_model(model)
     return model
+
+
+def lstm_onnx(steps: int = 6, features: int = 8, hidden: int = 16, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """x[steps, 1, features] -> LSTM(hidden) -> Y [steps, 1, 1, hidden] -> Reshape [steps, hidden] -> MatMul ->
+    logits [steps, classes]: a recurrent layer beside an int8-quantizable MatMul."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (1, 4 * hidden, features)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * hidden, hidden)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (1, 8 * hidden)).astype(np.float32), "B"),
+             numpy_helper.from_array(np.array([steps, hidden], np.int64), "shape"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (hidden, classes)).astype(np.float32), "wf")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y"], name="lstm", hidden_size=hidden),
+             helper.make_node("Reshape", ["Y", "shape"], ["h"], name="flatten"),
+             helper.make_node("MatMul", ["h", "wf"], ["logits"], name="fc")]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, features])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [steps, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
+    onnx.checker.check_model(model)
+    return model

@@ -20,9 +20,9 @@ from edgec.backends.openvino import PLACEMENT as OPENVINO
 from edgec.backends.tensorrt import PLACEMENT as TENSORRT
 from edgec.passes.mixed import search_mixed
 from edgec.passes.ptq import calibrate
-from edgec.passes.qdq import WEIGHTED_OPS, Placement, plan_quantization
+from edgec.passes.qdq import WEIGHTED_OPS, Placement, WeightOnlyInt8Pass, plan_quantization
 from edgec.passes.qmath import activation_qparams, channel_activation_qparams, quantize_weight
-from models import depthwise_onnx, tiny_conv_onnx, tiny_resnet_and_mobilenet
+from models import depthwise_onnx, lstm_onnx, tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
 def _model(**kw) -> Model:
@@ -435,4 +435,41 @@ def test_openvino_runs_per_channel_depthwise_in_int8(tmp_path: Path) -> None:
     layers = build.report["profile"]["layers"]
     depthwise = [r for r in layers if r["op"] == "GroupConvolution"]
     assert depthwise and all(r["precision"] == "int8" for r in depthwise), depthwise
+    assert build.report["accuracy"]["cosine_min"] > 0.99
+
+
+def _lstm_samples(n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """n sequences of lstm_onnx's input [6, 1, 8], stacked along its first axis as calibration data takes them."""
+    return {"x": np.random.default_rng(seed).normal(0, 1, (n * 6, 1, 8)).astype(np.float32)}
+
+
+def test_lstm_stays_float_and_the_plan_says_why_for_every_recurrent_node() -> None:
+    model = Model(lstm_onnx(), {"source": "tiny", "kind": "onnx"})
+    cal = calibrate(model, CalibrationSet(_lstm_samples()), OPENVINO)
+    assert cal.plan.nodes == ("fc",)
+    q = cal.quantized()
+    lstm = next(n for n in q.proto.graph.node if n.op_type == "LSTM")
+    assert list(lstm.input) == ["x", "W", "R", "B"]  # float weights, float input
+    (note,) = q.provenance["quantization"]["recurrent"]
+    assert (note["node"], note["int8"]) == ("lstm", "none") and "only as constants" in note["why"]
+    assert any(line.startswith("int8: LSTM node 'lstm' kept in float") for line in q.provenance["notes"])
+    (trt,) = plan_quantization(lstm_onnx(), TENSORRT).recurrent_notes
+    assert trt["int8"] == "none" and "TensorRT" in trt["why"]
+
+
+def test_int8_weights_keeps_lstm_weights_float_and_says_so() -> None:
+    out = WeightOnlyInt8Pass().run(Model(lstm_onnx(), {"source": "tiny", "kind": "onnx"}))
+    assert [n["int8"] for n in out.provenance["quantization"]["recurrent"]] == ["none"]
+    names = {t.name for t in out.proto.graph.initializer}
+    assert "wf_quantized" in names and {"W", "R"} <= names
+
+
+@pytest.mark.requires_openvino
+def test_openvino_int8_build_with_an_lstm_reports_it(tmp_path: Path) -> None:
+    path = tmp_path / "lstm.onnx"
+    onnx.save(lstm_onnx(), path)
+    build = edgec.compile(path, "intel-cpu", "int8", calibration=_lstm_samples(), output_dir=tmp_path / "o",
+                          profile_runs=5, progress=False, use_cache=False, range_search=0)
+    assert build.manifest["quantization"]["recurrent"][0]["int8"] == "none"
+    assert any("LSTM node 'lstm' kept in float" in line for line in build.manifest["notes"])
     assert build.report["accuracy"]["cosine_min"] > 0.99

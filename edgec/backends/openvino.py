@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import BackendUnavailable, BuildError, ConfigError, brief
 from ..fileio import signals_deferred
 from ..model import Model
-from ..passes.qdq import WEIGHTED_OPS, Placement
+from ..passes.qdq import OPENVINO_RECURRENT, WEIGHTED_OPS, Placement
 from ..device.tvm_runner import seeded_feeds, time_runs
 from ..profile import LatencyStats, LayerRow, Profile, batch_size, with_shares
 from ..target import Target
@@ -28,7 +28,7 @@ _INSTALL_HINT = "OpenVINO is not installed: pip install 'edgec[openvino]'"
 # read their input quantized per channel (NNCF's CPU setup, q8_a_ch): the plugin still runs them in int8, and on
 # PP-LCNet top-1 agreement with fp32 rose from 92% to 98% (benchmarks/results/lcnet-gap-2026-12-04-amd-epyc.md).
 PLACEMENT = Placement("openvino", WEIGHTED_OPS, residual_add="both", symmetric_activations=False,
-                      per_channel_depthwise=True)
+                      per_channel_depthwise=True, recurrent_float=OPENVINO_RECURRENT)
 
 
 class OpenVINOBackend:

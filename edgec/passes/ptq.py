@@ -15,7 +15,7 @@ from ..model import Model
 from ..progress import Steps
 from . import gptq, range_search as rs
 from .calibrate import ChannelMinMaxObserver, OutputRecorder, PercentileObserver, collect_statistics, make_observer
-from .qdq import Placement, QuantPlan, insert_qdq, plan_quantization
+from .qdq import Placement, QuantPlan, insert_qdq, plan_quantization, with_recurrent_notes
 
 
 MIN_CALIBRATION_SAMPLES = 8  # below this, activation ranges are guesses
@@ -49,7 +49,8 @@ class Calibrated:
         provenance = {**self.model.provenance, "quantization": {
             "placement": self.placement.name, "int8_nodes": len(self.plan.nodes) - len(keep),
             "gptq_weights": len(self.weight_codes),
-            "float_nodes": list(keep), "calibration": self.samples}}
+            "float_nodes": list(keep), "calibration": self.samples,
+            "recurrent": list(self.plan.recurrent_notes)}, "notes": with_recurrent_notes(self.model, self.plan)}
         return Model(proto, provenance)
 
 
@@ -88,7 +89,10 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
         raise ConfigError(f"Unknown weight rounding '{weight_rounding}'; choose {' or '.join(WEIGHT_ROUNDINGS)}.")
     plan = plan_quantization(model.proto, placement)
     if not plan.nodes:
-        raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights.")
+        rnn = "; ".join(f"{n['op']} {n['where']}" for n in plan.recurrent_notes)
+        raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights"
+                          + (f" (its recurrent layers stay float: {rnn})" if rnn else "")
+                          + ". Compile it with --precision fp32.")
     steps = steps or Steps(enabled=False)
     t0 = time.perf_counter()
     with gptq.Rounder(model.proto, plan.weights, progress=steps.counter("layers rounded")) as rounder:

@@ -20,6 +20,7 @@ from .qmath import activation_qparams, channel_activation_qparams, dequantize, q
 
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # Ops of a model that is quantized already (by ORT's quantizer, NNCF, a QAT export): int8 on top is refused.
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
                            "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
@@ -53,6 +54,9 @@ class Placement:
     # NNCF does for OpenVINO's CPU plugin: after a BatchNorm + HardSwish the channels of a MobileNet-style block
     # span ranges 10x apart, and one per-tensor scale leaves the narrow ones a few levels (issue #16).
     per_channel_depthwise: bool = False
+    # Why LSTM/GRU/RNN stay float (weights, inputs and states) under this backend: no backend edgec targets runs
+    # them in int8, and none reads int8 weights for them (QuantPlan.recurrent_notes; the report shows it).
+    recurrent_float: str = "edgec has no int8 placement for recurrent layers on this backend"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class QuantPlan:
     activations: dict[str, tuple[str, ...]]     # node -> activation inputs to quantize
     weights: dict[str, tuple[str, int]]         # node -> (weight initializer, channel axis)
     channel_axes: dict[str, int] = field(default_factory=dict)  # activation tensors quantized per channel -> axis
+    recurrent_notes: tuple[dict[str, str], ...] = ()  # each LSTM/GRU/RNN of the model: kept float, and why
 
     def tensors(self) -> list[str]:
         return sorted({t for ts in self.activations.values() for t in ts})
@@ -97,7 +102,15 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
                 one_side = placement.residual_add == "residual" and len(residual) == 1
                 activations[node.name] = tuple(residual if one_side else acts)
     axes = _depthwise_inputs(graph, inits, activations) if placement.per_channel_depthwise else {}
-    return QuantPlan(tuple(nodes), activations, weights, axes)
+    return QuantPlan(tuple(nodes), activations, weights, axes, recurrent_notes(proto, placement))
+
+
+def recurrent_notes(proto: Any, placement: Placement) -> tuple[dict[str, str], ...]:
+    """A note per LSTM/GRU/RNN of `proto` (subgraphs included): {"node", "op", "where", "int8": "none", "why"}.
+    They are never quantized: their weights, inputs and states stay float, for the placement's reason."""
+    return tuple({"node": node.name, "op": node.op_type, "where": where, "int8": "none",
+                  "why": f"kept in float (weights, inputs and states): {placement.recurrent_float}"}
+                 for node, where in all_nodes(proto.graph) if node.op_type in RECURRENT_OPS)
 
 
 def is_depthwise(node: Any, inits: Mapping[str, Any]) -> bool:
@@ -323,12 +336,18 @@ def _safe(name: str) -> str:
     return name.replace("/", "_").replace(":", "_")
 
 
+# Measured, OpenVINO 2026.4: with W behind a DequantizeLinear the CPU plugin refuses the model ("LSTMSequence node
+# ... expects Constant for port 4"), and it has no int8 LSTM/GRU/RNN kernels.
+OPENVINO_RECURRENT = ("OpenVINO's CPU plugin runs LSTM/GRU/RNN in f32 only and takes their weights only as "
+                      "constants (int8 weights behind a DequantizeLinear fail to load)")
+
+
 @dataclass(frozen=True)
 class WeightOnlyInt8Pass:
     """int8 weights, float activations: for models whose activations do not quantize statically
     (LSTM/Transformer MatMuls). Weights are stored int8 (per output channel) behind a DequantizeLinear;
     the runtime decompresses them (OpenVINO keeps MatMul weights compressed). Needs no calibration data.
-    """
+    LSTM/GRU/RNN keep float weights (OpenVINO reads them only as constants); the provenance lists each one."""
 
     ops: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
     name: str = "quantize-int8-weights"
@@ -337,11 +356,21 @@ class WeightOnlyInt8Pass:
         return {"ops": list(self.ops)}
 
     def run(self, model: Model) -> Model:
-        placement = Placement("weights-only", self.ops, residual_add="none", symmetric_activations=True)
+        placement = Placement("weights-only", self.ops, residual_add="none", symmetric_activations=True,
+                              recurrent_float=OPENVINO_RECURRENT)
         full = plan_quantization(model.proto, placement)
-        plan = QuantPlan(tuple(n for n in full.nodes if n in full.weights), {}, full.weights)
+        plan = QuantPlan(tuple(n for n in full.nodes if n in full.weights), {}, full.weights, {}, full.recurrent_notes)
         if not plan.nodes:
-            raise ConfigError("int8-weights: the model has no MatMul, Gemm or Conv with float weight initializers.")
+            raise ConfigError("int8-weights: the model has no MatMul, Gemm or Conv with float weight initializers"
+                              + (" (LSTM/GRU/RNN weights stay float: " + OPENVINO_RECURRENT + ")"
+                                 if plan.recurrent_notes else "") + ". Compile it with --precision fp32.")
         proto = insert_qdq(model.proto, plan, {}, placement)
-        return Model(proto, {**model.provenance, "quantization": {"placement": "weights-only",
-                                                                  "int8_nodes": len(plan.nodes), "float_nodes": []}})
+        return Model(proto, {**model.provenance, "quantization": {
+            "placement": "weights-only", "int8_nodes": len(plan.nodes), "float_nodes": [],
+            "recurrent": list(plan.recurrent_notes)}, "notes": with_recurrent_notes(model, plan)})
+
+
+def with_recurrent_notes(model: Model, plan: QuantPlan) -> list[str]:
+    """The model's notes plus one line per recurrent node saying what int8 did with it (shown in the report)."""
+    lines = [f"int8: {n['op']} {n['where']} {n['why']}." for n in plan.recurrent_notes]
+    return list(model.provenance.get("notes", [])) + lines
