@@ -35,7 +35,7 @@ def test_sweep_keeps_only_candidates_that_lower_the_error() -> None:
         return 1.0 + sum(abs(r[k][1] - target[k][1]) for k in r)
 
     plan = plan_search(start, ["a", "b"], candidates, samples=8)
-    ranges, log = search_ranges(start, plan, lambda r: r, lambda r: (lambda n: error(r)))
+    ranges, log = search_ranges(start, plan, lambda r: r, lambda r: (lambda n, above=None: error(r)))
     assert ranges == target and log["changed"] == ["a"]
     assert log["output_error_after"] < log["output_error_before"]
     assert log["evaluations"] == 1 + 2 + 1                               # the current range is not rerun
@@ -47,7 +47,7 @@ def test_a_candidate_that_only_helps_on_the_screening_samples_is_not_kept() -> N
     assert plan.screen_samples == SCREEN_SAMPLES
 
     def score(r):  # (0, 2) looks better on the first 8 samples and is worse on all 64
-        return lambda n: (0.5 if n <= SCREEN_SAMPLES else 2.0) if r["a"] == (0.0, 2.0) else 1.0
+        return lambda n, above=None: (0.5 if n <= SCREEN_SAMPLES else 2.0) if r["a"] == (0.0, 2.0) else 1.0
 
     ranges, log = search_ranges(start, plan, lambda r: r, score)
     assert ranges == start and log["confirmed"] == 1 and log["changed"] == []
@@ -146,3 +146,18 @@ def test_output_error_weighs_outputs_by_their_variance_and_counts_a_shape_change
     e = err.sample_error([big + 1.0, small + 0.001, np.array([9])], 3)
     assert e == pytest.approx(1.0 / scale(0) + 1e-6 / scale(1))
     assert err.sample_error([big, np.zeros((1, 3))], 3) == pytest.approx(1.0)
+
+
+def test_a_losing_candidate_stops_running_samples_once_it_has_lost() -> None:
+    x = np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32)
+    model = Model(tiny_conv_onnx(), {"source": "tiny", "kind": "onnx"})
+    session = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = [session.run(None, {"x": x[i:i + 1]}) for i in range(16)]
+    err = OutputError(Samples([{"x": x[i:i + 1]} for i in range(16)], None, "16"), reference)
+    bad = calibrate(model, CalibrationSet({"x": x}), OPENVINO, "minmax", weight_rounding="nearest")
+    bad.ranges["x"] = (0.0, 100.0)                                      # coarse steps: a large error on every sample
+    mean = err.score(bad.quantized().proto)
+    bound = mean(16, above=1e-9)
+    exact = err.score(bad.quantized().proto)(16)
+    assert 1e-9 < bound < exact                                         # stopped after the first sample
+    assert mean(16) == pytest.approx(exact)                             # asked again: the rest are run
