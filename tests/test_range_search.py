@@ -11,8 +11,9 @@ from edgec.passes.calibrate import PercentileObserver
 from edgec.backends.openvino import PLACEMENT as OPENVINO
 from edgec.passes.ptq import calibrate
 from edgec.calibration import Samples
-from edgec.passes.range_search import SCREEN_SAMPLES, OutputError, candidate_ranges, plan_search, search_ranges
-from models import tiny_conv_onnx, two_branch_onnx
+from edgec.passes.range_search import (SCREEN_SAMPLES, OutputError, _sides, candidate_ranges, plan_search, same_range,
+                                       search_ranges)
+from models import depthwise_onnx, tiny_conv_onnx, two_branch_onnx
 
 
 def test_candidates_come_from_one_histogram_and_include_min_max() -> None:
@@ -161,3 +162,24 @@ def test_a_losing_candidate_stops_running_samples_once_it_has_lost() -> None:
     exact = err.score(bad.quantized().proto)(16)
     assert 1e-9 < bound < exact                                         # stopped after the first sample
     assert mean(16) == pytest.approx(exact)                             # asked again: the rest are run
+
+
+def test_a_per_channel_range_is_tried_against_its_per_tensor_alternative() -> None:
+    """The search first offers each per-channel tensor its per-tensor range; the log says which it kept, and the
+    quantized model quantizes each tensor the way its range says (arrays: per channel, scalars: per tensor)."""
+    model = Model(depthwise_onnx(), {"source": "tiny", "kind": "onnx"})
+    x = np.random.default_rng(0).normal(0, 1, (24, 3, 16, 16)).astype(np.float32)
+    cal = calibrate(model, CalibrationSet({"x": x}), OPENVINO, weight_rounding="nearest", range_search=16)
+    log = cal.range_search
+    assert log["per_channel_tensors"] == 1
+    assert log["per_tensor_instead"] == [] and np.ndim(cal.ranges["h"][0]) == 1  # channels 0.03x..10x apart
+    q = cal.quantized().proto
+    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "h_quantized")
+    assert [a.name for a in dq.attribute] == ["axis"]
+
+
+def test_per_channel_ranges_compare_and_order_as_ranges() -> None:
+    a = (np.array([0.0, -1.0]), np.array([1.0, 2.0]))
+    assert same_range(a, (a[0].copy(), a[1].copy())) and not same_range(a, (0.0, 2.0))
+    assert not same_range((0.0, 1.0), a) and same_range((0.0, 1.0), (0.0, 1.0))
+    assert _sides([(-1.0, 2.0)], a) == [[(-1.0, 2.0)]]

@@ -136,10 +136,9 @@ def _range_observers(plan: QuantPlan, method: str, options: Mapping[str, Any] | 
 
 
 def _histograms(range_observers: Mapping[str, Any]) -> dict[str, PercentileObserver]:
-    """The percentile histogram of every tensor quantized per tensor, for range search candidates: the range
-    observer's own when it is one, else a new one. Per-channel tensors are not searched."""
-    return {t: obs if isinstance(obs, PercentileObserver) else PercentileObserver() for t, obs in range_observers.items()
-            if not isinstance(obs, ChannelMinMaxObserver)}
+    """The percentile histogram of every activation tensor, for range search candidates: the range observer's own
+    when it is one, else a new one (a per-channel tensor's: its per-tensor alternative)."""
+    return {t: obs if isinstance(obs, PercentileObserver) else PercentileObserver() for t, obs in range_observers.items()}
 
 
 def _extra_observers(model: Model, plan: QuantPlan, hessians: Mapping[str, gptq.InputHessian],
@@ -169,11 +168,23 @@ def _input_hessians(model: Model, plan: QuantPlan, rounder: gptq.Rounder) -> dic
 def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,
                    histograms: Mapping[str, Any], subset: Samples, reference: list[list[np.ndarray]],
                    steps: Steps) -> tuple[dict, dict]:
+    """Per-channel tensors first: each tries its per-tensor percentile range instead (kept when the output error
+    falls, as any candidate); then the sweep over the per-tensor ranges (range_search.py)."""
     order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ()) if t in histograms))
-    candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in order}
-    search = rs.plan_search(ranges, order, candidates, len(subset))
-    searched, log = rs.search_ranges(
-        ranges, search, lambda r: insert_qdq(model.proto, plan, r, placement, (), means, codes),
-        rs.OutputError(subset, reference, search.screen_samples).score, steps.counter("tensors searched"), steps.note)
+    channel = [t for t in order if np.ndim(ranges[t][0])]
+    build = lambda r: insert_qdq(model.proto, plan, r, placement, (), means, codes)  # noqa: E731
+    screen = min(rs.SCREEN_SAMPLES, len(subset))
+    error = rs.OutputError(subset, reference, screen)
+    per_tensor = {t: [histograms[t].range(placement.symmetric_activations)] for t in channel}
+    first = rs.SearchPlan(channel, per_tensor, len(channel), screen, len(subset))
+    ranges, granularity = rs.search_ranges(ranges, first, build, error.score) if channel else (ranges, None)
+    rest = [t for t in order if not np.ndim(ranges[t][0])]
+    candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in rest}
+    search = rs.plan_search(ranges, rest, candidates, len(subset))
+    searched, log = rs.search_ranges(ranges, search, build, error.score, steps.counter("tensors searched"), steps.note)
     log["samples"] = subset.description
+    if granularity is not None:
+        log.update(output_error_before=granularity["output_error_before"], per_channel_tensors=len(channel),
+                   per_tensor_instead=granularity["changed"], seconds=log["seconds"] + granularity["seconds"],
+                   evaluations=log["evaluations"] + granularity["evaluations"])
     return searched, log

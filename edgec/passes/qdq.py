@@ -212,9 +212,12 @@ def _activation_qdq(tensor: str, lo_hi: tuple[Any, Any], symmetric: bool, meta: 
                     axis: int | None = None) -> tuple[list[Any], list[Any]]:
     """([scale, zero point] initializers, [QuantizeLinear, DequantizeLinear]) for activation `tensor`
     calibrated to the range `lo_hi`; the nodes carry `meta` (the quantized node's metadata_props).
-    With `axis`, `lo_hi` holds two arrays (a range per channel along `axis`) and the pair quantizes per channel."""
+    With `axis` and two arrays in `lo_hi` (a range per channel along `axis`), the pair quantizes per channel; a
+    scalar range (the range search found per-tensor better there) quantizes per tensor."""
     from onnx import helper, numpy_helper
 
+    if axis is not None and np.ndim(lo_hi[0]) == 0:
+        axis = None
     if axis is None:
         scale, zero = activation_qparams(*lo_hi, symmetric)
     else:

@@ -96,7 +96,7 @@ def plan_search(ranges: Mapping[str, Range], order: Sequence[str], candidates: M
     spreads = {t: spread(candidates.get(t, ())) for t in order}
     chosen = set(sorted((t for t in order if spreads[t] >= MIN_SPREAD), key=lambda t: -spreads[t])[:max_tensors])
     tensors = [t for t in order if t in chosen]
-    return SearchPlan(tensors, {t: [c for c in candidates[t] if c != ranges[t]] for t in tensors}, len(order),
+    return SearchPlan(tensors, {t: [c for c in candidates[t] if not same_range(c, ranges[t])] for t in tensors}, len(order),
                       min(SCREEN_SAMPLES, samples), samples)
 
 
@@ -202,9 +202,9 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
                 if full >= best * (1 - MIN_IMPROVEMENT):
                     break
                 best, best_screen, current = full, screen, trial
-            if current[tensor] != ranges[tensor]:
+            if not same_range(current[tensor], ranges[tensor]):
                 break  # wider helped: narrower is not tried
-        if current[tensor] != ranges[tensor]:
+        if not same_range(current[tensor], ranges[tensor]):
             changed.append(tensor)
         if progress is not None:
             progress(i + 1, len(plan.tensors))
@@ -214,8 +214,16 @@ def search_ranges(ranges: Mapping[str, Range], plan: SearchPlan, build: Callable
                      "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def same_range(a: Any, b: Any) -> bool:
+    """Whether two ranges (lo, hi) are equal; lo and hi may be per-channel arrays."""
+    return np.shape(a[0]) == np.shape(b[0]) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def _sides(candidates: Sequence[Range], current: Range) -> list[list[Range]]:
-    """The candidates wider than `current`, nearest first, then the narrower ones, nearest first."""
+    """The candidates wider than `current`, nearest first, then the narrower ones, nearest first. A per-channel
+    `current` (arrays) has no width to order by: its candidates are tried as given."""
+    if np.ndim(current[0]):
+        return [list(candidates)]
     width = current[1] - current[0]
     wider = sorted((c for c in candidates if c[1] - c[0] > width), key=lambda c: c[1] - c[0])
     narrower = sorted((c for c in candidates if c[1] - c[0] <= width and c != current), key=lambda c: c[0] - c[1])
