@@ -8,6 +8,8 @@ few candidate ranges per activation tensor from the same calibration histogram (
 fp32, run with ONNX Runtime, drops by more than 0.5%. The error sums, over the model's float outputs, each
 output's mean squared error divided by the variance of its fp32 reference (so a detector's box coordinates
 and its scores both count, whatever their units). Greedy coordinate descent in graph order, one sweep.
+Before the sweep, each activation quantized per channel (passes/ptq.py `_search_ranges`) is offered its
+per-tensor percentile range as its one candidate, by the same rule.
 
 Its cost is bounded before it starts (`plan_search`), and stated once the first model is timed:
 - Only tensors whose candidates differ are searched: the spread of a tensor is log(widest / narrowest
