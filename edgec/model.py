@@ -98,15 +98,20 @@ class Model:
         return h.hexdigest()
 
 
-def ort_session(proto: Any, log_level: int = 3, spin: bool = True) -> Any:
+def ort_session(proto: Any, log_level: int = 3, spin: bool = True, fuse_qdq: bool = True) -> Any:
     """An ONNX Runtime CPU session. Models over protobuf's 2 GiB limit go through a temp file with external data.
-    `spin=False`: its threads sleep between runs instead of spinning, leaving the cores to other work."""
+    `spin=False`: its threads sleep between runs instead of spinning, leaving the cores to other work.
+    `fuse_qdq=False`: Q/DQ pairs run as they are (quantize, dequantize, float op) instead of being fused into
+    ONNX Runtime's int8 kernels: the same rounding, and on CPUs without VNNI about twice as fast (PP-LCNet on an
+    AMD EPYC: 23 vs 40-50 ms)."""
     ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not fuse_qdq:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if proto.ByteSize() < _PROTO_LIMIT:
         return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     tmp = tempfile.mkdtemp(prefix="edgec-ort-")

@@ -247,5 +247,68 @@ def three_head_onnx(seed: int = 0, gain: float = 400.0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests",
                               ir_version=10)
+
+
+def depthwise_onnx(channels: int = 16, size: int = 16, classes: int = 4, shared: bool = False,
+                   seed: int = 0) -> onnx.ModelProto:
+    """A MobileNet-style block: x[1,3,H,W] -> Conv 1x1 (output channels scaled 0.03x..10x) -> HardSwish -> h ->
+    depthwise Conv 3x3 -> HardSwish -> GlobalAveragePool -> Flatten -> Gemm -> logits. `shared`: h also feeds a
+    plain 1x1 Conv whose output is added to the depthwise output."""
+    rng = np.random.default_rng(seed)
+    spread = np.logspace(-1.5, 1, channels).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (channels, 3, 1, 1)).astype(np.float32) * spread[:, None, None, None], "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (channels, 1, 3, 3)).astype(np.float32) / spread[:, None, None, None], "wd"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (channels,)).astype(np.float32), "bd"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (classes, channels)).astype(np.float32), "wf"),
+             numpy_helper.from_array(np.zeros(classes, np.float32), "bf")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("HardSwish", ["c1"], ["h"], name="hswish1"),
+             helper.make_node("Conv", ["h", "wd", "bd"], ["d"], name="dwconv", group=channels, pads=[1, 1, 1, 1])]
+    if shared:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (channels, channels, 1, 1)).astype(np.float32), "ws"))
+        nodes += [helper.make_node("Conv", ["h", "ws"], ["s"], name="side"),
+                  helper.make_node("Add", ["d", "s"], ["ds"], name="add")]
+    nodes += [helper.make_node("HardSwish", ["ds" if shared else "d"], ["h2"], name="hswish2"),
+              helper.make_node("GlobalAveragePool", ["h2"], ["p"], name="pool"),
+              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "depthwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
+    onnx.checker.check_model(model)
+    return model
+
+
+def two_branch_onnx(seed: int = 0) -> onnx.ModelProto:
+    """Two inputs, two outputs, no path between them: a[1,3,8,8] -> Conv 3x3 -> Relu -> oa; b[1,3,8,8] -> Conv
+    3x3 -> Relu -> ob (both [1,4,8,8])."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    for v in ("a", "b"):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), f"w{v}"))
+        nodes += [helper.make_node("Conv", [v, f"w{v}"], [f"c{v}"], name=f"conv_{v}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{v}"], [f"o{v}"], name=f"relu_{v}")]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3 if n in "ab" else 4, 8, 8])  # noqa: E731
+    graph = helper.make_graph(nodes, "two_branch", [io("a"), io("b")], [io("oa"), io("ob")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
+    onnx.checker.check_model(model)
+    return model
+
+
+def lstm_onnx(steps: int = 6, features: int = 8, hidden: int = 16, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """x[steps, 1, features] -> LSTM(hidden) -> Y [steps, 1, 1, hidden] -> Reshape [steps, hidden] -> MatMul ->
+    logits [steps, classes]: a recurrent layer beside an int8-quantizable MatMul."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (1, 4 * hidden, features)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * hidden, hidden)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (1, 8 * hidden)).astype(np.float32), "B"),
+             numpy_helper.from_array(np.array([steps, hidden], np.int64), "shape"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (hidden, classes)).astype(np.float32), "wf")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y"], name="lstm", hidden_size=hidden),
+             helper.make_node("Reshape", ["Y", "shape"], ["h"], name="flatten"),
+             helper.make_node("MatMul", ["h", "wf"], ["logits"], name="fc")]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, features])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [steps, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
     onnx.checker.check_model(model)
     return model

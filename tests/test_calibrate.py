@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgec.errors import ConfigError, PassError
-from edgec.passes.calibrate import (OBSERVERS, EntropyObserver, HistogramObserver, MinMaxObserver, MSEObserver,
+from edgec.passes.calibrate import (OBSERVERS, ChannelMinMaxObserver, EntropyObserver, HistogramObserver, MinMaxObserver, MSEObserver,
                                     PercentileObserver, collect_ranges, entropy_threshold_bins, make_observer,
                                     quantization_sse)
 
@@ -325,3 +325,22 @@ def test_an_observer_that_fails_names_its_tensor_and_sample(relu_mul):
     samples = [{"x": np.full((1, 4), float(i), np.float32)} for i in range(8)]
     with pytest.raises(PassError, match=r"tensor 'r' on calibration sample #2: this one is odd"):
         collect_statistics(relu_mul, ["x"], samples, extra={"r": [Picky()]})
+
+
+def test_channel_minmax_observer_keeps_each_channels_extremes() -> None:
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(0, 1, (1, 4, 5, 5)) * np.array([0.1, 1, 10, 100])[None, :, None, None] for _ in range(3)]
+    obs = ChannelMinMaxObserver(axis=1)
+    for b in batches:
+        obs.update(b)
+    allx = np.concatenate(batches)
+    lo, hi = obs.range()
+    np.testing.assert_allclose(lo, allx.min(axis=(0, 2, 3)))
+    np.testing.assert_allclose(hi, allx.max(axis=(0, 2, 3)))
+    slo, shi = obs.range(symmetric=True)
+    np.testing.assert_allclose(shi, np.maximum(-lo, hi))
+    np.testing.assert_allclose(slo, -shi)
+    with pytest.raises(ValueError, match="channels"):
+        obs.update(np.zeros((1, 3, 5, 5)))
+    with pytest.raises(ValueError, match="no data"):
+        ChannelMinMaxObserver().range()

@@ -1,6 +1,7 @@
 """int8 Q/DQ placement per backend, quantization math, bias correction, mixed-precision budget."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,9 +21,9 @@ from edgec.backends.openvino import PLACEMENT as OPENVINO
 from edgec.backends.tensorrt import PLACEMENT as TENSORRT
 from edgec.passes.mixed import budget, search_mixed
 from edgec.passes.ptq import calibrate
-from edgec.passes.qdq import WEIGHTED_OPS, Placement, plan_quantization
-from edgec.passes.qmath import activation_qparams, quantize_weight
-from models import tiny_conv_onnx, tiny_resnet_and_mobilenet
+from edgec.passes.qdq import WEIGHTED_OPS, Placement, WeightOnlyInt8Pass, plan_quantization
+from edgec.passes.qmath import activation_qparams, channel_activation_qparams, quantize_weight
+from models import depthwise_onnx, lstm_onnx, tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
 def _model(**kw) -> Model:
@@ -109,6 +110,15 @@ def test_activation_qparams() -> None:
     assert float(scale) > 0
 
 
+def test_channel_activation_qparams_match_the_per_tensor_rule_channel_by_channel() -> None:
+    lo, hi = np.array([-1.0, 0.0, 0.5, 0.0, -3.0]), np.array([1.0, 2.0, 4.0, 0.0, -1.0])
+    for symmetric in (False, True):
+        scales, zeros = channel_activation_qparams(lo, hi, symmetric)
+        each = [activation_qparams(a, b, symmetric) for a, b in zip(lo, hi)]
+        assert scales.dtype == np.float32 and zeros.dtype == each[0][1].dtype
+        assert np.array_equal(scales, [s for s, _ in each]) and np.array_equal(zeros, [z for _, z in each])
+
+
 def test_quantize_weight_round_trip() -> None:
     w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
     w[2] *= 100  # channels with very different ranges: per-channel scales keep small ones precise
@@ -141,6 +151,38 @@ def test_plan_skips_dynamic_weights_and_reports_tensors() -> None:
     assert plan.nodes == ("conv1", "conv2", "add", "fc")
     assert plan.activations["add"] == ("c2", "r1") and plan.tensors() == sorted({"x", "r1", "c2", "f"})
     assert plan.weights["conv1"] == ("w1", 0)
+
+
+def _depthwise_samples(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).normal(0, 1, (n, 3, 16, 16)).astype(np.float32)}
+
+
+def test_openvino_quantizes_depthwise_inputs_per_channel() -> None:
+    model = Model(depthwise_onnx(), {"source": "tiny", "kind": "onnx"})
+    cal = calibrate(model, CalibrationSet(_depthwise_samples()), OPENVINO)
+    assert cal.plan.channel_axes == {"h": 1}
+    lo, hi = cal.ranges["h"]
+    assert lo.shape == hi.shape == (16,) and hi[-1] > 50 * hi[0]  # channels 0.03x..10x apart
+    q = cal.quantized().proto
+    onnx.checker.check_model(q)
+    qdq = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.name.startswith("h_")]
+    assert len(qdq) == 2 and all(onnx.helper.get_attribute_value(n.attribute[0]) == 1 for n in qdq)
+    scale = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == "h_scale"))
+    assert scale.shape == (16,)
+    per_tensor = calibrate(model, CalibrationSet(_depthwise_samples()),
+                           dataclasses.replace(OPENVINO, per_channel_depthwise=False))
+    assert per_tensor.plan.channel_axes == {} and np.ndim(per_tensor.ranges["h"][0]) == 0
+    x = _depthwise_samples(16, seed=1)["x"]
+    ref = _run(model.proto, x)
+    err = {k: float(np.mean((_run(c.quantized().proto, x) - ref) ** 2)) for k, c in
+           (("channel", cal), ("tensor", per_tensor))}
+    assert err["channel"] < 0.5 * err["tensor"], err
+
+
+def test_per_channel_only_where_every_reader_is_depthwise() -> None:
+    shared = plan_quantization(depthwise_onnx(shared=True), OPENVINO)
+    assert "h" in shared.tensors() and shared.channel_axes == {}  # one Q/DQ pair serves the plain conv too
+    assert plan_quantization(depthwise_onnx(), TENSORRT).channel_axes == {}  # TensorRT: per-tensor activations
 
 
 @pytest.mark.parametrize("data, match", [
@@ -387,3 +429,52 @@ def test_mixed_notes_a_budget_within_two_standard_errors(tmp_path: Path, tiny_on
     assert strict["met"] and strict["float_layers"]
     assert strict["standard_error_points"] == pytest.approx(drop_standard_error(np.ones(n, bool), agree), abs=1e-3)
     assert "within the noise" not in err
+
+
+@pytest.mark.requires_openvino
+def test_openvino_runs_per_channel_depthwise_in_int8(tmp_path: Path) -> None:
+    path = tmp_path / "dw.onnx"
+    onnx.save(depthwise_onnx(), path)
+    build = edgec.compile(path, "intel-cpu", "int8", calibration=_depthwise_samples(), output_dir=tmp_path / "o",
+                          profile_runs=5, progress=False, use_cache=False, range_search=0)
+    layers = build.report["profile"]["layers"]
+    depthwise = [r for r in layers if r["op"] == "GroupConvolution"]
+    assert depthwise and all(r["precision"] == "int8" for r in depthwise), depthwise
+    assert build.report["accuracy"]["cosine_min"] > 0.99
+
+
+def _lstm_samples(n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """n sequences of lstm_onnx's input [6, 1, 8], stacked along its first axis as calibration data takes them."""
+    return {"x": np.random.default_rng(seed).normal(0, 1, (n * 6, 1, 8)).astype(np.float32)}
+
+
+def test_lstm_stays_float_and_the_plan_says_why_for_every_recurrent_node() -> None:
+    model = Model(lstm_onnx(), {"source": "tiny", "kind": "onnx"})
+    cal = calibrate(model, CalibrationSet(_lstm_samples()), OPENVINO)
+    assert cal.plan.nodes == ("fc",)
+    q = cal.quantized()
+    lstm = next(n for n in q.proto.graph.node if n.op_type == "LSTM")
+    assert list(lstm.input) == ["x", "W", "R", "B"]  # float weights, float input
+    (note,) = q.provenance["quantization"]["recurrent"]
+    assert (note["node"], note["int8"]) == ("lstm", "none") and "only as constants" in note["why"]
+    assert any(line.startswith("int8: LSTM node 'lstm' kept in float") for line in q.provenance["notes"])
+    (trt,) = plan_quantization(lstm_onnx(), TENSORRT).recurrent_notes
+    assert trt["int8"] == "none" and "TensorRT" in trt["why"]
+
+
+def test_int8_weights_keeps_lstm_weights_float_and_says_so() -> None:
+    out = WeightOnlyInt8Pass().run(Model(lstm_onnx(), {"source": "tiny", "kind": "onnx"}))
+    assert [n["int8"] for n in out.provenance["quantization"]["recurrent"]] == ["none"]
+    names = {t.name for t in out.proto.graph.initializer}
+    assert "wf_quantized" in names and {"W", "R"} <= names
+
+
+@pytest.mark.requires_openvino
+def test_openvino_int8_build_with_an_lstm_reports_it(tmp_path: Path) -> None:
+    path = tmp_path / "lstm.onnx"
+    onnx.save(lstm_onnx(), path)
+    build = edgec.compile(path, "intel-cpu", "int8", calibration=_lstm_samples(), output_dir=tmp_path / "o",
+                          profile_runs=5, progress=False, use_cache=False, range_search=0)
+    assert build.manifest["quantization"]["recurrent"][0]["int8"] == "none"
+    assert any("LSTM node 'lstm' kept in float" in line for line in build.manifest["notes"])
+    assert build.report["accuracy"]["cosine_min"] > 0.99

@@ -48,7 +48,9 @@ _DEVICE_HINT = ("TensorRT is needed on the device to build and profile this bund
 
 # TensorRT explicit quantization: symmetric int8 everywhere; Q/DQ on the residual input of an Add lets the add
 # fuse into the preceding convolution's int8 epilogue (TensorRT's Q/DQ placement guide).
-PLACEMENT = Placement("tensorrt", WEIGHTED_OPS, residual_add="residual", symmetric_activations=True)
+PLACEMENT = Placement("tensorrt", WEIGHTED_OPS, residual_add="residual", symmetric_activations=True,
+                      recurrent_float="edgec puts Q/DQ only around Conv, Gemm, MatMul and residual Adds for TensorRT "
+                                      "(int8 LSTM/GRU/RNN are not tried there)")
 
 
 class TensorRTBackend:

@@ -7,6 +7,8 @@ if symmetric; ValueError if no data was seen. `make_observer(method, **options)`
 - `percentile` (percentile=99.99, bins=2048): clip at the p-th percentile (100 - p below, if signed).
 - `entropy` (bins=2048, quant_levels=128): TensorRT's threshold minimising KL(P||Q) over |x|'s histogram.
 - `mse` (bins=2048, levels=256): the threshold minimising the expected squared quantize-dequantize error.
+`ChannelMinMaxObserver(axis)` keeps the exact min and max of each channel instead; its range() is a pair of
+arrays (the quantize pass uses it for activations quantized per channel).
 Entropy and MSE search symmetric thresholds on |x| (exact zeros left out: they quantize exactly); with
 symmetric=False a non-negative tensor gets (0, t) with twice the levels, a signed one the symmetric range
 clipped to the observed [min, max]. Ranges are raw statistics: making zero representable is the quantize
@@ -32,7 +34,7 @@ from ..errors import ConfigError, PassError, brief
 from ..model import ort_session
 
 __all__ = [
-    "MinMaxObserver", "HistogramObserver", "PercentileObserver", "EntropyObserver", "MSEObserver",
+    "MinMaxObserver", "ChannelMinMaxObserver", "HistogramObserver", "PercentileObserver", "EntropyObserver", "MSEObserver",
     "OBSERVERS", "make_observer", "collect_ranges",
 ]
 
@@ -86,6 +88,37 @@ class _Observer:
 
 class MinMaxObserver(_Observer):
     """Running min and max; range() is (min, max), or (-t, t) with t = max(|min|, |max|)."""
+
+
+class ChannelMinMaxObserver(_Observer):
+    """Exact running min and max of each channel along `axis`; range() is (mins, maxs), two float64 arrays
+    ((-t, t) per channel if symmetric). ValueError when a batch's channel count differs from the first's."""
+
+    def __init__(self, axis: int = 1) -> None:
+        super().__init__()
+        self.axis = axis
+        self.mins: np.ndarray | None = None
+        self.maxs: np.ndarray | None = None
+
+    def _observe(self, a: np.ndarray) -> None:
+        if not a.size:
+            return
+        if a.ndim <= self.axis:
+            raise ValueError(f"ChannelMinMaxObserver: a {a.ndim}-D tensor has no channel axis {self.axis}.")
+        reduce = tuple(i for i in range(a.ndim) if i != self.axis)
+        lo, hi = a.min(axis=reduce).astype(np.float64), a.max(axis=reduce).astype(np.float64)
+        if self.mins is not None and lo.shape != self.mins.shape:
+            raise ValueError(f"ChannelMinMaxObserver: {lo.size} channels, earlier batches had {self.mins.size}.")
+        self.mins = lo if self.mins is None else np.minimum(self.mins, lo)
+        self.maxs = hi if self.maxs is None else np.maximum(self.maxs, hi)
+        super()._observe(a)
+
+    def range(self, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
+        self._require_data()
+        if symmetric:
+            t = np.maximum(np.abs(self.mins), np.abs(self.maxs))
+            return -t, t
+        return self.mins.copy(), self.maxs.copy()
 
 
 class HistogramObserver(_Observer):

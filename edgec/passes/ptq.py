@@ -3,20 +3,19 @@ gptq.py), search activation ranges (range_search.py), then insert Q/DQ (qdq.py) 
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..calibration import CalibrationSet, Samples, fixed_inputs
 from ..errors import ConfigError
-from ..model import Model
+from ..model import Model, ort_session
 from ..progress import Steps
 from . import gptq, range_search as rs, smoothquant
-from .calibrate import OutputRecorder, PercentileObserver, collect_statistics, make_observer
-from .qdq import Placement, QuantPlan, insert_qdq, plan_quantization
+from .calibrate import ChannelMinMaxObserver, OutputRecorder, PercentileObserver, collect_statistics, make_observer
+from .qdq import Placement, QuantPlan, insert_qdq, plan_quantization, with_recurrent_notes
 
 
 MIN_CALIBRATION_SAMPLES = 8  # below this, activation ranges are guesses
@@ -56,7 +55,8 @@ class Calibrated:
         provenance = {**self.model.provenance, "quantization": {
             "placement": self.placement.name, "int8_nodes": len(self.plan.nodes) - len(keep),
             "gptq_weights": len(self.weight_codes),
-            "float_nodes": list(keep), "calibration": self.samples}}
+            "float_nodes": list(keep), "calibration": self.samples,
+            "recurrent": list(self.plan.recurrent_notes)}, "notes": with_recurrent_notes(self.model, self.plan)}
         return Model(proto, provenance)
 
 
@@ -97,7 +97,10 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
         raise ConfigError(f"Unknown weight rounding '{weight_rounding}'; choose {' or '.join(WEIGHT_ROUNDINGS)}.")
     plan = plan_quantization(model.proto, placement)
     if not plan.nodes:
-        raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights.")
+        rnn = "; ".join(f"{n['op']} {n['where']}" for n in plan.recurrent_notes)
+        raise ConfigError("Nothing to quantize: the model has no Conv, Gemm or MatMul with float weights"
+                          + (f" (its recurrent layers stay float: {rnn})" if rnn else "")
+                          + ". Compile it with --precision fp32.")
     steps = steps or Steps(enabled=False)
     t0 = time.perf_counter()
     if smooth:
@@ -106,11 +109,10 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
         hessians = _input_hessians(model, plan, rounder) if weight_rounding == "gptq" else {}
         means_of = ([plan.activations[n][0] for n in plan.weights if plan.activations.get(n) and n not in hessians]
                     if bias_correction else [])  # GPTQ's layers take no bias correction
-        range_observers = {t: make_observer(method, **dict(observer_options or {})) for t in plan.tensors()}
+        range_observers = _range_observers(plan, method, observer_options)
         histograms = _histograms(range_observers) if range_search > 0 else {}
-        recorder = OutputRecorder()
-        extra = _extra_observers(model, plan, hessians, histograms, range_observers,
-                                 recorder if keep_outputs or range_search > 0 else None)
+        recorders = [OutputRecorder() for _ in model.proto.graph.output] if keep_outputs or range_search > 0 else []
+        extra = _extra_observers(model, plan, hessians, histograms, range_observers, recorders)
         counter = steps.counter("samples")
         with steps.step(f"calibration statistics: {len(samples)} samples, {len(range_observers)} activation tensors"
                         + (f", inputs of {len(hessians)} layers for GPTQ (each rounded once its inputs are in)"
@@ -130,9 +132,17 @@ def calibrate(model: Model, calibration: CalibrationSet | Samples | None, placem
             picked = rs.subset_indices(len(samples), range_search)
             subset = Samples([samples.feeds[i] for i in picked], None, f"{len(picked)} of {samples.description}")
             ranges, search_log = _search_ranges(model, plan, ranges, means, codes, placement, histograms, subset,
-                                                [recorder.values[i] for i in picked], steps)
+                                                [[r.values[i] for r in recorders] for i in picked], steps)
     return Calibrated(model, plan, ranges, means, placement, samples.description,
-                      round(time.perf_counter() - t0, 3), codes, search_log, recorder.values if keep_outputs else None)
+                      round(time.perf_counter() - t0, 3), codes, search_log, recorders[0].values if keep_outputs else None)
+
+
+def _range_observers(plan: QuantPlan, method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A `method` observer per activation tensor quantized per tensor; exact per-channel min/max for the tensors
+    the plan quantizes per channel (as NNCF does: a clipped channel has no neighbour to share its error with)."""
+    observers: dict[str, Any] = {t: make_observer(method, **dict(options or {})) for t in plan.per_tensor()}
+    observers.update({t: ChannelMinMaxObserver(axis) for t, axis in plan.channel_axes.items()})
+    return observers
 
 
 def _smoothed(model: Model, plan: QuantPlan, placement: Placement, samples: Samples,
@@ -149,24 +159,24 @@ def _smoothed(model: Model, plan: QuantPlan, placement: Placement, samples: Samp
 
 
 def _histograms(range_observers: Mapping[str, Any]) -> dict[str, PercentileObserver]:
-    """The percentile histogram of every tensor, for range search candidates: the range observer's own when it
-    is one, else a new one."""
+    """The percentile histogram of every activation tensor, for range search candidates: the range observer's own
+    when it is one, else a new one (a per-channel tensor's: its per-tensor alternative)."""
     return {t: obs if isinstance(obs, PercentileObserver) else PercentileObserver() for t, obs in range_observers.items()}
 
 
 def _extra_observers(model: Model, plan: QuantPlan, hessians: Mapping[str, gptq.InputHessian],
                      histograms: Mapping[str, PercentileObserver], range_observers: Mapping[str, Any],
-                     recorder: OutputRecorder | None) -> dict[str, list[Any]]:
+                     recorders: Sequence[OutputRecorder]) -> dict[str, list[Any]]:
     """{tensor: observers besides its range observer}: Hessians on layer inputs, histograms the range observers
-    do not already keep, and the recorder on the first graph output."""
+    do not already keep, and `recorders[k]` on graph output k."""
     extra: dict[str, list[Any]] = {}
     for n, hess in hessians.items():
         extra.setdefault(plan.activations[n][0], []).append(hess)
     for t, hist in histograms.items():
         if hist is not range_observers[t]:
             extra.setdefault(t, []).append(hist)
-    if recorder is not None:
-        extra.setdefault(model.proto.graph.output[0].name, []).append(recorder)
+    for recorder, output in zip(recorders, model.proto.graph.output):
+        extra.setdefault(output.name, []).append(recorder)
     return extra
 
 
@@ -178,21 +188,44 @@ def _input_hessians(model: Model, plan: QuantPlan, rounder: gptq.Rounder) -> dic
             for n, (w, _) in plan.weights.items() if plan.activations.get(n) and gptq.supports(nodes[n], shapes[w])}
 
 
+def _relative_error(proto: Any, subset: Samples, reference: Sequence[Sequence[np.ndarray]], n: int) -> float:
+    """int8's output MSE over the outputs' mean square (summed over outputs) on `n` samples spread over `subset`."""
+    session = ort_session(proto, fuse_qdq=False)
+    total = 0.0
+    for i in rs.subset_indices(len(subset.feeds), n):
+        for out, ref in zip(session.run(None, subset.feeds[i]), reference[i]):
+            ref = np.asarray(ref, np.float64)
+            power = float(np.mean(np.square(ref)))
+            total += float(np.mean((np.asarray(out, np.float64) - ref) ** 2)) / power if power > 0 else 0.0
+    return total / max(n, 1)
+
+
 def _search_ranges(model: Model, plan: QuantPlan, ranges: dict, means: Any, codes: dict, placement: Placement,
-                   histograms: Mapping[str, Any], subset: Samples, reference: list[np.ndarray],
+                   histograms: Mapping[str, Any], subset: Samples, reference: list[list[np.ndarray]],
                    steps: Steps) -> tuple[dict, dict]:
-    order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ())))
-    candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in order}
-    search = rs.plan_search(ranges, order, candidates, len(subset))
-    scorer = rs.OutputError(subset, reference, search.screen_samples)
+    """Per-channel tensors first: each tries its per-tensor percentile range instead (kept when the output error
+    falls, as any candidate); then the sweep over the per-tensor ranges (range_search.py). Skipped when int8's
+    output error is already below SEARCH_WORTHWHILE of the outputs' power."""
+    order = list(dict.fromkeys(t for n in plan.nodes for t in plan.activations.get(n, ()) if t in histograms))
+    channel = [t for t in order if np.ndim(ranges[t][0])]
     build = lambda r: insert_qdq(model.proto, plan, r, placement, (), means, codes)  # noqa: E731
-    power = float(np.mean([np.mean(np.square(r, dtype=np.float64)) for r in reference]))
-    relative = scorer.score(build(ranges))(search.screen_samples) / power if power > 0 else math.inf
+    screen = min(rs.SCREEN_SAMPLES, len(subset))
+    relative = _relative_error(build(ranges), subset, reference, screen)
     if relative < SEARCH_WORTHWHILE:
         steps.note(f"range search skipped: int8's output error is already {relative:.1e} of the output's power")
         return ranges, {"skipped": f"relative output MSE {relative:.2e} < {SEARCH_WORTHWHILE:g}",
                         "relative_output_mse": relative, "samples": subset.description}
-    searched, log = rs.search_ranges(ranges, search, build, scorer.score, steps.counter("tensors searched"),
-                                     steps.note)
+    error = rs.OutputError(subset, reference, screen)
+    per_tensor = {t: [histograms[t].range(placement.symmetric_activations)] for t in channel}
+    first = rs.SearchPlan(channel, per_tensor, len(channel), screen, len(subset))
+    ranges, granularity = rs.search_ranges(ranges, first, build, error.score) if channel else (ranges, None)
+    rest = [t for t in order if not np.ndim(ranges[t][0])]
+    candidates = {t: rs.candidate_ranges(histograms[t], placement.symmetric_activations) for t in rest}
+    search = rs.plan_search(ranges, rest, candidates, len(subset))
+    searched, log = rs.search_ranges(ranges, search, build, error.score, steps.counter("tensors searched"), steps.note)
     log["samples"] = subset.description
+    if granularity is not None:
+        log.update(output_error_before=granularity["output_error_before"], per_channel_tensors=len(channel),
+                   per_tensor_instead=granularity["changed"], seconds=log["seconds"] + granularity["seconds"],
+                   evaluations=log["evaluations"] + granularity["evaluations"])
     return searched, log

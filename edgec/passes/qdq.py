@@ -2,23 +2,25 @@
 
 Weights: int8, symmetric, per output channel, stored as int8 initializers behind a DequantizeLinear.
 Activations: per tensor, a QuantizeLinear -> DequantizeLinear pair on the edge, uint8 asymmetric or int8
-symmetric as the placement says. Each backend owns its Placement (edgec/backends/*.py); this module knows
+symmetric as the placement says; where the placement asks for it (`per_channel_depthwise`), the input of a
+depthwise Conv is quantized per channel instead (QuantPlan.channel_axes; its range is a pair of arrays). Each backend owns its Placement (edgec/backends/*.py); this module knows
 no backend by name. Every node this pass creates copies `metadata_props` of the node it quantizes, so
 profiles still map fused int8 kernels back to PyTorch modules.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from ..errors import ConfigError, PassError
 from ..model import Model, all_nodes
-from .qmath import activation_qparams, dequantize, quantize_weight
+from .qmath import activation_qparams, channel_activation_qparams, dequantize, quantize_weight
 
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # Ops of a model that is quantized already (by ORT's quantizer, NNCF, a QAT export): int8 on top is refused.
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
                            "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
@@ -48,6 +50,13 @@ class Placement:
     # "none", "residual" (only the input that does not come straight from a weighted op) or "both".
     residual_add: str
     symmetric_activations: bool
+    # Quantize the input of a depthwise Conv per channel (a scale and zero point per channel, exact min/max), as
+    # NNCF does for OpenVINO's CPU plugin: after a BatchNorm + HardSwish the channels of a MobileNet-style block
+    # span ranges 10x apart, and one per-tensor scale leaves the narrow ones a few levels (issue #16).
+    per_channel_depthwise: bool = False
+    # Why LSTM/GRU/RNN stay float (weights, inputs and states) under this backend: no backend edgec targets runs
+    # them in int8, and none reads int8 weights for them (QuantPlan.recurrent_notes; the report shows it).
+    recurrent_float: str = "edgec has no int8 placement for recurrent layers on this backend"
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,18 @@ class QuantPlan:
     nodes: tuple[str, ...]                      # names of nodes that will run in int8
     activations: dict[str, tuple[str, ...]]     # node -> activation inputs to quantize
     weights: dict[str, tuple[str, int]]         # node -> (weight initializer, channel axis)
+    channel_axes: dict[str, int] = field(default_factory=dict)  # activation tensors quantized per channel -> axis
+    recurrent_notes: tuple[dict[str, str], ...] = ()  # each LSTM/GRU/RNN of the model: kept float, and why
     # activations quantized int8 symmetric whatever the placement says: both inputs of a MatMul of two activations
     # (attention's query x key), as NNCF does for transformers; OpenVINO then runs that MatMul in i8
     symmetric: frozenset[str] = frozenset()
 
     def tensors(self) -> list[str]:
         return sorted({t for ts in self.activations.values() for t in ts})
+
+    def per_tensor(self) -> list[str]:
+        """The activation tensors quantized with one range (all but `channel_axes`)."""
+        return [t for t in self.tensors() if t not in self.channel_axes]
 
 
 def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
@@ -95,7 +110,37 @@ def plan_quantization(proto: Any, placement: Placement) -> QuantPlan:
                 nodes.append(node.name)
                 one_side = placement.residual_add == "residual" and len(residual) == 1
                 activations[node.name] = tuple(residual if one_side else acts)
-    return QuantPlan(tuple(nodes), activations, weights, frozenset(symmetric))
+    axes = _depthwise_inputs(graph, inits, activations) if placement.per_channel_depthwise else {}
+    return QuantPlan(tuple(nodes), activations, weights, axes, recurrent_notes(proto, placement), frozenset(symmetric))
+
+
+def recurrent_notes(proto: Any, placement: Placement) -> tuple[dict[str, str], ...]:
+    """A note per LSTM/GRU/RNN of `proto` (subgraphs included): {"node", "op", "where", "int8": "none", "why"}.
+    They are never quantized: their weights, inputs and states stay float, for the placement's reason."""
+    return tuple({"node": node.name, "op": node.op_type, "where": where, "int8": "none",
+                  "why": f"kept in float (weights, inputs and states): {placement.recurrent_float}"}
+                 for node, where in all_nodes(proto.graph) if node.op_type in RECURRENT_OPS)
+
+
+def is_depthwise(node: Any, inits: Mapping[str, Any]) -> bool:
+    """A Conv with more than one group and one input channel per group (its weight initializer says so)."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    dims = inits[node.input[1]].dims
+    return group > 1 and len(dims) >= 3 and dims[1] == 1
+
+
+def _depthwise_inputs(graph: Any, inits: Mapping[str, Any], activations: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
+    """{tensor: 1} for each planned activation whose every planned reader is a depthwise Conv reading it as data
+    (a tensor shared with another int8 node keeps one range: it gets one Q/DQ pair)."""
+    by_name = {n.name: n for n in graph.node}
+    readers: dict[str, list[Any]] = {}
+    for name, tensors in activations.items():
+        for t in tensors:
+            readers.setdefault(t, []).append(by_name[name])
+    return {t: 1 for t, nodes in readers.items()
+            if all(is_depthwise(n, inits) and n.input[0] == t for n in nodes)}
 
 
 def _weighted_inputs(node: Any, inits: Mapping[str, Any], constants: set[str]) -> tuple[list[str], tuple[str, int] | None]:
@@ -151,7 +196,8 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
                 if tensor not in ranges:
                     raise PassError(f"quantize: no calibration range for tensor '{tensor}' (input of {name}).")
                 qparams, qdq = _activation_qdq(tensor, ranges[tensor],
-                                               placement.symmetric_activations or tensor in plan.symmetric, meta)
+                                               placement.symmetric_activations or tensor in plan.symmetric, meta,
+                                               plan.channel_axes.get(tensor))
                 new_inits += qparams
                 act_dq[tensor] = qdq[-1].output[0]
                 pending[qdq[-1].output[0]] = qdq
@@ -172,13 +218,20 @@ def insert_qdq(proto: Any, plan: QuantPlan, ranges: Mapping[str, tuple[float, fl
     return out
 
 
-def _activation_qdq(tensor: str, lo_hi: tuple[float, float], symmetric: bool,
-                    meta: list[Any]) -> tuple[list[Any], list[Any]]:
+def _activation_qdq(tensor: str, lo_hi: tuple[Any, Any], symmetric: bool, meta: list[Any],
+                    axis: int | None = None) -> tuple[list[Any], list[Any]]:
     """([scale, zero point] initializers, [QuantizeLinear, DequantizeLinear]) for activation `tensor`
-    calibrated to the range `lo_hi`; the nodes carry `meta` (the quantized node's metadata_props)."""
+    calibrated to the range `lo_hi`; the nodes carry `meta` (the quantized node's metadata_props).
+    With `axis` and two arrays in `lo_hi` (a range per channel along `axis`), the pair quantizes per channel; a
+    scalar range (the range search found per-tensor better there) quantizes per tensor."""
     from onnx import helper, numpy_helper
 
-    scale, zero = activation_qparams(*lo_hi, symmetric)
+    if axis is not None and np.ndim(lo_hi[0]) == 0:
+        axis = None
+    if axis is None:
+        scale, zero = activation_qparams(*lo_hi, symmetric)
+    else:
+        scale, zero = channel_activation_qparams(*lo_hi, symmetric)
     base = _safe(tensor)
     qparams = [numpy_helper.from_array(scale, f"{base}_scale"),
                numpy_helper.from_array(zero, f"{base}_zero_point")]
@@ -188,6 +241,8 @@ def _activation_qdq(tensor: str, lo_hi: tuple[float, float], symmetric: bool,
                           [f"{base}_dequantized"], name=f"{base}_DequantizeLinear")
     for n in (q, dq):
         n.metadata_props.extend(meta)
+        if axis is not None:
+            n.attribute.append(helper.make_attribute("axis", axis))
     return qparams, [q, dq]
 
 
@@ -294,12 +349,18 @@ def _safe(name: str) -> str:
     return name.replace("/", "_").replace(":", "_")
 
 
+# Measured, OpenVINO 2026.4: with W behind a DequantizeLinear the CPU plugin refuses the model ("LSTMSequence node
+# ... expects Constant for port 4"), and it has no int8 LSTM/GRU/RNN kernels.
+OPENVINO_RECURRENT = ("OpenVINO's CPU plugin runs LSTM/GRU/RNN in f32 only and takes their weights only as "
+                      "constants (int8 weights behind a DequantizeLinear fail to load)")
+
+
 @dataclass(frozen=True)
 class WeightOnlyInt8Pass:
     """int8 weights, float activations: for models whose activations do not quantize statically
     (LSTM/Transformer MatMuls). Weights are stored int8 (per output channel) behind a DequantizeLinear;
     the runtime decompresses them (OpenVINO keeps MatMul weights compressed). Needs no calibration data.
-    """
+    LSTM/GRU/RNN keep float weights (OpenVINO reads them only as constants); the provenance lists each one."""
 
     ops: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
     name: str = "quantize-int8-weights"
@@ -308,11 +369,21 @@ class WeightOnlyInt8Pass:
         return {"ops": list(self.ops)}
 
     def run(self, model: Model) -> Model:
-        placement = Placement("weights-only", self.ops, residual_add="none", symmetric_activations=True)
+        placement = Placement("weights-only", self.ops, residual_add="none", symmetric_activations=True,
+                              recurrent_float=OPENVINO_RECURRENT)
         full = plan_quantization(model.proto, placement)
-        plan = QuantPlan(tuple(n for n in full.nodes if n in full.weights), {}, full.weights)
+        plan = QuantPlan(tuple(n for n in full.nodes if n in full.weights), {}, full.weights, {}, full.recurrent_notes)
         if not plan.nodes:
-            raise ConfigError("int8-weights: the model has no MatMul, Gemm or Conv with float weight initializers.")
+            raise ConfigError("int8-weights: the model has no MatMul, Gemm or Conv with float weight initializers"
+                              + (" (LSTM/GRU/RNN weights stay float: " + OPENVINO_RECURRENT + ")"
+                                 if plan.recurrent_notes else "") + ". Compile it with --precision fp32.")
         proto = insert_qdq(model.proto, plan, {}, placement)
-        return Model(proto, {**model.provenance, "quantization": {"placement": "weights-only",
-                                                                  "int8_nodes": len(plan.nodes), "float_nodes": []}})
+        return Model(proto, {**model.provenance, "quantization": {
+            "placement": "weights-only", "int8_nodes": len(plan.nodes), "float_nodes": [],
+            "recurrent": list(plan.recurrent_notes)}, "notes": with_recurrent_notes(model, plan)})
+
+
+def with_recurrent_notes(model: Model, plan: QuantPlan) -> list[str]:
+    """The model's notes plus one line per recurrent node saying what int8 did with it (shown in the report)."""
+    lines = [f"int8: {n['op']} {n['where']} {n['why']}." for n in plan.recurrent_notes]
+    return list(model.provenance.get("notes", [])) + lines

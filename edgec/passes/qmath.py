@@ -16,6 +16,16 @@ def activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[np.ndarra
     return np.array(scale, np.float32), np.array(zero, np.uint8)
 
 
+def channel_activation_qparams(lo: np.ndarray, hi: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """activation_qparams for each channel of 1-D `lo`, `hi`: (float32 scales, uint8 or int8 zero points)."""
+    lo, hi = np.minimum(np.ravel(lo).astype(np.float64), 0.0), np.maximum(np.ravel(hi).astype(np.float64), 0.0)
+    if symmetric:
+        t = np.maximum(-lo, hi)
+        return np.where(t > 0, t / 127.0, 1.0).astype(np.float32), np.zeros(t.shape, np.int8)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)  # float64 here, as activation_qparams rounds its zero point
+    return scale.astype(np.float32), np.clip(np.round(-lo / scale), 0, 255).astype(np.uint8)
+
+
 def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-channel int8 along `axis`: returns (int8 weights, float32 scales)."""
     reduce = tuple(i for i in range(w.ndim) if i != axis)
