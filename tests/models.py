@@ -247,6 +247,8 @@ def three_head_onnx(seed: int = 0, gain: float = 400.0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests",
                               ir_version=10)
+    onnx.checker.check_model(model)
+    return model
 
 
 def depthwise_onnx(channels: int = 16, size: int = 16, classes: int = 4, shared: bool = False,

@@ -9,6 +9,7 @@ from edgec import CalibrationSet
 from edgec.model import Model
 from edgec.passes.calibrate import PercentileObserver
 from edgec.backends.openvino import PLACEMENT as OPENVINO
+from edgec.passes import ptq
 from edgec.passes.ptq import calibrate
 from edgec.calibration import Samples
 from edgec.passes.range_search import (SCREEN_SAMPLES, OutputError, _sides, candidate_ranges, plan_search, same_range,
@@ -107,7 +108,6 @@ def test_the_statistics_pass_records_the_reference_and_the_search_states_its_cos
     """keep_outputs gives the fp32 outputs of every calibration sample from the statistics pass (what a separate
     ONNX Runtime run gives); the range search prints its bound and time estimate before it runs, and every phase
     reports its time."""
-    from edgec.passes import ptq
     from edgec.progress import Steps
 
     monkeypatch.setattr(ptq, "SEARCH_WORTHWHILE", 0.0)  # int8 of this model is close enough to be skipped otherwise
@@ -167,9 +167,10 @@ def test_a_losing_candidate_stops_running_samples_once_it_has_lost() -> None:
     assert mean(16) == pytest.approx(exact)                             # asked again: the rest are run
 
 
-def test_a_per_channel_range_is_tried_against_its_per_tensor_alternative() -> None:
+def test_a_per_channel_range_is_tried_against_its_per_tensor_alternative(monkeypatch) -> None:
     """The search first offers each per-channel tensor its per-tensor range; the log says which it kept, and the
     quantized model quantizes each tensor the way its range says (arrays: per channel, scalars: per tensor)."""
+    monkeypatch.setattr(ptq, "SEARCH_WORTHWHILE", 0.0)  # int8 of this model is close enough to be skipped otherwise
     model = Model(depthwise_onnx(), {"source": "tiny", "kind": "onnx"})
     x = np.random.default_rng(0).normal(0, 1, (24, 3, 16, 16)).astype(np.float32)
     cal = calibrate(model, CalibrationSet({"x": x}), OPENVINO, weight_rounding="nearest", range_search=16)
