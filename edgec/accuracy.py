@@ -23,9 +23,10 @@ FLOAT_CRITERION = {"fp32": ("cosine_min", 0.999), "fp16": ("cosine_min", 0.99), 
 INT8_FLOOR = 90.0
 
 
-def onnx_runtime_runner(proto: Any) -> Runner:
-    """An fp32 ONNX Runtime CPU session: the reference every backend is checked against."""
-    session = ort_session(proto)
+def onnx_runtime_runner(proto: Any, fuse_qdq: bool = True) -> Runner:
+    """An ONNX Runtime CPU session: of the fp32 model, the reference every backend is checked against.
+    `fuse_qdq=False` runs Q/DQ pairs as they are (model.ort_session): how evaluators score candidate builds."""
+    session = ort_session(proto, fuse_qdq=fuse_qdq)
     return lambda feeds: session.run(None, feeds)
 
 
@@ -153,7 +154,7 @@ def make_evaluator(samples: Samples, reference: Sequence[np.ndarray], judge: Jud
     power = [max(float(np.mean(r ** 2)), 1e-12) for r in ref64]
 
     def evaluate(model: Model) -> Evaluation:
-        outs = collect(onnx_runtime_runner(model.proto), samples)
+        outs = collect(onnx_runtime_runner(model.proto, fuse_qdq=False), samples)
         error = sum(float(np.mean((o.astype(np.float64) - r) ** 2)) / p for o, r, p in zip(outs, ref64, power))
         agreements = [m.score(outs, reference) for m in judge.per_output]
         return Evaluation(judge.primary.score(outs, reference, samples.labels), error, agreements, outs)

@@ -35,7 +35,7 @@ from .target import Target, load_target
 
 VALIDATION_SAMPLES = 1000
 SEARCH_SAMPLES = 500  # of the validation samples, those the mixed search ranks layer sensitivity on
-GUARD_SAMPLES, GUARD_RANK_SAMPLES = 256, 64  # ... those the int8 guard checks outputs on, and ranks layers on
+GUARD_SAMPLES, GUARD_RANK_SAMPLES = 256, 16  # ... those the int8 guard checks outputs on, and ranks layers on
 FP32_CHECK_SAMPLES = 64  # validation samples the fp32 comparison build is checked on
 
 
