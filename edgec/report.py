@@ -155,8 +155,8 @@ def _guard(guard: Mapping[str, Any] | None) -> str:
         return ""
     rows = "".join(f"<tr><td><code>{escape(d['node'])}</code></td><td><code>{escape(d.get('module') or '-')}</code>"
                    f"</td><td>{escape(d['reason'])}</td></tr>" for d in guard["float_layers"])
-    return (f"<h2>Layers int8 breaks</h2><p>All-int8 fell below {guard['floor_points']:g} points of agreement with "
-            f"fp32 on {escape(', '.join(guard['broken_outputs']))}; these layers stay in float (ranked by measured "
+    return (f"<h2>Layers int8 breaks</h2><p>All-int8 fell below {guard['aim_points']:g} points of agreement with "
+            f"fp32 (the check's floor {guard['floor_points']:g}, with a margin for the backend's own rounding) on {escape(', '.join(guard['broken_outputs']))}; these layers stay in float (ranked by measured "
             f"sensitivity, fewest that bring every output back):</p><table><tr><th>layer</th><th>PyTorch module</th>"
             f"<th>why</th></tr>{rows}</table>")
 
