@@ -1,5 +1,6 @@
-"""Accuracy: a candidate's outputs against the fp32 ONNX Runtime reference, and against labels; evaluators
-that score a model on samples (mixed precision, range search) and the standard error of an accuracy drop."""
+"""Accuracy: a candidate's outputs, every one of them, against the fp32 ONNX Runtime reference and the user's
+labels, each in its task metric (metrics.py); the accuracy check's criteria; evaluators that score a model
+on samples (mixed precision, the int8 guard)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,11 +8,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import metrics
 from .calibration import Samples
+from .metrics import Labels, Metric
 from .model import Model, ort_session
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
-NEGLIGIBLE = 1e-3  # of the reference's largest magnitude (at least 1): outputs below it on both sides agree
+# The accuracy check, per output: a build is wrong (its compile fails, AccuracyCheckFailed) below the floor.
+# Float builds must compute what ONNX Runtime computes: (cosine statistic, floor) on every output. An int8 build
+# is judged in each output's task metric: at least INT8_FLOOR points of agreement with fp32 (top-1 agreement,
+# mAP against fp32's boxes, mask IoU, x100 cosine ...). A mixed build is judged by its budget.
+FLOAT_CRITERION = {"fp32": ("cosine_min", 0.999), "fp16": ("cosine_min", 0.99), "bf16": ("cosine_min", 0.98),
+                   "int8-weights": ("cosine_min", 0.98)}
+INT8_FLOOR = 90.0
 
 
 def onnx_runtime_runner(proto: Any) -> Runner:
@@ -20,72 +29,141 @@ def onnx_runtime_runner(proto: Any) -> Runner:
     return lambda feeds: session.run(None, feeds)
 
 
+def stacked(per_sample: Sequence[np.ndarray]) -> np.ndarray:
+    """One output over the samples, [N, ...]: joined along the batch dim when each sample's output has a batch
+    of one (or is a scalar), else stacked on a new leading axis (an output [T, 1, V] becomes [N, T, 1, V])."""
+    arrays = [np.atleast_1d(o) for o in per_sample]
+    if all(a.shape[0] == 1 for a in arrays) or any(a.shape != arrays[0].shape for a in arrays):
+        return np.concatenate(arrays)
+    return np.stack(arrays)
+
+
 def collect(runner: Runner, samples: Samples) -> list[np.ndarray]:
-    """First output of every sample, concatenated along the batch dim: [N, ...]."""
-    return [rows([runner(feed)[0] for feed in samples.feeds])]
+    """Every output of the model on every sample: one [N, ...] array per output."""
+    runs = [runner(feed) for feed in samples.feeds]
+    return [stacked([run[i] for run in runs]) for i in range(len(runs[0]))]
 
 
-def rows(outputs: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-sample outputs joined along the batch dim; a scalar output (0-d) counts as one row."""
-    return np.concatenate([np.atleast_1d(o) for o in outputs])
+@dataclass(frozen=True)
+class Judge:
+    """The metrics of one compile, chosen once from the fp32 reference: one per output, and the primary one
+    (budgets, the headline). `spec`: see metrics.for_model."""
+
+    names: tuple[str, ...]
+    per_output: tuple[Metric, ...]
+    primary: Metric
+
+    @classmethod
+    def of(cls, proto: Any, reference: Sequence[np.ndarray], spec: Any = None) -> "Judge":
+        per_output, primary = metrics.for_model(proto, reference, spec)
+        return cls(tuple(o.name for o in proto.graph.output), tuple(per_output), primary)
 
 
-def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
-            labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Agreement of the first output: top-1 (classification-shaped outputs), cosine, max-abs, rel-L2."""
-    ref = np.asarray(reference[0], dtype=np.float64)
-    cand = np.asarray(candidate[0], dtype=np.float64)
-    n = ref.shape[0]
-    r, c = ref.reshape(n, -1), cand.reshape(n, -1)
-    cos = (r * c).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-12)
-    # A sample where both outputs are all but zero (a text detector's map of a photo: every pixel ~1e-6) has
-    # no direction to compare: both say "nothing here", which agrees.
-    floor = NEGLIGIBLE * max(1.0, float(np.abs(r).max()) if r.size else 1.0)
-    quiet = (np.abs(r).max(1, initial=0.0) <= floor) & (np.abs(c).max(1, initial=0.0) <= floor)
-    cos = np.where(quiet, 1.0, cos)
+def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], labels: Labels | None,
+            judge: Judge) -> dict[str, Any]:
+    """Every output against fp32 in its metric (and cosine, max-abs, rel-L2); the primary metric against the
+    labels when it reads them. Top level: the worst output's cosine and errors."""
+    rows = [_output_row(name, m, reference, candidate) for name, m in zip(judge.names, judge.per_output)]
+    primary = judge.primary
     result: dict[str, Any] = {
-        "samples": int(n),
-        "cosine_mean": round(float(cos.mean()), 6),
-        "cosine_min": round(float(cos.min()), 6),
-        "max_abs_error": float(np.abs(r - c).max()),
-        "rel_l2_error": round(float(np.linalg.norm(r - c) / max(np.linalg.norm(r), 1e-12)), 6),
-    }
-    if quiet.any():
-        result["negligible_samples"] = int(quiet.sum())  # both outputs all but zero: counted as agreeing
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        top_ref, top_cand = ref.argmax(1), cand.argmax(1)
-        result["top1_agreement"] = round(float((top_ref == top_cand).mean()), 5)
-        if labels is not None and len(labels) == n:
-            acc_ref = float((top_ref == labels).mean())
-            acc_cand = float((top_cand == labels).mean())
-            result["labelled"] = {"reference_accuracy": round(acc_ref, 5), "accuracy": round(acc_cand, 5),
-                                  "drop_points": round(100 * (acc_ref - acc_cand), 3)}
+        "samples": int(len(reference[0])), "metric": primary.name,
+        "cosine_mean": min(r["cosine_mean"] for r in rows), "cosine_min": min(r["cosine_min"] for r in rows),
+        "max_abs_error": max(r["max_abs_error"] for r in rows), "rel_l2_error": max(r["rel_l2_error"] for r in rows),
+        "outputs": rows}
+    if primary.output is None:
+        result["score"] = round(primary.score(candidate, reference), 4)
+    if judge.per_output[0].name == "top1":
+        result["top1_agreement"] = round(rows[0]["agreement"] / 100, 5)
+    quiet = sum(r.get("negligible_samples", 0) for r in rows)
+    if quiet:
+        result["negligible_samples"] = quiet  # both outputs all but zero: counted as agreeing
+    if primary.against_labels(labels):
+        ref_score, score = primary.score(reference, reference, labels), primary.score(candidate, reference, labels)
+        result["labelled"] = {"metric": primary.name, "reference": round(ref_score, 4), "value": round(score, 4),
+                              "drop_points": round(ref_score - score, 3),
+                              "standard_error_points": round(metrics.standard_error_of_drop(primary, reference,
+                                                                                         candidate, labels), 3)}
+    return result
+
+
+def _output_row(name: str, metric: Metric, reference: Sequence[np.ndarray],
+                candidate: Sequence[np.ndarray]) -> dict[str, Any]:
+    i = metric.output if metric.output is not None else 0
+    ref, cand = np.asarray(reference[i], np.float64), np.asarray(candidate[i], np.float64)
+    cos = metrics.cosines(ref, cand)
+    row: dict[str, Any] = {"name": name, "metric": metric.name, "why": metric.why,
+                           "agreement": round(metric.score(candidate, reference), 4),
+                           "cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6),
+                           "max_abs_error": float(np.abs(ref - cand).max()) if ref.size else 0.0,
+                           "rel_l2_error": round(float(np.linalg.norm(ref - cand) / max(np.linalg.norm(ref), 1e-12)), 6)}
+    quiet = _negligible(ref, cand)
+    if quiet:
+        row["negligible_samples"] = quiet
+    return row
+
+
+def _negligible(ref: np.ndarray, cand: np.ndarray) -> int:
+    n = ref.shape[0]
+    r, c = np.abs(ref.reshape(n, -1)), np.abs(cand.reshape(n, -1))
+    floor = metrics.NEGLIGIBLE * max(1.0, float(r.max()) if r.size else 1.0)
+    return int(((r.max(1, initial=0.0) <= floor) & (c.max(1, initial=0.0) <= floor)).sum())
+
+
+def check(result: dict[str, Any], precision: str) -> dict[str, Any]:
+    """Add the check's criterion, what was measured and ok to a `compare` result, for a `precision` build:
+    every output must pass. Precisions without a criterion (mixed: its budget) are left as they are."""
+    if precision in FLOAT_CRITERION:
+        stat, floor = FLOAT_CRITERION[precision]
+        failing = [r for r in result["outputs"] if r[stat] < floor]
+        result["criterion"] = f"{stat} >= {floor} vs the fp32 reference on every output"
+        worst = min(result["outputs"], key=lambda r: r[stat])
+        result["measured"] = f"{stat} {worst[stat]} ({worst['name']})"
+    elif precision == "int8":
+        failing = [r for r in result["outputs"] if r["agreement"] < INT8_FLOOR]
+        result["criterion"] = f"at least {INT8_FLOOR:g} points of agreement with fp32 in each output's metric"
+        worst = min(result["outputs"], key=lambda r: r["agreement"])
+        result["measured"] = f"{worst['metric']} {worst['agreement']:.2f} ({worst['name']})"
+    else:
+        return result
+    result["ok"] = not failing
+    if failing:
+        result["failing_outputs"] = [r["name"] for r in failing]
     return result
 
 
 @dataclass
 class Evaluation:
-    score: float        # labelled accuracy % or top-1 agreement with fp32 %
-    error: float        # mean squared error of the first output vs fp32
-    correct: np.ndarray  # per sample: top-1 is right (labels) or agrees with fp32 (no labels)
+    """A model scored on samples: the primary metric (points: vs labels when given, else agreement with fp32),
+    a continuous error for ranking, each output's agreement, and the outputs (for standard errors)."""
+    score: float
+    error: float                  # sum over outputs of MSE vs fp32 / the fp32 output's mean square
+    agreements: list[float]       # per output, points of agreement with fp32 in its metric
+    outputs: list[np.ndarray]
+
+
+def reference_evaluation(reference: Sequence[np.ndarray], judge: Judge, labels: Labels | None) -> Evaluation:
+    """The fp32 model's own evaluation, from its outputs: it agrees with itself on every output."""
+    return Evaluation(judge.primary.score(reference, reference, labels), 0.0, [100.0] * len(judge.per_output),
+                      list(reference))
+
+
+def make_evaluator(samples: Samples, reference: Sequence[np.ndarray], judge: Judge) -> Callable[[Model], Evaluation]:
+    """Score a model with ONNX Runtime on `samples` against fp32 `reference` outputs (and labels when present)."""
+    ref64 = [np.asarray(r, np.float64) for r in reference]
+    power = [max(float(np.mean(r ** 2)), 1e-12) for r in ref64]
+
+    def evaluate(model: Model) -> Evaluation:
+        outs = collect(onnx_runtime_runner(model.proto), samples)
+        error = sum(float(np.mean((o.astype(np.float64) - r) ** 2)) / p for o, r, p in zip(outs, ref64, power))
+        agreements = [m.score(outs, reference) for m in judge.per_output]
+        return Evaluation(judge.primary.score(outs, reference, samples.labels), error, agreements, outs)
+
+    return evaluate
 
 
 def drop_standard_error(fp32_correct: np.ndarray, other_correct: np.ndarray) -> float:
     """Standard error (points) of an accuracy drop from per-sample correctness: the drop is the mean over samples
-    of +1 (fp32 right, the other wrong), -1 (the reverse) or 0, so only the samples whose prediction flipped count."""
+    of +1 (fp32 right, the other wrong), -1 (the reverse) or 0, so only the samples whose prediction flipped count.
+    (metrics.standard_error_of_drop does the same for any metric, by bootstrap.)"""
     diff = np.asarray(fp32_correct, dtype=np.float64) - np.asarray(other_correct, dtype=np.float64)
     return 100.0 * float(diff.std()) / float(np.sqrt(len(diff)))
-
-
-def make_evaluator(samples: Samples, reference_outputs: np.ndarray) -> Callable[[Model], Evaluation]:
-    """Score a model with ONNX Runtime on `samples` against fp32 outputs (and labels when present)."""
-    def evaluate(model: Model) -> Evaluation:
-        session = ort_session(model.proto)
-        out = rows([session.run(None, feed)[0] for feed in samples.feeds])
-        error = float(np.mean((out.astype(np.float64) - reference_outputs) ** 2))
-        top = out.reshape(len(out), -1).argmax(1)
-        truth = samples.labels if samples.labels is not None else reference_outputs.reshape(len(out), -1).argmax(1)
-        correct = top == truth
-        return Evaluation(100.0 * float(correct.mean()), error, correct)
-
-    return evaluate

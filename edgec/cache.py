@@ -52,7 +52,10 @@ def data_fingerprint(source: Any) -> str:
     if isinstance(source, dict):
         for k in sorted(source):
             h.update(k.encode())
-            h.update(np.ascontiguousarray(source[k]).tobytes())
+            for part in source[k] if isinstance(source[k], (list, tuple)) else [source[k]]:  # boxes: per sample
+                a = np.ascontiguousarray(part)
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(a.tobytes())
         return h.hexdigest()
     if isinstance(source, np.ndarray):
         return hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest()

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import labels as labels_io
 from .errors import ConfigError
 from .device.tvm_runner import seeded_feeds
 from .model import Model, TensorSpec
@@ -42,7 +43,7 @@ class Samples:
     """Model-ready feeds (one dict per inference) and labels per feed, if known."""
 
     feeds: Sequence[dict[str, np.ndarray]]
-    labels: np.ndarray | None
+    labels: np.ndarray | list[np.ndarray] | None  # class ids, or per sample [k, 5] boxes (class, x1, y1, x2, y2)
     description: str
 
     def __len__(self) -> int:
@@ -64,6 +65,7 @@ class CalibrationSet:
     limit: int | None = None
     seed: int = 0
     recipe: str | None = None  # image folders only: a name in edgec/recipes or a .toml path; default "unit"
+    labels: str | None = None  # image folders only: a COCO json of boxes (YOLO txt files are found by themselves)
 
     def load(self, inputs: Sequence[TensorSpec], split: str = "calibration",
              fixed: Mapping[str, np.ndarray] | None = None) -> Samples | None:
@@ -76,7 +78,10 @@ class CalibrationSet:
             if split != "calibration":
                 return None
             return _image_samples(Path(self.source), inputs, load_recipe(self.recipe or "unit"), self.limit,
-                                  self.seed, fixed)
+                                  self.seed, fixed, self.labels)
+        if self.labels is not None:
+            raise ConfigError(f"--labels {self.labels}: a COCO json labels an image folder; in .npz or Python data "
+                              "give boxes as 'boxes' / 'val_boxes' (rows: sample, class, x1, y1, x2, y2).")
         arrays, where = _read_source(self.source)
         prefix = "val_" if split == "validation" else ""
         chosen = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -84,6 +89,7 @@ class CalibrationSet:
             chosen = {k: v for k, v in chosen.items() if not k.startswith("val_")}
         label_key = next((k for k in _LABEL_KEYS if k in chosen), None)
         labels = chosen.pop(label_key) if label_key else None
+        boxes = chosen.pop("boxes", None)
         if not chosen:
             return None
         read = read_arrays(chosen, inputs, where, fixed)
@@ -98,6 +104,11 @@ class CalibrationSet:
                 raise ConfigError(f"{where}: {len(labels)} labels for {read.count} samples of {rows} row(s) each; "
                                   "give one label per row.")
             labels = labels[: read.count * rows].reshape(read.count, rows)[order].reshape(-1)
+        if boxes is not None:
+            if labels is not None:
+                raise ConfigError(f"{where}: give class labels ('{label_key}') or boxes ('boxes'), not both.")
+            per_sample = _boxes_per_sample(boxes, read.count, where)
+            labels = [per_sample[i] for i in order]
         return Samples(feeds, labels, f"{len(feeds)} {split} samples from {where} ({read.layout})")
 
 
@@ -119,7 +130,7 @@ def _read_source(source: Any) -> tuple[dict[str, np.ndarray], str]:
     if isinstance(source, np.ndarray):
         return {"x": source}, "the given array"
     if isinstance(source, dict):
-        return {k: np.asarray(v) for k, v in source.items()}, "the given dict"
+        return {k: _box_rows(v) if k.endswith("boxes") else np.asarray(v) for k, v in source.items()}, "the given dict"
     if isinstance(source, Iterable):
         items = list(source)
         if not items:
@@ -132,6 +143,28 @@ def _read_source(source: Any) -> tuple[dict[str, np.ndarray], str]:
         return {"x": _joined(np.stack, [np.asarray(i) for i in items], "x", where)}, where
     raise ConfigError(f"Can't read calibration data from a {type(source).__name__}: give a .npz/.npy path, "
                       "a folder of them, an array or an iterable of arrays.")
+
+
+def _box_rows(boxes: Any) -> np.ndarray:
+    """Detection labels as one [M, 6] array (sample, class, x1, y1, x2, y2) from that array or from a list of
+    per-sample [k, 5] arrays."""
+    if isinstance(boxes, np.ndarray):
+        return boxes
+    try:
+        per_sample = [np.asarray(b, np.float64).reshape(-1, 5) for b in boxes]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"boxes: give one [k, 5] array (class, x1, y1, x2, y2 in input pixels) per sample ({e}).") from e
+    return np.concatenate([np.zeros((0, 6))] + [np.column_stack([np.full(len(b), i), b])
+                                                for i, b in enumerate(per_sample)])
+
+
+def _boxes_per_sample(rows: np.ndarray, count: int, where: str) -> list[np.ndarray]:
+    rows = np.asarray(rows, np.float64)
+    if rows.ndim != 2 or rows.shape[1] != 6 or (len(rows) and (rows[:, 0].min() < 0 or rows[:, 0].max() >= count)):
+        raise ConfigError(f"{where}: 'boxes' must be [M, 6] rows (sample index < {count}, class, x1, y1, x2, y2 in "
+                          f"input pixels); got {list(rows.shape)}.")
+    index = rows[:, 0].astype(np.int64)
+    return [rows[index == i, 1:] for i in range(count)]
 
 
 def _joined(join: Callable[[list[np.ndarray]], np.ndarray], parts: list[np.ndarray], key: str,
@@ -372,6 +405,25 @@ class Recipe:
                               f"(--calib-recipe; recipes in {RECIPES_DIR}).")
         return a[None].astype(spec.dtype)
 
+    def box_placement(self, spec: TensorSpec) -> Callable[[np.ndarray, tuple[int, int]], np.ndarray]:
+        """Maps x1y1x2y2 boxes in the pixels of an image of (width, height) onto the input, as `apply` maps the
+        image (resize, centre crop), clipped to the input."""
+        height, width = (spec.shape[2], spec.shape[3]) if self.layout == "NCHW" else (spec.shape[1], spec.shape[2])
+
+        def place(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+            w, h = size
+            if self.resize:
+                k = self.resize / min(w, h)
+                new_w, new_h = max(1, round(w * k)), max(1, round(h * k))
+            else:
+                new_w, new_h = width, height
+            left, top = ((new_w - self.crop) // 2, (new_h - self.crop) // 2) if self.crop else (0, 0)
+            scale = np.array([new_w / w, new_h / h] * 2)
+            moved = boxes * scale - np.array([left, top] * 2)
+            return np.clip(moved, 0, np.array([width, height] * 2, np.float64))
+
+        return place
+
 
 def load_recipe(name: str | Path) -> Recipe:
     path = Path(name)
@@ -416,7 +468,7 @@ class _LazyFeeds(SequenceABC):
 
 
 def _image_samples(folder: Path, inputs: Sequence[TensorSpec], recipe: Recipe, limit: int | None,
-                   seed: int, fixed: Mapping[str, np.ndarray]) -> Samples:
+                   seed: int, fixed: Mapping[str, np.ndarray], coco: str | None = None) -> Samples:
     images = [s for s in inputs if s.name not in fixed]
     if len(images) != 1:
         raise ConfigError(f"An image folder feeds one input; this model has {len(images)} inputs without a fixed "
@@ -431,8 +483,14 @@ def _image_samples(folder: Path, inputs: Sequence[TensorSpec], recipe: Recipe, l
         files = [files[i] for i in np.sort(np.random.default_rng(seed).choice(len(files), limit, replace=False))]
     classes = sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
     labelled = bool(classes) and all(len(p.relative_to(folder).parts) > 1 for p in files)
-    labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files]) if labelled else None
+    labels: Any = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files]) if labelled else None
     feeds = _LazyFeeds(files, lambda p: {spec.name: recipe.apply(p, spec), **fixed})
     feeds[0]  # decode one now: a recipe that does not fit the model fails before any work is done
     what = f"{len(files)} images from {folder} (recipe '{recipe.name}'" + (f", {len(classes)} classes)" if labelled else ")")
+    if coco is not None:
+        labels = labels_io.coco_boxes(Path(coco), files, recipe.box_placement(spec))
+        what = what[:-1] + f", boxes from {coco})"
+    elif labels_io.has_yolo_labels(files):
+        labels = labels_io.yolo_boxes(files, recipe.box_placement(spec))
+        what = what[:-1] + ", boxes from YOLO txt files)"
     return Samples(feeds, labels, what)

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from typing import Any, Sequence
 
-from . import board
+from . import board, metrics
 from .calibration import CalibrationSet
 from .errors import AccuracyCheckFailed, ConfigError, EdgecError
 from .frontend import parse_input_shapes, parse_input_values
@@ -74,6 +74,9 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--target", "-t", default="intel-cpu", help="target name, alias or .toml path (edgec targets)")
     c.add_argument("--precision", "-p", help="fp32 | fp16 | bf16 | int8 | mixed | int8-weights (default: the target's)")
     c.add_argument("--calib", metavar="PATH", help=".npz/.npy file or folder: calibration and validation samples")
+    c.add_argument("--labels", metavar="COCO_JSON",
+                   help="image folders: detection boxes from a COCO json (YOLO txt files beside the images, or in a "
+                        "labels/ twin of images/, are read without it); scored by --metric map50")
     c.add_argument("--calib-samples", type=int, metavar="N", help="use N samples (seeded random subset)")
     c.add_argument("--calib-seed", type=int, default=0, help="seed of the --calib-samples subset (default 0)")
     c.add_argument("--calib-recipe", metavar="NAME|TOML", help="image folders: preprocessing recipe (unit, imagenet, fashion-mnist, or a .toml; default unit)")
@@ -86,7 +89,12 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
                    help="int8: choose each activation range by the model's output error on N calibration samples "
                         "(default 64; 0 = off, faster)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
-                   help="mixed: accuracy budget in points (labelled accuracy, else top-1 agreement with fp32)")
+                   help="mixed: accuracy budget in points of the --metric (against labels when given, else agreement "
+                        "with fp32)")
+    c.add_argument("--metric", action="append", default=[], metavar="NAME|OUTPUT=NAME",
+                   help=f"how outputs are judged ({', '.join(metrics.NAMES)}); default: chosen per output from its "
+                        "shape and op. NAME sets the first output's (the budget's) metric; OUTPUT=NAME another "
+                        "output's (repeatable; the first one given is the budget's)")
     c.add_argument("--prune", metavar="SPEC", help="weight sparsity on ONNX: unstructured:RATIO or 2:4 "
                    "(channel pruning needs the PyTorch model: edgec.prune)")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
@@ -151,13 +159,14 @@ def _add_inspect_command(sub: argparse._SubParsersAction) -> None:
 
 def _compile(args: argparse.Namespace) -> int:
     calib = CalibrationSet(args.calib, limit=args.calib_samples, seed=args.calib_seed,
-                           recipe=args.calib_recipe) if args.calib else None
+                           recipe=args.calib_recipe, labels=args.labels) if args.calib else None
     build = compile(args.model, target=args.target, precision=args.precision, calibration=calib,
                     input_shapes=parse_input_shapes(args.input_shape),
                     input_values=parse_input_values(args.input_value), output_dir=args.output,
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
                     weight_rounding=args.weight_rounding, range_search=args.range_search, prune=args.prune,
-                    profile_runs=args.runs, progress=not args.quiet, use_cache=not args.no_cache,
+                    profile_runs=args.runs, metric=metrics.parse_spec(args.metric), progress=not args.quiet,
+                    use_cache=not args.no_cache,
                     accept_inaccurate=args.accept_inaccurate)
     if args.json:
         print(json.dumps(build.summary(), indent=2))
@@ -166,13 +175,8 @@ def _compile(args: argparse.Namespace) -> int:
         print(Profile.from_json(build.report["profile"]).table())
         print()
     acc = build.report.get("accuracy") or {}
-    if "cosine_mean" in acc:
-        line = f"accuracy vs fp32 reference: cosine {acc['cosine_mean']:.6f}, max abs {acc['max_abs_error']:.3g}"
-        if "top1_agreement" in acc:
-            line += f", top-1 agreement {100 * acc['top1_agreement']:.2f}%"
-        if "labelled" in acc:
-            line += f", labelled accuracy {100 * acc['labelled']['accuracy']:.2f}%"
-        print(line + f" ({acc['data']})")
+    if "outputs" in acc:
+        print("\n".join(_accuracy_lines(acc)))
     elif "skipped" in acc:
         print(f"accuracy: NOT CHECKED: {acc['skipped']}")
     if acc.get("ok") is False:
@@ -180,9 +184,10 @@ def _compile(args: argparse.Namespace) -> int:
               file=sys.stderr)
     for name, variant in (build.report.get("comparison") or {}).items():
         lab = variant["accuracy"].get("labelled")
-        top1 = variant["accuracy"].get("top1_agreement")
-        score = (f"accuracy {100 * lab['accuracy']:.2f}%" if lab else f"top-1 agreement {100 * top1:.2f}%"
-                 if top1 is not None else f"cosine {variant['accuracy'].get('cosine_mean', float('nan')):.6f}")
+        agreement = variant["accuracy"].get("agreement") or {}
+        score = (f"{lab['metric']} {lab['value']:.2f}" if lab else
+                 f"{variant['accuracy'].get('metric')} agreement {next(iter(agreement.values())):.2f}" if agreement
+                 else f"cosine {variant['accuracy'].get('cosine_mean', float('nan')):.6f}")
         print(f"{name:6} {score}, latency p50 {variant['latency_ms_p50']:.3f} ms, artifact "
               f"{variant['artifact_bytes'] / 1e6:.2f} MB")
     mixed = build.report.get("mixed_precision")
@@ -192,6 +197,21 @@ def _compile(args: argparse.Namespace) -> int:
               f"int8 {mixed['int8']:.2f}, mixed {mixed['mixed']:.2f})")
     print(f"wrote {build.output_dir}/ (report: {build.output_dir / 'report.html'})")
     return EXIT_OK
+
+
+def _accuracy_lines(acc: dict) -> list[str]:
+    """The accuracy check as the CLI prints it: one line per output in its metric, the labelled score."""
+    lines = [f"accuracy vs the fp32 reference ({acc['data']}):"]
+    for row in acc["outputs"]:
+        lines.append(f"  {row['name']:<24} {row['metric']:>8} {row['agreement']:7.2f} points  cosine "
+                     f"{row['cosine_mean']:.6f}  max abs {row['max_abs_error']:.3g}  ({row['why']})")
+    if "labelled" in acc:
+        lab = acc["labelled"]
+        lines.append(f"  against the labels: {lab['metric']} {lab['value']:.2f} (fp32 {lab['reference']:.2f}, drop "
+                     f"{lab['drop_points']:.2f} +- {lab['standard_error_points']:.2f} points)")
+    if "criterion" in acc:
+        lines.append(f"  check: {'ok' if acc.get('ok') else 'FAILED'}: {acc['measured']} (wanted {acc['criterion']})")
+    return lines
 
 
 def _profile(args: argparse.Namespace) -> int:

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
-from . import accuracy, cache
+from . import accuracy, cache, metrics
 from .backends import Backend, get_backend
 from .calibration import CalibrationSet, Samples, fixed_inputs, synthetic_samples
 from .errors import AccuracyCheckFailed, ConfigError
@@ -25,7 +24,7 @@ from .passes import CleanupPass
 from .passes.fp16 import Fp16Pass
 from .passes.fp32 import Fp32Pass, has_float16
 from .passes.opset import QDQ_MIN_OPSET, OpsetUpgradePass, default_opset
-from .passes.mixed import MixedResult, layer_times, search_mixed
+from .passes.mixed import MixedResult, budget, layer_times, search_mixed
 from .passes.ptq import Calibrated, calibrate, calibration_samples
 from .passes.qdq import WeightOnlyInt8Pass, already_quantized
 from .profile import Profile, attach_sources, not_faster
@@ -36,13 +35,8 @@ from .target import Target, load_target
 
 VALIDATION_SAMPLES = 1000
 SEARCH_SAMPLES = 500  # of the validation samples, those the mixed search ranks layer sensitivity on
+GUARD_SAMPLES, GUARD_RANK_SAMPLES = 256, 64  # ... those the int8 guard checks outputs on, and ranks layers on
 FP32_CHECK_SAMPLES = 64  # validation samples the fp32 comparison build is checked on
-# The accuracy check: (statistic, floor) of the cosine with the fp32 reference per sample, below which a build
-# is wrong and its compile fails (AccuracyCheckFailed, unless accept_inaccurate). int8 is judged on the mean:
-# one odd sample may fall lower without the build being broken (a garbage build scores ~0.3). A mixed build is
-# judged by its budget (the user's own criterion).
-CHECK_CRITERION = {"fp32": ("cosine_min", 0.999), "fp16": ("cosine_min", 0.99), "bf16": ("cosine_min", 0.98),
-                   "int8-weights": ("cosine_min", 0.98), "int8": ("cosine_mean", 0.9)}
 
 
 @dataclass
@@ -78,15 +72,18 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             input_values: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
             weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None,
-            profile_runs: int = 100, progress: bool = True, use_cache: bool = True,
+            profile_runs: int = 100, metric: Any = None, progress: bool = True, use_cache: bool = True,
             accept_inaccurate: bool = False) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
     int8 and mixed need `calibration` data; `weight_rounding` is "gptq" (error-compensating, passes/gptq.py)
     or "nearest"; `range_search` calibration samples judge candidate activation ranges by the model's output
     (passes/range_search.py; 0 turns it off). `input_values` bind constant inputs ({"sr": 16000}): folded into
-    the graph (the built model has no such input) and recorded in the manifest. `max_accuracy_drop` (points of labelled accuracy, or of top-1
-    agreement with fp32 without labels) is the budget for `mixed`. Writes `output_dir` atomically: on
+    the graph (the built model has no such input) and recorded in the manifest. `metric` judges the outputs
+    (edgec/metrics.py): None (chosen per output from its shape and op), a name ("map50"), {output name: name},
+    or a callable `metric(outputs, truth) -> points`, higher is better (truth: the labels, else the fp32
+    outputs); it is the primary metric. `max_accuracy_drop` is the budget for `mixed`, in points of the primary
+    metric (against labels when given, else agreement with fp32). Writes `output_dir` atomically: on
     any failure or interrupt the previous folder (or nothing) remains. A build that fails its accuracy check
     (CHECK_CRITERION) raises AccuracyCheckFailed and is moved to `<output_dir>.rejected/` for inspection, unless
     `accept_inaccurate`; a build that can't be checked here says so in report.json ("accuracy": {"skipped"}).
@@ -97,7 +94,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     backend = get_backend(tgt.backend)
     sdk = _sdk_versions(backend, tgt, precision)
     options = CompileOptions(tgt, precision, calib, calibration_method, weight_rounding, range_search,
-                             max_accuracy_drop, prune, profile_runs)
+                             max_accuracy_drop, prune, profile_runs, metric)
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes, input_values)
@@ -130,6 +127,7 @@ def plan(model: Model, options: CompileOptions, backend: Backend, sdk: Mapping[s
         refusal = already_quantized(model.proto)
         if refusal:
             raise ConfigError(refusal)
+    metrics.check_spec(options.metric, [o.name for o in model.proto.graph.output])
     versions = dict(sdk)
     if model.provenance.get("kind") == "torch":
         import torch  # the exporter's version shapes the graph; torch is loaded already when kind is torch
@@ -184,7 +182,9 @@ class _Job:
                                                                          dict(request.sdk), request.model)
         self.pass_log: list[dict[str, Any]] = []
         self.mixed: dict[str, Any] | None = None
+        self.int8_guard: dict[str, Any] | None = None
         self._reference: tuple[Samples, list[Any]] | None = None
+        self.judge: accuracy.Judge | None = None  # the metrics, chosen with the reference
         self._validation: Samples | None = None  # loaded before calibration when quantizing
 
     def run(self, staging: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -212,6 +212,8 @@ class _Job:
             comparison[o.precision] = _summarize(report, staging, manifest["artifact"]["files"])
             report["comparison"] = comparison
             report["warnings"] = _speed_warnings(comparison, o.precision)
+        if self.int8_guard is not None:
+            report["int8_guard"] = self.int8_guard
         if self.mixed is not None:
             report["mixed_precision"] = self.mixed
             report["accuracy"].update(criterion=f"the mixed-precision budget: {self.mixed['metric']} at most "
@@ -222,11 +224,13 @@ class _Job:
         return manifest, report
 
     def reference(self, fp32: Model) -> tuple[Samples, list[Any]]:
-        """Validation samples and the fp32 ONNX Runtime outputs on them: computed once per compile, shared by
-        the final build and every comparison variant."""
+        """Validation samples and the fp32 ONNX Runtime outputs on them (every output), and the metrics that
+        judge them (`self.judge`): computed once per compile, shared by the final build and every variant."""
         if self._reference is None:
             samples = self._validation or _validation_samples(fp32, self.calib)
             self._reference = (samples, accuracy.collect(accuracy.onnx_runtime_runner(fp32.proto), samples))
+        if self.judge is None:
+            self.judge = accuracy.Judge.of(fp32.proto, self._reference[1], self.request.options.metric)
         return self._reference
 
     def run_pass(self, p: Any, model: Model) -> Model:
@@ -253,7 +257,7 @@ class _Job:
             if self.backend.capabilities.off_device_check == "onnx-runtime":
                 with self.steps.step(f"checking {precision} model.onnx with ONNX Runtime (the device runs this function)"):
                     report["accuracy"] = _verify(self.reference(fp32), accuracy.onnx_runtime_runner(model.proto),
-                                                 judged_as)
+                                                 judged_as, self.judge)
                 report["accuracy"]["runtime"] = (f"onnxruntime on this {platform.machine()} machine, executing the "
                                                  f"bundle's model.onnx; {self.backend.name} itself runs on the device")
             else:
@@ -263,7 +267,7 @@ class _Job:
             return manifest, report
         with self.steps.step(f"checking {precision} accuracy against the fp32 ONNX Runtime reference"):
             report["accuracy"] = _verify(_head(self.reference(fp32), check_samples), self.backend.runner(folder, manifest),
-                                         judged_as)
+                                         judged_as, self.judge)
         if judged_as != precision:
             report["accuracy"]["criterion"] += " (judged as int8: the model holds int8 ops itself)"
         with self.steps.step(f"profiling {precision} ({runs} runs)"):
@@ -276,9 +280,10 @@ class _Job:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
         samples = calibration_samples(fp32, self.calib)
         validation = self._validation = _validation_samples(fp32, self.calib, calibration=samples)
-        calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples)
+        single = len(fp32.proto.graph.output) == 1  # the statistics pass records the first output only
+        calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples and single)
         if calibrated.outputs is not None:  # the statistics pass ran the fp32 model on the validation samples
-            self._reference = (validation, [accuracy.rows(calibrated.outputs)])
+            self._reference = (validation, [accuracy.stacked(calibrated.outputs)])
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
             comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")
@@ -286,7 +291,7 @@ class _Job:
         self.pass_log.append({"name": "quantize-int8", "config": {"int8_nodes": len(calibrated.plan.nodes)},
                               "seconds": 0.0})
         if self.request.options.precision == "int8":
-            return int8
+            return calibrated.quantized(self._guard_int8(fp32, calibrated))
         gains = None
         if fp32_layers is not None:
             comparison["int8"], int8_layers = self.variant(int8, fp32, "int8", staging / ".int8")
@@ -313,37 +318,81 @@ class _Job:
                               "seconds": round(time.perf_counter() - t0, 3)})
         return calibrated
 
-    def _search_mixed(self, fp32: Model, calibrated: Calibrated, gains: dict[str, float] | None) -> list[str]:
-        """The layers to keep in float for the budget. The budget is checked on the samples the report's accuracy
-        comparison scores; the per-layer sensitivity (output error, a continuous measure) on the first
-        SEARCH_SAMPLES of them."""
-        max_drop = self.request.options.max_accuracy_drop
-        samples, (reference, *_) = self.reference(fp32)
-        reference = reference.astype(np.float64)
-        evaluate = accuracy.make_evaluator(samples, reference)
+    def _evaluators(self, fp32: Model, rank_samples: int, samples_at_most: int = 0) -> tuple[Any, Any, accuracy.Evaluation]:
+        """(evaluate, rank, fp32's evaluation) on the validation samples (the first `samples_at_most`, if given);
+        `rank` scores the first `rank_samples` of them (None when that is all of them): per-layer sensitivity
+        needs fewer samples than the goal."""
+        samples, reference = _head(self.reference(fp32), samples_at_most)
+        assert self.judge is not None
+        evaluate = accuracy.make_evaluator(samples, reference, self.judge)
         rank = None
-        if len(samples) > SEARCH_SAMPLES:
-            rows_per_sample = len(reference) // len(samples)
-            rank = accuracy.make_evaluator(samples.head(SEARCH_SAMPLES), reference[:rows_per_sample * SEARCH_SAMPLES])
-        metric = "labelled accuracy %" if samples.labels is not None else "top-1 agreement with fp32 %"
+        if len(samples) > rank_samples:
+            head, head_ref = _head((samples, reference), rank_samples)
+            rank = accuracy.make_evaluator(head, head_ref, self.judge)
+        return evaluate, rank, accuracy.reference_evaluation(reference, self.judge, samples.labels)
+
+    def _guard_int8(self, fp32: Model, calibrated: Calibrated) -> list[str]:
+        """Layers an int8 build keeps in float: none, unless int8 (run in ONNX Runtime on the validation samples)
+        breaks an output, below the check's floor in its metric (a detector's heads, a log-mel frontend): then
+        the fewest layers, ranked by measured sensitivity, that bring every output back above it."""
+        evaluate, rank, fp32_eval = self._evaluators(fp32, GUARD_RANK_SAMPLES, GUARD_SAMPLES)
+        with self.steps.step("checking int8 in ONNX Runtime, output by output"):
+            int8 = evaluate(calibrated.quantized())
+        if all(a >= accuracy.INT8_FLOOR for a in int8.agreements):
+            return []
+        assert self.judge is not None
+        broken = [f"{n} ({m.name} {a:.1f})" for n, m, a in zip(self.judge.names, self.judge.per_output, int8.agreements)
+                  if a < accuracy.INT8_FLOOR]
         t0 = time.perf_counter()
-        with self.steps.step(f"mixed precision: searching layers to keep in float (budget {max_drop} points)"):
-            result = search_mixed(calibrated, evaluate, evaluate(fp32), float(max_drop), gains, metric,
-                                  progress=self.steps.counter("layers scored"), rank_evaluate=rank)
-        self.pass_log.append({"name": "mixed-precision", "config": {"max_accuracy_drop": max_drop, "metric": metric,
-                                                                    "search_data": samples.description},
+        with self.steps.step(f"int8 breaks {', '.join(broken)}: finding the layers to keep in float"):
+            result = search_mixed(calibrated, evaluate, fp32_eval,
+                                  lambda e: all(a >= accuracy.INT8_FLOOR for a in e.agreements),
+                                  metric=self.judge.primary.name, progress=self.steps.counter("layers scored"),
+                                  rank_evaluate=rank, int8=int8)
+        self._attach_sources(fp32, result)
+        self.int8_guard = {"floor_points": accuracy.INT8_FLOOR, "broken_outputs": broken,
+                           "float_layers": result.decisions, "met": result.met, "evaluations": result.evaluations,
+                           "agreements_after": {n: round(a, 3) for n, a in zip(self.judge.names, result.final.agreements)}}
+        self.pass_log.append({"name": "int8-guard", "config": {"floor_points": accuracy.INT8_FLOOR,
+                                                               "float_layers": len(result.keep_float)},
                               "seconds": round(time.perf_counter() - t0, 3)})
+        print(f"edgec: note: int8 broke {', '.join(broken)}; {len(result.keep_float)} layer(s) stay in float "
+              "(report.json: int8_guard)", file=sys.stderr)
+        return result.keep_float
+
+    def _attach_sources(self, fp32: Model, result: MixedResult) -> None:
         sources = node_sources(fp32.proto)
         for decision in result.decisions:
             src = sources.get(decision["node"])
             decision["module"], decision["where"] = (src.module, src.where) if src else (None, None)
+
+    def _search_mixed(self, fp32: Model, calibrated: Calibrated, gains: dict[str, float] | None) -> list[str]:
+        """The layers to keep in float for the budget, in the primary metric. The budget is checked on the samples
+        the report's accuracy comparison scores; the per-layer sensitivity (output error, a continuous measure)
+        on the first SEARCH_SAMPLES of them."""
+        max_drop = float(self.request.options.max_accuracy_drop or 0.0)
+        evaluate, rank, fp32_eval = self._evaluators(fp32, SEARCH_SAMPLES)
+        samples, reference = self.reference(fp32)
+        assert self.judge is not None
+        primary = self.judge.primary
+        metric = (f"{primary.name} against the labels" if primary.against_labels(samples.labels)
+                  else f"{primary.name} agreement with fp32")
+        t0 = time.perf_counter()
+        with self.steps.step(f"mixed precision: searching layers to keep in float (budget {max_drop} points of {metric})"):
+            result = search_mixed(calibrated, evaluate, fp32_eval, budget(fp32_eval, max_drop), gains, metric,
+                                  progress=self.steps.counter("layers scored"), rank_evaluate=rank)
+        self.pass_log.append({"name": "mixed-precision", "config": {"max_accuracy_drop": max_drop, "metric": metric,
+                                                                    "search_data": samples.description},
+                              "seconds": round(time.perf_counter() - t0, 3)})
+        self._attach_sources(fp32, result)
+        error = metrics.standard_error_of_drop(primary, reference, result.final.outputs, samples.labels)
         self.mixed = {"metric": metric, "search_data": samples.description, "budget_points": max_drop,
                       "met": result.met, "fp32": result.fp32_score, "int8": result.int8_score,
-                      "mixed": result.final_score, "standard_error_points": round(result.standard_error, 3),
+                      "mixed": result.final_score, "standard_error_points": round(error, 3),
                       "float_layers": result.decisions,
                       "int8_layers": len(calibrated.plan.nodes) - len(result.keep_float),
                       "evaluations": result.evaluations}
-        _mixed_notes(result, max_drop, len(samples))
+        _mixed_notes(result, max_drop, len(samples), error)
         return result.keep_float
 
     def variant(self, model: Model, fp32: Model, precision: str, folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -376,14 +425,14 @@ def _speed_warnings(comparison: Mapping[str, Any], precision: str) -> list[str]:
     return [warning]
 
 
-def _mixed_notes(result: MixedResult, max_drop: float, samples: int) -> None:
+def _mixed_notes(result: MixedResult, max_drop: float, samples: int, standard_error: float) -> None:
     """Say when the budget was missed, or when it is within the noise of the search samples."""
     if not result.met:
         print(f"edgec: WARNING: mixed precision could not meet the {max_drop}-point budget on the search data "
               f"({result.final_score:.2f} vs fp32 {result.fp32_score:.2f}); see report.json", file=sys.stderr)
-    elif max_drop < 2 * result.standard_error:
+    elif max_drop < 2 * standard_error:
         print(f"edgec: note: the {max_drop}-point budget is within the noise of {samples} search samples "
-              f"(the drop is measured to +-{result.standard_error:.2f} points, one standard error); more labelled "
+              f"(the drop is measured to +-{standard_error:.2f} points, one standard error); more labelled "
               f"validation samples (val_x/val_y: edgec scores up to {VALIDATION_SAMPLES}, or --calib-samples N) "
               f"make it firmer", file=sys.stderr)
 
@@ -391,8 +440,10 @@ def _mixed_notes(result: MixedResult, max_drop: float, samples: int) -> None:
 def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) -> dict[str, Any]:
     acc = report.get("accuracy") or {}
     prof = report.get("profile") or {}
-    return {"accuracy": {k: acc[k] for k in ("top1_agreement", "cosine_mean", "max_abs_error", "labelled")
-                         if k in acc},
+    summary = {k: acc[k] for k in ("metric", "top1_agreement", "cosine_mean", "max_abs_error", "labelled") if k in acc}
+    if "outputs" in acc:
+        summary["agreement"] = {r["name"]: r["agreement"] for r in acc["outputs"]}
+    return {"accuracy": summary,
             "latency_ms_p50": prof.get("latency_ms", {}).get("p50"),
             "latency_ms_min": prof.get("latency_ms", {}).get("min"),
             "artifact_bytes": sum((folder / f).stat().st_size for f in files)}
@@ -450,23 +501,19 @@ def _profile_folder(out: Path, manifest: dict[str, Any], device: str, runs: int,
 
 def _head(reference: tuple[Samples, list[Any]], n: int) -> tuple[Samples, list[Any]]:
     """The first `n` samples of a (samples, [outputs]) reference; all of it when n is 0 or not smaller."""
-    samples, (outputs, *_) = reference
+    samples, outputs = reference
     if not n or n >= len(samples):
         return reference
-    rows = len(outputs) // len(samples)
-    return samples.head(n), [outputs[:rows * n]]
+    return samples.head(n), [o[:len(o) // len(samples) * n] for o in outputs]
 
 
-def _verify(reference: tuple[Samples, list[Any]], runner: accuracy.Runner, precision: str) -> dict[str, Any]:
+def _verify(reference: tuple[Samples, list[Any]], runner: accuracy.Runner, precision: str,
+            judge: accuracy.Judge | None) -> dict[str, Any]:
     samples, outputs = reference
-    result = accuracy.compare(outputs, accuracy.collect(runner, samples), samples.labels)
+    assert judge is not None  # chosen with the reference
+    result = accuracy.compare(outputs, accuracy.collect(runner, samples), samples.labels, judge)
     result["data"] = samples.description
-    if precision in CHECK_CRITERION:
-        stat, floor = CHECK_CRITERION[precision]
-        result["criterion"] = f"{stat} >= {floor} vs the fp32 reference"
-        result["measured"] = f"{stat} {result[stat]}"
-        result["ok"] = bool(result[stat] >= floor)
-    return result
+    return accuracy.check(result, precision)
 
 
 def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int = 0,

@@ -74,7 +74,7 @@ def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
              f"<h1>edgec: {escape(str(report['model'].get('source')))} &rarr; {escape(target['name'])} "
              f"({escape(report['precision'])})</h1>", _warnings(report.get("warnings") or []),
              _summary(report, manifest), _accuracy(report.get("accuracy")), _comparison(report.get("comparison")),
-             _mixed(report.get("mixed_precision"))]
+             _guard(report.get("int8_guard")), _mixed(report.get("mixed_precision"))]
     prof = report.get("profile")
     if prof:
         parts += [_modules(prof), _layers(prof)]
@@ -97,8 +97,9 @@ def _comparison(comparison: Mapping[str, Any] | None) -> str:
     for name, v in comparison.items():
         acc = v["accuracy"]
         lab = acc.get("labelled")
-        score = (f"{100 * lab['accuracy']:.2f}%" if lab else
-                 f"{100 * acc['top1_agreement']:.2f}% agreement" if "top1_agreement" in acc else "-")
+        agreement = acc.get("agreement") or {}
+        score = (f"{escape(lab['metric'])} {lab['value']:.2f}" if lab else
+                 f"{escape(str(acc.get('metric')))} {next(iter(agreement.values())):.2f} agreement" if agreement else "-")
         lat = v.get("latency_ms_p50")
         ratio = f"{lat / fp32:.2f}x" if lat and fp32 else "-"
         rows.append(f"<tr><td>{escape(name)}</td><td class='num'>{score}</td>"
@@ -149,6 +150,17 @@ def _summary(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
     return "<h2>Summary</h2>" + _kv(rows)
 
 
+def _guard(guard: Mapping[str, Any] | None) -> str:
+    if not guard:
+        return ""
+    rows = "".join(f"<tr><td><code>{escape(d['node'])}</code></td><td><code>{escape(d.get('module') or '-')}</code>"
+                   f"</td><td>{escape(d['reason'])}</td></tr>" for d in guard["float_layers"])
+    return (f"<h2>Layers int8 breaks</h2><p>All-int8 fell below {guard['floor_points']:g} points of agreement with "
+            f"fp32 on {escape(', '.join(guard['broken_outputs']))}; these layers stay in float (ranked by measured "
+            f"sensitivity, fewest that bring every output back):</p><table><tr><th>layer</th><th>PyTorch module</th>"
+            f"<th>why</th></tr>{rows}</table>")
+
+
 def _accuracy(acc: Mapping[str, Any] | None) -> str:
     if not acc:
         return ""
@@ -157,16 +169,24 @@ def _accuracy(acc: Mapping[str, Any] | None) -> str:
     rows = [("data", escape(acc.get("data", ""))),
             ("cosine vs fp32 (mean / min)", f"{acc['cosine_mean']:.6f} / {acc['cosine_min']:.6f}"),
             ("max abs error", f"{acc['max_abs_error']:.3g}"), ("relative L2 error", f"{acc['rel_l2_error']:.3g}")]
-    if "top1_agreement" in acc:
-        rows.append(("top-1 agreement with fp32", f"{100 * acc['top1_agreement']:.2f}%"))
     if "labelled" in acc:
         lab = acc["labelled"]
-        rows.append(("labelled accuracy", f"{100 * lab['accuracy']:.2f}% (fp32 reference "
-                                          f"{100 * lab['reference_accuracy']:.2f}%, drop {lab['drop_points']:.2f} points)"))
+        rows.append((f"{escape(lab['metric'])} against the labels",
+                     f"{lab['value']:.2f} (fp32 reference {lab['reference']:.2f}, drop {lab['drop_points']:.2f} "
+                     f"&plusmn; {lab['standard_error_points']:.2f} points)"))
     if "ok" in acc:
         cls, word = ("ok", "pass") if acc["ok"] else ("bad", "FAIL")
         rows.append(("check", f"<span class='{cls}'>{word}</span>: {escape(acc['criterion'])}"))
-    return "<h2>Accuracy</h2>" + _kv(rows)
+    return "<h2>Accuracy</h2>" + _kv(rows) + _outputs(acc.get("outputs") or [])
+
+
+def _outputs(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every output in its metric: points of agreement with fp32, and why that metric."""
+    body = "".join(f"<tr><td><code>{escape(r['name'])}</code></td><td>{escape(r['metric'])}</td>"
+                   f"<td class='num'>{r['agreement']:.2f}</td><td class='num'>{r['cosine_mean']:.6f}</td>"
+                   f"<td class='num'>{r['max_abs_error']:.3g}</td><td>{escape(r['why'])}</td></tr>" for r in rows)
+    return ("<table><tr><th>output</th><th>metric</th><th>agreement (points)</th><th>cosine</th><th>max abs</th>"
+            "<th>why this metric</th></tr>" + body + "</table>") if rows else ""
 
 
 def _bar(share: float) -> str:

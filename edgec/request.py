@@ -33,6 +33,7 @@ class CompileOptions:
     max_accuracy_drop: float | None = None
     prune: str | None = None
     profile_runs: int = 100
+    metric: Any = None  # metrics.for_model's spec: None, a name, {output: name} or a callable
 
     def __post_init__(self) -> None:
         tgt, precision = self.target, self.precision
@@ -80,13 +81,17 @@ class CompileRequest:
             if data == "uncacheable":
                 return None
             calibration = {"data": data, "limit": o.calibration.limit, "seed": o.calibration.seed,
-                           "recipe": recipe_fingerprint(o.calibration.recipe)}
+                           "recipe": recipe_fingerprint(o.calibration.recipe),
+                           "labels": None if o.calibration.labels is None else cache.data_fingerprint(o.calibration.labels)}
+        if callable(o.metric):
+            return None  # a Python callable has no stable identity: such a build is not cached
         return {"edgec": __version__, "code": cache.code_fingerprint(), "sdk": dict(self.sdk),
                 "model": self.model.sha256(),
                 "input_values": self.model.provenance.get("input_values"), "target": o.target.to_json(), "precision": o.precision,
                 "calibration": calibration, "calibration_method": o.calibration_method,
                 "weight_rounding": o.weight_rounding, "range_search": o.range_search,
-                "max_accuracy_drop": o.max_accuracy_drop, "prune": o.prune, "profile_runs": o.profile_runs}
+                "max_accuracy_drop": o.max_accuracy_drop, "prune": o.prune, "profile_runs": o.profile_runs,
+                "metric": o.metric}
 
     @property
     def cache_key(self) -> str | None:

@@ -213,3 +213,39 @@ def fp16_conv_onnx(seed: int = 0) -> onnx.ModelProto:
     from onnxconverter_common import float16
 
     return float16.convert_float_to_float16(tiny_conv_onnx(seed=seed), keep_io_types=False)
+
+
+def three_head_onnx(seed: int = 0, gain: float = 400.0) -> onnx.ModelProto:
+    """x[1,3,16,16] -> Conv(8) -> Relu -> three outputs: "logits" [1,5] (GlobalAveragePool, Gemm), "embedding"
+    [1,8,16,16] (a Conv), and "mask" [1,1,16,16] = Sigmoid(gain x (Conv_a(x) - Conv_b(x)) - 0.85): two all-but-equal
+    convolutions subtracted and amplified, about half the pixels over 0.3, so the rounding of int8 moves the mask
+    and little else."""
+    rng = np.random.default_rng(seed)
+    wa = rng.normal(0, 0.3, (1, 3, 3, 3)).astype(np.float32)
+    arrays = {"w1": rng.normal(0, 0.3, (8, 3, 3, 3)), "b1": rng.normal(0, 0.1, (8,)),
+              "we": rng.normal(0, 0.2, (8, 8, 1, 1)), "wf": rng.normal(0, 0.3, (5, 8)), "bf": np.linspace(0.2, -0.2, 5),
+              "wa": wa, "wb": wa + rng.normal(0, 0.01, wa.shape), "gain": np.array(gain), "half": np.array(-0.85)}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1),
+        helper.make_node("Conv", ["r1", "we"], ["embedding"], name="embed"),
+        helper.make_node("Conv", ["x", "wa"], ["ma"], name="mask_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["mb"], name="mask_b", pads=[1, 1, 1, 1]),
+        helper.make_node("Sub", ["ma", "mb"], ["d"], name="diff"),
+        helper.make_node("Mul", ["d", "gain"], ["g"], name="amplify"),
+        helper.make_node("Add", ["g", "half"], ["z"], name="shift"),
+        helper.make_node("Sigmoid", ["z"], ["mask"], name="mask"),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5]),
+               helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 8, 16, 16]),
+               helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 16, 16])]
+    graph = helper.make_graph(nodes, "three_heads",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests",
+                              ir_version=10)
+    onnx.checker.check_model(model)
+    return model

@@ -79,6 +79,7 @@ CHANGES = {
     "range_search": lambda s, o: {"range_search": 8},
     "prune": lambda s, o: {"prune": "unstructured:0.5"},
     "profile_runs": lambda s, o: {"profile_runs": 50},
+    "metric": lambda s, o: {"metric": "top5"},
 }
 MORE_CHANGES = {
     "recipe file contents": lambda s, o: _edit(s[2], "mean = [0.5]", "mean = [0.4]"),
@@ -86,6 +87,7 @@ MORE_CHANGES = {
         str(s[1]), limit=3, seed=0, recipe=str(s[2]))},
     "calibration subset (seed)": lambda s, o: {"calibration": edgec.CalibrationSet(
         str(s[1]), limit=4, seed=1, recipe=str(s[2]))},
+    "YOLO box labels": lambda s, o: (s[1] / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n") and None,
 }
 
 

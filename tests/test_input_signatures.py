@@ -131,7 +131,26 @@ def test_fp16_weights_compute_in_fp32_behind_the_fp16_interface(tmp_path: Path) 
 
 
 @pytest.mark.requires_openvino
-def test_a_build_failing_its_check_fails_the_compile(tmp_path: Path, capsys) -> None:
+def test_int8_keeps_the_layers_it_breaks_in_float(tmp_path: Path, capsys) -> None:
+    """All-int8 flips most top-1 predictions of this model (outlier pixels flatten the input's int8 range): the
+    int8 build keeps the layers that break it in float, found by measured sensitivity, and says so."""
+    onnx.save(tiny_conv_onnx(classes=10, seed=4), tmp_path / "m.onnx")
+    x = RNG.random((32, 3, 16, 16), dtype=np.float32)
+    x[::7, :, 0, 0] = 1000.0
+    build = edgec.compile(tmp_path / "m.onnx", "intel-cpu", "int8", {"x": x}, output_dir=tmp_path / "o",
+                          calibration_method="minmax", range_search=0, profile_runs=5, progress=False, use_cache=False)
+    guard = build.report["int8_guard"]
+    assert guard["broken_outputs"][0].startswith("logits (top1") and guard["met"]
+    assert 0 < len(guard["float_layers"]) and all(d["reason"] for d in guard["float_layers"])
+    assert build.report["accuracy"]["ok"] and build.report["accuracy"]["outputs"][0]["agreement"] >= 90
+    assert "stay in float" in capsys.readouterr().err
+    assert "Layers int8 breaks" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_a_build_failing_its_check_fails_the_compile(tmp_path: Path, capsys, monkeypatch) -> None:
+    from edgec import accuracy
+
+    monkeypatch.setattr(accuracy, "INT8_FLOOR", 100.5)  # a floor not even fp32 meets: the guard can't help
     onnx.save(tiny_conv_onnx(classes=10, seed=4), tmp_path / "m.onnx")
     x = RNG.random((32, 3, 16, 16), dtype=np.float32)
     x[::7, :, 0, 0] = 1000.0  # rare huge outliers: per-tensor int8 of the input flattens every other pixel
@@ -143,7 +162,7 @@ def test_a_build_failing_its_check_fails_the_compile(tmp_path: Path, capsys) -> 
     before = (out / "manifest.json").read_text()
     assert cli.main(args) == 4
     err = capsys.readouterr().err
-    assert "fails its accuracy check: cosine_mean" in err and "--accept-inaccurate" in err
+    assert "fails its accuracy check: top1 100.00 (logits)" in err and "--accept-inaccurate" in err
     assert (out / "manifest.json").read_text() == before  # the previous build is untouched
     assert json.loads((tmp_path / "o.rejected" / "report.json").read_text())["accuracy"]["ok"] is False
     assert cli.main(args + ["--accept-inaccurate"]) == 0
@@ -154,17 +173,19 @@ def test_a_build_failing_its_check_fails_the_compile(tmp_path: Path, capsys) -> 
 
 
 def test_outputs_that_are_all_but_zero_on_both_sides_agree() -> None:
-    from edgec.accuracy import compare
+    from edgec.accuracy import Judge, compare
+    from edgec.metrics import named
 
     reference = np.zeros((3, 100))
     reference[0] = RNG.random(100)           # a page with text: a real map
     reference[1:] = 1e-6 * RNG.random((2, 100))  # photos: "no text" everywhere
     candidate = reference.copy()
     candidate[1] = 0.0                        # a backend that rounds "no text" to exactly zero
-    result = compare([reference], [candidate])
+    judge = Judge(("map",), (named("cosine", 0, reference),), named("cosine", 0, reference))
+    result = compare([reference], [candidate], None, judge)
     assert result["cosine_min"] == 1.0 and result["negligible_samples"] == 2
     candidate[2, 5] = 0.5                     # a real disagreement on a quiet sample still counts
-    assert compare([reference], [candidate])["cosine_min"] < 0.5
+    assert compare([reference], [candidate], None, judge)["cosine_min"] < 0.5
 
 
 def test_newer_opset_attributes_are_dropped_or_reported_for_old_models() -> None:

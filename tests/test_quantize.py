@@ -14,10 +14,11 @@ from onnx import numpy_helper
 import edgec
 from edgec import CalibrationSet, ConfigError
 from edgec.model import Model
-from edgec.accuracy import drop_standard_error, make_evaluator
+from edgec.accuracy import Judge, drop_standard_error, make_evaluator
+from edgec.metrics import standard_error_of_drop
 from edgec.backends.openvino import PLACEMENT as OPENVINO
 from edgec.backends.tensorrt import PLACEMENT as TENSORRT
-from edgec.passes.mixed import search_mixed
+from edgec.passes.mixed import budget, search_mixed
 from edgec.passes.ptq import calibrate
 from edgec.passes.qdq import WEIGHTED_OPS, Placement, plan_quantization
 from edgec.passes.qmath import activation_qparams, quantize_weight
@@ -181,22 +182,26 @@ def test_mixed_precision_honours_the_budget() -> None:
     model = _sensitive_model()
     calibrated = calibrate(model, CalibrationSet({"x": x[:64]}), OPENVINO, "minmax")
     held = CalibrationSet({"x": x[64:]}).load(model.inputs)
-    reference = _run(model.proto, x[64:]).astype(np.float64)
-    evaluate = make_evaluator(held, reference)
+    reference = [_run(model.proto, x[64:]).astype(np.float64)]
+    judge = Judge.of(model.proto, reference)
+    assert judge.primary.name == "top1"  # class scores from a Gemm
+    evaluate = make_evaluator(held, reference, judge)
     fp32 = evaluate(model)
     int8 = evaluate(calibrated.quantized())
     assert fp32.score == 100.0 and int8.score < 50.0  # the search has work to do
-    result = search_mixed(calibrated, evaluate, fp32, max_drop=0.0,
-                          rank_evaluate=make_evaluator(held.head(16), reference[:16]))
+    result = search_mixed(calibrated, evaluate, fp32, budget(fp32, 0.0),
+                          rank_evaluate=make_evaluator(held.head(16), [reference[0][:16]], judge))
     assert result.met and result.final_score == 100.0 and result.int8_score == int8.score
     assert 0 < len(result.keep_float) < len(calibrated.plan.nodes)
     assert [d["node"] for d in result.decisions] == result.keep_float
     assert all("reason" in d for d in result.decisions)
     assert evaluate(calibrated.quantized(result.keep_float)).score == result.final_score
-    assert result.standard_error == 0.0  # met at 0 points: nothing flipped
-    generous = search_mixed(calibrated, evaluate, fp32, max_drop=100.0)
+    assert standard_error_of_drop(judge.primary, reference, result.final.outputs) == 0.0  # met at 0: nothing flipped
+    generous = search_mixed(calibrated, evaluate, fp32, budget(fp32, 100.0))
     assert generous.keep_float == [] and generous.met and generous.evaluations == 1
-    assert generous.standard_error == pytest.approx(drop_standard_error(fp32.correct, int8.correct)) and generous.standard_error > 0
+    agree = int8.outputs[0].argmax(1) == reference[0].argmax(1)
+    error = standard_error_of_drop(judge.primary, reference, generous.final.outputs)
+    assert error == pytest.approx(drop_standard_error(np.ones(len(agree), bool), agree)) and error > 0
 
 
 def test_drop_standard_error_counts_flipped_samples() -> None:
@@ -266,7 +271,7 @@ def test_mixed_build_reports_float_layers(tmp_path: Path, monkeypatch) -> None:
     build = edgec.compile(path, "intel-cpu", "mixed", calibration=data, max_accuracy_drop=0.0, calibration_method="minmax",
                           output_dir=tmp_path / "o", profile_runs=10, progress=False, use_cache=False)
     mixed = build.report["mixed_precision"]
-    assert mixed["met"] and mixed["metric"].startswith("top-1 agreement") and mixed["int8"] < mixed["fp32"]
+    assert mixed["met"] and mixed["metric"] == "top1 agreement with fp32" and mixed["int8"] < mixed["fp32"]
     assert mixed["float_layers"] and mixed["search_data"].startswith("16 validation samples")
     assert mixed["standard_error_points"] == 0.0  # a 0-point budget met: no sample flipped
     # The budget was checked on the samples the report's accuracy comparison scores: they agree.

@@ -6,20 +6,21 @@
    few hundred labelled samples can.
 3. Prefer layers whose int8 speed-up on the target is small: rank by sensitivity per millisecond
    of int8 gain (measured per layer from the target's own profiles, when given).
-4. Greedily return layers to float in that order until the budget metric (labelled accuracy, or
-   top-1 agreement with fp32 without labels) is within `max_drop` points of fp32. Layers that do not
-   help alone are tried last (the budget may need several together); with every layer in float the
-   model is the fp32 one, so a budget is always met in the end.
+4. Greedily return layers to float in that order until the goal is met: a budget (the primary metric, in
+   the user's labels or in agreement with fp32, within `max_drop` points of fp32), or the int8 check's
+   floor on every output (the pipeline's int8 guard). Layers that do not help alone are tried last (the
+   goal may need several together); with every layer in float the model is the fp32 one, so a goal that
+   fp32 meets is always met in the end.
 
-The result carries the standard error of the final drop on the scoring samples: with a few hundred
-samples it is often larger than the budget, and the report says so.
+The caller states the standard error of the final drop on the scoring samples (metrics.standard_error_of_drop):
+with a few hundred samples it is often larger than the budget, and the report says so.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ..accuracy import Evaluation, drop_standard_error
+from ..accuracy import Evaluation
 from ..errors import ConfigError
 from ..model import Model
 from .ptq import Calibrated
@@ -35,24 +36,32 @@ class MixedResult:
     int8_score: float
     final_score: float
     metric: str
-    standard_error: float = 0.0  # of the final drop, points
+    final: Evaluation
     decisions: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
 
 
-def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation], fp32: Evaluation,
-                 max_drop: float, gains_ms: Mapping[str, float] | None = None, metric: str = "",
-                 progress: Callable[[int, int], None] | None = None,
-                 rank_evaluate: Callable[[Model], Evaluation] | None = None) -> MixedResult:
-    """Greedy search (module docstring); `fp32` is `evaluate`'s score of the fp32 model. The per-layer sensitivity
-    pass scores with `rank_evaluate` (default `evaluate`): its output error needs fewer samples than the budget
-    check. `progress(done, total)` follows that pass."""
+def budget(fp32: Evaluation, max_drop: float) -> Callable[[Evaluation], bool]:
+    """The goal of a mixed build: the primary metric at most `max_drop` points below fp32's."""
     if max_drop < 0:
         raise ConfigError(f"--max-accuracy-drop must be >= 0 points (got {max_drop}).")
-    int8 = evaluate(calibrated.quantized())
-    count = 1
-    result = MixedResult([], fp32.score - int8.score <= max_drop, fp32.score, int8.score, int8.score, metric,
-                         drop_standard_error(fp32.correct, int8.correct))
+    return lambda e: fp32.score - e.score <= max_drop
+
+
+def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation], fp32: Evaluation,
+                 goal: Callable[[Evaluation], bool], gains_ms: Mapping[str, float] | None = None, metric: str = "",
+                 progress: Callable[[int, int], None] | None = None,
+                 rank_evaluate: Callable[[Model], Evaluation] | None = None,
+                 int8: Evaluation | None = None) -> MixedResult:
+    """Greedy search (module docstring) until `goal(evaluation)`; `fp32` is `evaluate`'s score of the fp32 model,
+    `int8` of the full int8 model when known. The per-layer sensitivity pass scores with `rank_evaluate` (default
+    `evaluate`): its output error needs fewer samples than the goal's check. `progress(done, total)` follows
+    that pass."""
+    count = 0
+    if int8 is None:
+        int8 = evaluate(calibrated.quantized())
+        count += 1
+    result = MixedResult([], goal(int8), fp32.score, int8.score, int8.score, metric, int8)
     if result.met:
         result.evaluations = count
         return result
@@ -87,12 +96,12 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
                        + (f", and int8 saves only {gain:.4f} ms on it" if gain is not None else "")) if recovered > 0
                       else "no layer that helps alone was enough: tried next, in order of its own effect",
         })
-        if fp32.score - final.score <= max_drop:
+        if goal(final):
             break
     result.keep_float = keep
     result.final_score = final.score
-    result.met = fp32.score - final.score <= max_drop
-    result.standard_error = drop_standard_error(fp32.correct, final.correct)
+    result.final = final
+    result.met = goal(final)
     result.evaluations = count
     return result
 

@@ -33,8 +33,8 @@ def main() -> None:
     acc = build.report["accuracy"]
     lab = acc.get("labelled", {})
     print()
-    print(f"accuracy on {acc['samples']} labelled test images: {100 * lab.get('accuracy', float('nan')):.2f}% "
-          f"(PyTorch-exported fp32 reference {100 * lab.get('reference_accuracy', float('nan')):.2f}%), "
+    print(f"accuracy on {acc['samples']} labelled test images: {lab.get('value', float('nan')):.2f}% "
+          f"(PyTorch-exported fp32 reference {lab.get('reference', float('nan')):.2f}%), "
           f"top-1 agreement {100 * acc['top1_agreement']:.2f}%, max abs error {acc['max_abs_error']:.2e}")
     files = ["manifest.json"] + [f["path"] for f in build.manifest["files"]]
     print(f"output folder: {build.output_dir}/  ({', '.join(files)})")
