@@ -52,7 +52,7 @@ HELD_OUT = 100
 HELD_OUT_DETECTOR = 200
 BOOTSTRAP = 400
 OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
-SMALL = ("ppocr-cls-v2", "pplcnet-orientation", "magika-v3.3", "ddddocr-det", "ppocr-rec-v4", "ddddocr-ocr-beta",
+SMALL = ("ddddocr-det", "ppocr-cls-v2", "pplcnet-orientation", "magika-v3.3", "ppocr-rec-v4", "ddddocr-ocr-beta",
          "silero-vad-v6-seq", "bert-tiny", "vit-digits")
 BIG = ("picodet-layout-cdla", "ppocr-det-v4")  # minutes per tool: --big
 
@@ -68,6 +68,7 @@ class Task:
     prepare: Callable[[list[np.ndarray]], Any]
     score: Callable[[list[Any], list[Any]], float]
     labelled: bool = False
+    pseudo: Callable[[Any], Any] | None = None  # labelled tasks: fp32's prepared output as a label (no labels)
 
 
 def _mean_points(same: Callable[[Any, Any], float]) -> Callable[[list[Any], list[Any]], float]:
@@ -96,8 +97,9 @@ TOP1 = Task("top-1 agreement with fp32 %", lambda o: int(np.asarray(o[0]).reshap
 TASKS: dict[str, Task] = {
     "ppocr-cls-v2": TOP1, "pplcnet-orientation": TOP1, "magika-v3.3": TOP1,
     "vit-digits": Task("accuracy on labels %", lambda o: int(np.asarray(o[0]).reshape(-1).argmax()),
-                       _mean_points(lambda c, t: float(c == t)), labelled=True),
-    "ddddocr-det": Task("mAP@0.5 on labels", lambda o: zd.decode_ddddocr(o[0]), zd.map50, labelled=True),
+                       _mean_points(lambda c, t: float(c == t)), labelled=True, pseudo=lambda c: c),
+    "ddddocr-det": Task("mAP@0.5 on labels", lambda o: zd.decode_ddddocr(o[0]), zd.map50, labelled=True,
+                        pseudo=lambda d: np.column_stack([d[d[:, 4] >= 0.25][:, 5], d[d[:, 4] >= 0.25][:, :4]])),
     "picodet-layout-cdla": Task("score-head IoU with fp32 % (class scores > 0.3)",
                                 lambda o: np.concatenate([np.asarray(x).reshape(-1) > 0.3 for x in o[:4]]),
                                 _mean_points(_set_iou)),
@@ -127,19 +129,27 @@ def score_with_error(task: Task, ref: list[Any], cand: list[Any], truth: list[An
     return base, got, float(np.std(drops))
 
 
-def edgec_metric(task: Task, rows: Sequence[int]) -> Callable[[list[np.ndarray], Any], float]:
-    """The task as edgec's planned metric callable ``metric(outputs, truth) -> points``: ``outputs`` holds each
-    model output stacked over the samples (``rows[k]`` rows per sample for output k); ``truth`` is the labels
-    (a list per sample) or fp32's outputs in the same stacked layout."""
+def edgec_metric(task: Task) -> Callable[[list[np.ndarray], Any], float]:
+    """The task as edgec's metric callable ``metric(outputs, truth) -> points``: ``outputs`` holds each model
+    output over the samples, axis 0 the sample (edgec stacks per-sample outputs, or joins them along a batch dim
+    of 1); ``truth`` is the labels (one per sample) or fp32's outputs in the same layout."""
     def split(stacked: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
-        n = len(stacked[0]) // rows[0]
-        return [[np.asarray(o)[i * r:(i + 1) * r] for o, r in zip(stacked, rows)] for i in range(n)]
+        return [[np.asarray(o)[i] for o in stacked] for i in range(len(stacked[0]))]
+
+    def is_outputs(truth: Any, n: int) -> bool:
+        return (isinstance(truth, (list, tuple)) and len(truth) == n_outputs[0] and n > 1
+                and all(isinstance(t, np.ndarray) and len(t) == n for t in truth))
+
+    n_outputs = [0]
 
     def metric(outputs: list[np.ndarray], truth: Any) -> float:
+        n_outputs[0] = len(outputs)
         cand = [task.prepare(o) for o in split(outputs)]
-        if task.labelled:
+        if not is_outputs(truth, len(cand)):  # the labels
             return task.score(cand, list(truth))
-        return task.score(cand, [task.prepare(o) for o in split(truth)])
+        ref = [task.prepare(o) for o in split(truth)]  # fp32's outputs: agreement with them, in the task's terms
+        return task.score(cand, [task.pseudo(r) for r in ref] if task.pseudo else ref)
+    metric.__name__ = task.name
     return metric
 
 
@@ -204,7 +214,7 @@ def vit_bench(held: int) -> Bench:
         prog.save(str(tmp))
         tmp.replace(onnx_path)
     held = min(held, len(held_feeds) - SEARCH)
-    return Bench("vit-digits", onnx_path, {"pixel_values": (1, 1, 32, 32)}, calib, held_feeds[held:held + SEARCH],
+    return Bench("vit-digits", onnx_path, {"pixel_values": tuple(calib[0]["pixel_values"].shape)}, calib, held_feeds[held:held + SEARCH],
                  held_feeds[:held], TASKS["vit-digits"], transformer=True, held_truth=[int(v) for v in labels[:held]],
                  search_truth=[int(v) for v in labels[held:held + SEARCH]])
 
@@ -219,6 +229,7 @@ class Result:
     fp32_score: float | None = None
     drop_se: float | None = None
     latency_ms: float | None = None
+    latency_min_ms: float | None = None  # the fastest run: less hit by the machine's other load than p50
     runtime: str = ""
     quant_seconds: float | None = None
     error: str = ""
@@ -259,13 +270,12 @@ def edgec_build(b: Bench, precision: str, work: Path, budget: float, metric_api:
     data: dict[str, Any] = {k: np.stack([f[k] for f in b.calib]) for k in b.calib[0]}
     data.update({f"val_{k}": np.stack([f[k] for f in b.search]) for k in b.search[0]})
     kwargs: dict[str, Any] = {}
+    if b.search_truth is not None:  # boxes: a [k, 5] array per sample; classes: one id per sample
+        boxes = b.name == "ddddocr-det"
+        if metric_api or not boxes:
+            data["val_boxes" if boxes else "val_y"] = b.search_truth if boxes else np.asarray(b.search_truth)
     if metric_api:
-        ref = _ort_runner(b.onnx)(b.search[0])
-        kwargs["metric"] = edgec_metric(b.task, [max(1, np.atleast_1d(o).shape[0]) for o in ref])
-        if b.search_truth is not None:
-            data["val_y"] = b.search_truth
-    elif b.task.labelled and b.name == "vit-digits":
-        data["val_y"] = np.asarray(b.search_truth)
+        kwargs["metric"] = edgec_metric(b.task)
     if precision == "mixed":
         kwargs["max_accuracy_drop"] = budget
     out = work / f"{b.name}-{precision}"
@@ -278,6 +288,7 @@ def edgec_build(b: Bench, precision: str, work: Path, budget: float, metric_api:
     info = {"check_ok": acc.get("ok"), "criterion": acc.get("criterion"),
             "int8_layers": next((p["config"].get("int8_nodes") for p in build.manifest["passes"]
                                  if p["name"] == "quantize-int8"), None)}
+    info["edgec_says"] = {k: acc.get(k) for k in ("metric", "score", "labelled") if k in acc}
     mixed = build.report.get("mixed_precision")
     if mixed:
         info["mixed"] = {k: mixed.get(k) for k in ("metric", "budget_points", "met", "fp32", "int8", "mixed",
@@ -317,8 +328,9 @@ def ort_build(b: Bench, work: Path) -> tuple[Path, float]:
     return out, time.perf_counter() - t0
 
 
-def time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, float]:
-    """p50 (ms) of each call, timed in ``rounds`` rounds that take turns (``per_round`` runs each after 3
+def time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int, per_round: int
+                     ) -> dict[str, tuple[float, float]]:
+    """(p50, min) in ms of each call, timed in ``rounds`` rounds that take turns (``per_round`` runs each after 3
     warm-up runs per round), so the machine's load changes hit every tool alike."""
     times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
@@ -329,7 +341,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int, per_round
                 t0 = time.perf_counter()
                 call()
                 times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
 # ------------------------------------------------------------------------------------------------ a model
@@ -376,13 +388,18 @@ def run_model(b: Bench, work: Path, budget: float, metric_api: bool, rounds: int
     for r in results:
         key = "fp32 (OpenVINO)" if r.tool == "fp32" else r.tool
         if key in lat:
-            r.latency_ms = lat[key]
+            r.latency_ms, r.latency_min_ms = lat[key]
             if r.tool == "fp32":
                 r.runtime = "metric: ONNX Runtime; latency: OpenVINO CPU"
     return results
 
 
 # ------------------------------------------------------------------------------------------------- output
+def _pts(x: float) -> str:
+    """Points: 2 decimals, 3 below 0.1 (a cosine's drops are small)."""
+    return f"{x:.3f}" if abs(x) < 0.1 else f"{x:.2f}"
+
+
 def _cell(r: Result) -> str:
     if r.error:
         return f"FAILED: {r.error}"
@@ -396,19 +413,21 @@ def _cell(r: Result) -> str:
 
 def table(results: Sequence[Result]) -> str:
     """Markdown: one row per model and tool."""
-    lines = ["| model | metric | tool | score | drop vs fp32 +- SE | latency p50 ms (runtime) | vs NNCF | quant. s | notes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | metric | tool | score | drop vs fp32 +- SE | latency p50 ms (runtime) | vs NNCF | min vs NNCF "
+             "| quant. s | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
     nncf = {r.model: r.latency_ms for r in results if r.tool == "NNCF" and r.latency_ms}
+    nncf_min = {r.model: r.latency_min_ms for r in results if r.tool == "NNCF" and r.latency_min_ms}
     for r in results:
         metric = TASKS[r.model].name if r.tool == "fp32" else ""
         if r.error:
-            lines.append(f"| {r.model} | {metric} | {r.tool} | **failed** | | | | | {r.error[:200]} |")
+            lines.append(f"| {r.model} | {metric} | {r.tool} | **failed** | | | | | | {r.error[:200]} |")
             continue
-        drop = "-" if r.tool == "fp32" else f"{r.fp32_score - r.score:+.2f} +- {r.drop_se:.2f}"
+        drop = "-" if r.tool == "fp32" else f"{r.fp32_score - r.score:+.2f} +- {_pts(r.drop_se)}"
         lat = f"{r.latency_ms:.2f} ({r.runtime})" if r.latency_ms is not None else "-"
         ratio = f"{r.latency_ms / nncf[r.model]:.2f}x" if r.latency_ms and r.model in nncf else "-"
+        rmin = f"{r.latency_min_ms / nncf_min[r.model]:.2f}x" if r.latency_min_ms and r.model in nncf_min else "-"
         q = f"{r.quant_seconds:.1f}" if r.quant_seconds is not None else "-"
-        lines.append(f"| {r.model} | {metric} | {r.tool} | {r.score:.2f} | {drop} | {lat} | {ratio} | {q} | "
+        lines.append(f"| {r.model} | {metric} | {r.tool} | {r.score:.2f} | {drop} | {lat} | {ratio} | {rmin} | {q} | "
                      f"{_notes(r)} |")
     return "\n".join(lines)
 
@@ -441,7 +460,7 @@ def compact(results: Sequence[Result]) -> str:
             elif r.error:
                 cells.append("failed")
             else:
-                c = f"{r.fp32_score - r.score:+.2f}+-{r.drop_se:.2f}"
+                c = f"{r.fp32_score - r.score:+.2f} +- {_pts(r.drop_se)}"
                 if r.latency_ms and nncf and nncf.latency_ms and not nncf.error:
                     c += f", {r.latency_ms / nncf.latency_ms:.2f}x"
                 cells.append(c)
@@ -473,8 +492,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--held-out", type=int, default=None, help=f"held-out samples (default {HELD_OUT}; "
                    f"{HELD_OUT_DETECTOR} for the detector)")
     p.add_argument("--budget", type=float, default=1.0, help="mixed's budget in points of the metric (default 1.0)")
-    p.add_argument("--out", type=Path, help="write the markdown here and the results as .json beside it")
+    p.add_argument("--out", type=Path, help="write the markdown here and the results as .json beside it (the "
+                   ".json after every model)")
+    p.add_argument("--update", type=Path, metavar="JSON", help="results of an earlier run (--out's .json): its "
+                   "models not run again here stay in the table")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only write the tables of earlier results (with --out)")
     args = p.parse_args(argv)
+    if args.render:
+        results = [Result(**r) for r in json.loads(args.render.read_text())]
+        md = args.render.with_suffix(".md")
+        text = render(results, md.read_text().split("\n\n")[0] + "\n" if md.exists() else
+                      f"# python -m benchmarks.zoo_accuracy: {args.render}\n")
+        (args.out or args.render.with_suffix(".md")).write_text(text)
+        print(text)
+        return 0
     names = args.models.split(",") if args.models else list(SMALL) + (list(BIG) if args.big else [])
     import edgec
     metric_api = "metric" in inspect.signature(edgec.compile).parameters
@@ -493,18 +524,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {len(b.calib)} calibration, {len(b.search)} search, {len(b.held)} held-out", flush=True)
             results += run_model(b, Path(tmp), args.budget, metric_api, rounds)
             print(f"  ({time.time() - t0:.0f} s)", flush=True)
+            if args.out:
+                _save(args.out.with_suffix(".json"), results)
+    if args.update:
+        fresh = {r.model for r in results}
+        results = [Result(**r) for r in json.loads(args.update.read_text()) if r["model"] not in fresh] + results
     head = (f"# python -m benchmarks.zoo_accuracy {' '.join(argv if argv is not None else sys.argv[1:])}\n"
             f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))}, {_cpu()} (2 cores, shared, noisy), "
             f"{_versions()}; {time.time() - t_start:.0f} s.\n# {CALIBRATION} calibration samples; edgec's check and "
             f"mixed search on {SEARCH} other samples; scored on the held-out samples. edgec metric API "
             f"(metric=): {'yes' if metric_api else 'NO: mixed budget in edgec default metric'}.\n")
-    text = head + "\n" + table(results) + "\n\nCompact (drop vs fp32 +- SE in points; latency / NNCF's):\n\n" \
-        + compact(results) + "\n"
+    text = render(results, head)
     print("\n" + text)
     if args.out:
         args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
+        _save(args.out.with_suffix(".json"), results)
     return 0
+
+
+def render(results: Sequence[Result], head: str) -> str:
+    """The markdown: ``head``, the full table, the compact one."""
+    return (head + "\n" + table(results) + "\n\nCompact (drop vs fp32 +- SE in points; latency / NNCF's):\n\n"
+            + compact(results) + "\n")
+
+
+def _save(path: Path, results: Sequence[Result]) -> None:
+    path.write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
 
 
 if __name__ == "__main__":
