@@ -27,7 +27,6 @@ build, accuracy check and a short profile, as a user runs it).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import platform
@@ -49,6 +48,7 @@ Feed = dict[str, np.ndarray]
 CALIBRATION = 64
 SEARCH = 64           # edgec's check / mixed-search split (disjoint from the held-out samples)
 HELD_OUT = 100
+TOOLS = ("edgec int8", "edgec mixed", "NNCF", "ORT")
 HELD_OUT_DETECTOR = 200
 BOOTSTRAP = 400
 OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
@@ -186,18 +186,9 @@ def zoo_bench(name: str, held: int) -> Bench:
 
 
 def _vit_module():  # noqa: ANN202
-    """benchmarks/vit_digits.py (another helper's, branch h16-b); from /work/wt-b until it is merged here."""
-    try:
-        from benchmarks import vit_digits  # type: ignore[attr-defined]
-        return vit_digits
-    except ImportError:
-        path = Path("/work/wt-b/benchmarks/vit_digits.py")
-        spec = importlib.util.spec_from_file_location("vit_digits", path)
-        if spec is None or not path.exists():
-            raise RuntimeError(f"benchmarks/vit_digits.py is neither here nor at {path}") from None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-        return mod
+    """benchmarks/vit_digits.py (imported lazily: it needs torch and transformers)."""
+    from benchmarks import vit_digits
+    return vit_digits
 
 
 def vit_bench(held: int) -> Bench:
@@ -345,8 +336,9 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int, per_round
 
 
 # ------------------------------------------------------------------------------------------------ a model
-def run_model(b: Bench, work: Path, budget: float, metric_api: bool, rounds: int) -> list[Result]:
-    """Every tool on one model; a tool that raises gets its error in its row, the others still run."""
+def run_model(b: Bench, work: Path, budget: float, metric_api: bool, rounds: int,
+              tools: Sequence[str] = TOOLS) -> list[Result]:
+    """Every tool in `tools` on one model; a tool that raises gets its error in its row, the others still run."""
     task = b.task
     fp32 = _ort_runner(b.onnx)
     ref_raw = [fp32(f) for f in b.held]
@@ -362,6 +354,8 @@ def run_model(b: Bench, work: Path, budget: float, metric_api: bool, rounds: int
     timed["fp32 (OpenVINO)"] = (lambda r: lambda: r(feed))(_ov_runner(ov_fp32))
 
     def tool(name: str, build: Callable[[], tuple[Callable[[Feed], list[np.ndarray]], float, dict]], runtime: str) -> None:
+        if name not in tools:
+            return
         r = Result(b.name, name, runtime=runtime)
         try:
             run, r.quant_seconds, r.extra = build()
@@ -491,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="32 held-out samples, 3 timing rounds")
     p.add_argument("--held-out", type=int, default=None, help=f"held-out samples (default {HELD_OUT}; "
                    f"{HELD_OUT_DETECTOR} for the detector)")
+    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated, of {','.join(TOOLS)}")
     p.add_argument("--budget", type=float, default=1.0, help="mixed's budget in points of the metric (default 1.0)")
     p.add_argument("--out", type=Path, help="write the markdown here and the results as .json beside it (the "
                    ".json after every model)")
@@ -522,13 +517,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(Result(name, "fp32", error=f"samples: {type(e).__name__}: {e}"))
                 continue
             print(f"{name}: {len(b.calib)} calibration, {len(b.search)} search, {len(b.held)} held-out", flush=True)
-            results += run_model(b, Path(tmp), args.budget, metric_api, rounds)
+            results += run_model(b, Path(tmp), args.budget, metric_api, rounds, args.tools.split(","))
             print(f"  ({time.time() - t0:.0f} s)", flush=True)
             if args.out:
                 _save(args.out.with_suffix(".json"), results)
     if args.update:
-        fresh = {r.model for r in results}
-        results = [Result(**r) for r in json.loads(args.update.read_text()) if r["model"] not in fresh] + results
+        fresh = {(r.model, r.tool) for r in results}
+        results = [Result(**r) for r in json.loads(args.update.read_text())
+                   if (r["model"], r["tool"]) not in fresh] + results
     head = (f"# python -m benchmarks.zoo_accuracy {' '.join(argv if argv is not None else sys.argv[1:])}\n"
             f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))}, {_cpu()} (2 cores, shared, noisy), "
             f"{_versions()}; {time.time() - t_start:.0f} s.\n# {CALIBRATION} calibration samples; edgec's check and "

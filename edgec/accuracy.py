@@ -71,7 +71,7 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], la
         "cosine_mean": min(r["cosine_mean"] for r in rows), "cosine_min": min(r["cosine_min"] for r in rows),
         "max_abs_error": max(r["max_abs_error"] for r in rows), "rel_l2_error": max(r["rel_l2_error"] for r in rows),
         "outputs": rows}
-    if primary.output is None:
+    if primary.output is None and labels is None:  # a callable: its truth is the labels when there are any
         result["score"] = round(primary.score(candidate, reference), 4)
     if judge.per_output[0].name == "top1":
         result["top1_agreement"] = round(rows[0]["agreement"] / 100, 5)
