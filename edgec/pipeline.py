@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 from . import accuracy, cache, metrics
 from .backends import Backend, get_backend
 from .calibration import CalibrationSet, Samples, fixed_inputs, synthetic_samples
@@ -88,7 +87,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     outputs); it is the primary metric. `max_accuracy_drop` is the budget for `mixed`, in points of the primary
     metric (against labels when given, else agreement with fp32). Writes `output_dir` atomically: on
     any failure or interrupt the previous folder (or nothing) remains. A build that fails its accuracy check
-    (CHECK_CRITERION) raises AccuracyCheckFailed and is moved to `<output_dir>.rejected/` for inspection, unless
+    (accuracy.check: every output, in its metric for int8) raises AccuracyCheckFailed and is moved to `<output_dir>.rejected/` for inspection, unless
     `accept_inaccurate`; a build that can't be checked here says so in report.json ("accuracy": {"skipped"}).
     """
     tgt = load_target(target)
