@@ -1,7 +1,7 @@
 """ddddocr-det int8 variants: which of edgec's calibration choices costs mAP@0.5 (one process, the samples of
 benchmarks/zoo_accuracy.py: 64 calibration, 64 search, 200 labelled held-out captchas). Run by hand:
 `python -m benchmarks.ddddocr_det_ranges`; results in benchmarks/results/ddddocr-det-ranges-2026-12-05-amd-epyc.txt."""
-import sys, time
+import time
 import numpy as np
 import edgec
 from benchmarks import zoo_accuracy as za
@@ -13,7 +13,6 @@ truth = b.held_truth
 base = task.score(ref, truth)
 data = {k: np.stack([f[k] for f in b.calib]) for k in b.calib[0]}
 data.update({f"val_{k}": np.stack([f[k] for f in b.search]) for k in b.search[0]})
-import openvino as ov
 for name, kw in [("minmax, nearest, no search", dict(calibration_method="minmax", weight_rounding="nearest", range_search=0)),
                  ("percentile, nearest, no search", dict(weight_rounding="nearest", range_search=0)),
                  ("default (percentile, gptq, search 64)", {}),
