@@ -97,17 +97,10 @@ def _output_row(name: str, metric: Metric, reference: Sequence[np.ndarray],
                            "cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6),
                            "max_abs_error": float(np.abs(ref - cand).max()) if ref.size else 0.0,
                            "rel_l2_error": round(float(np.linalg.norm(ref - cand) / max(np.linalg.norm(ref), 1e-12)), 6)}
-    quiet = _negligible(ref, cand)
+    quiet = int(metrics.negligible(ref, cand).sum())
     if quiet:
         row["negligible_samples"] = quiet
     return row
-
-
-def _negligible(ref: np.ndarray, cand: np.ndarray) -> int:
-    n = ref.shape[0]
-    r, c = np.abs(ref.reshape(n, -1)), np.abs(cand.reshape(n, -1))
-    floor = metrics.NEGLIGIBLE * max(1.0, float(r.max()) if r.size else 1.0)
-    return int(((r.max(1, initial=0.0) <= floor) & (c.max(1, initial=0.0) <= floor)).sum())
 
 
 def check(result: dict[str, Any], precision: str) -> dict[str, Any]:

@@ -167,9 +167,16 @@ def cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     n = ref.shape[0]
     r, c = ref.reshape(n, -1).astype(np.float64), cand.reshape(n, -1).astype(np.float64)
     cos = (r * c).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-12)
-    floor = NEGLIGIBLE * max(1.0, float(np.abs(r).max()) if r.size else 1.0)
-    quiet = (np.abs(r).max(1, initial=0.0) <= floor) & (np.abs(c).max(1, initial=0.0) <= floor)
-    return np.where(quiet, 1.0, cos)
+    return np.where(negligible(ref, cand), 1.0, cos)
+
+
+def negligible(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per sample of [N, ...] arrays: both sides all but zero (under NEGLIGIBLE of the reference's largest
+    magnitude, at least 1): a text map of a photo, where there is no direction to compare and both agree."""
+    n = ref.shape[0]
+    r, c = np.abs(ref.reshape(n, -1)), np.abs(cand.reshape(n, -1))
+    floor = NEGLIGIBLE * max(1.0, float(r.max()) if r.size else 1.0)
+    return (r.max(1, initial=0.0) <= floor) & (c.max(1, initial=0.0) <= floor)
 
 
 def cosine(cand: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -400,11 +407,8 @@ def for_model(proto: Any, reference: Sequence[np.ndarray], spec: Any = None) -> 
     if callable(spec):
         name = getattr(spec, "__name__", "metric")
         return chosen, Metric(name, None, "given in Python", spec, spec)
+    check_spec(spec, names)
     wanted = {names[0]: spec} if isinstance(spec, str) else dict(spec)
-    unknown = sorted(set(wanted) - set(names))
-    if unknown:
-        raise ConfigError(f"--metric names output(s) {', '.join(unknown)} the model does not have; its outputs: "
-                          f"{', '.join(names)}.")
     for out, name in wanted.items():
         i = names.index(out)
         chosen[i] = named(name, i, reference[i])
