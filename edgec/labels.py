@@ -83,6 +83,8 @@ def coco_boxes(path: Path, images: Sequence[Path], place: Placement) -> list[np.
         by_name = {Path(im["file_name"]).name: im for im in data["images"]}
         boxes: dict[int, list[list[float]]] = {}
         for a in data.get("annotations", []):
+            if len(a["bbox"]) != 4:
+                raise ValueError(f"annotation bbox {a['bbox']} is not [x, y, w, h]")
             boxes.setdefault(a["image_id"], []).append([float(a["category_id"]), *map(float, a["bbox"])])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"Could not read COCO labels from '{path}': {e}. Give a COCO instances json with "

@@ -55,8 +55,8 @@ class Metric:
 
     def score(self, outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray], labels: Labels | None = None) -> float:
         """Against the labels when given and read by this metric, else agreement with the fp32 `reference`."""
-        if labels is not None and self.labelled is not None:
-            return float(self.labelled(outputs, labels))
+        if self.against_labels(labels):
+            return float(self.labelled(outputs, labels))  # type: ignore[misc]
         return float(self.agree(outputs, reference))
 
     def against_labels(self, labels: Labels | None) -> bool:
@@ -118,6 +118,9 @@ def top5_labelled(cand: np.ndarray, labels: Labels) -> np.ndarray:
 
 
 def _label_ids(labels: Labels, rows: int) -> np.ndarray:
+    if isinstance(labels, list):
+        raise ConfigError("The labels are detection boxes, but the metric compares class ids: name the detection "
+                          "output's metric (--metric OUTPUT=map50), or give class labels (y / val_y).")
     ids = np.asarray(labels).reshape(-1)
     if len(ids) != rows:
         raise ConfigError(f"{len(ids)} class labels for {rows} output rows: give one label per sample (or per row).")
@@ -277,6 +280,9 @@ def _found(cand: np.ndarray, layout: str) -> list[tuple[np.ndarray, np.ndarray, 
 def map50_labelled(layout: str) -> Callable[[np.ndarray, Labels], float]:
     """mAP@0.5 of stacked detection outputs against labelled boxes (one [k, 5] array per sample)."""
     def score(cand: np.ndarray, labels: Labels) -> float:
+        if not isinstance(labels, list):
+            raise ConfigError("map50 against labels needs boxes (boxes / val_boxes, YOLO txt or --labels COCO json); "
+                              "the labels given are class ids.")
         if len(labels) != len(cand):
             raise ConfigError(f"{len(labels)} box labels for {len(cand)} samples: give one [k, 5] array (class, "
                               "x1, y1, x2, y2 in input pixels) per sample, empty where nothing is there.")

@@ -257,3 +257,12 @@ def test_box_labels_in_python_data() -> None:
         CalibrationSet({"x": x, "boxes": boxes, "y": np.zeros(3)}).load(model.inputs)
     with pytest.raises(ConfigError, match=r"\[M, 6\] rows"):
         CalibrationSet({"x": x, "boxes": np.zeros((2, 4))}).load(model.inputs)
+
+
+def test_labels_of_the_wrong_kind_are_a_config_error() -> None:
+    ref = RNG.random((2, 1200, 6))
+    boxes = [np.zeros((0, 5)), np.array([[0, 1, 1, 5, 5]])]
+    with pytest.raises(ConfigError, match="detection boxes"):
+        metrics.named("top1", 0, RNG.random((2, 4))).score([RNG.random((2, 4))], [RNG.random((2, 4))], boxes)
+    with pytest.raises(ConfigError, match="needs boxes"):
+        metrics.named("map50", 0, ref).score([ref], [ref], np.array([0, 1]))
