@@ -134,7 +134,8 @@ def test_layer_precision_variants() -> None:
         return {"Inputs": [{key: inp}], "Outputs": [{key: out}]}
     fp16 = "Channel major FP16 format where channel % 8 == 0"
     assert layer_precision(layer("Row major linear FP32", fp16)) == "fp16"
-    assert layer_precision(layer("Four wide channel vectorized row major Int8 format", "Row major linear FP32")) == "int8"
+    int8 = "Four wide channel vectorized row major Int8 format"
+    assert layer_precision(layer(int8, "Row major linear FP32")) == "int8"
     assert layer_precision(layer("Half", "BFloat16")) == "bf16"
     assert layer_precision(layer("Float", "Float")) == "fp32"
     assert layer_precision(layer("Int32", "Bool", key="Datatype")) == "bool"
@@ -203,3 +204,20 @@ def test_dla_fallback() -> None:
     assert rows[1]["onnx_nodes"] == ["Conv_0", "Relu_1", "Conv_2"]
     assert dla_fallback(rows) == ["NonMaxSuppression_3"]
     assert dla_fallback(layer_rows(_load("resnet.fp16.onnx.engine.graph.json"), [])) == []
+
+
+def test_dla_from_a_profile_without_layer_info() -> None:
+    """A trtexec profile of a DLA engine without --exportLayerInfo (layer names as in NVIDIA/TensorRT#3143): the
+    "{ForeignNode[...]}" layer is the DLA subgraph because the engine has "... to nvm" transfer layers, so only
+    the GPU layer that computes an ONNX node is fallback; without transfer layers a ForeignNode stays GPU
+    (Myelin)."""
+    order = ["Conv_0", "Relu_1", "Concat_198", "TopK_199"]
+    profile = [{"count": 10}] + [{"name": n, "timeMs": 1.0, "averageMs": 0.1, "medianMs": 0.1, "percentage": 20}
+                                 for n in ("images to nvm", "{ForeignNode[Conv_0...Concat_198]}", "head_3 from nvm",
+                                           "images copy finish", "TopK_199")]
+    rows = trtexec_rows(profile, None, order)
+    assert [r["device"] for r in rows] == ["DLA", "DLA", "DLA", "DLA", "GPU"]
+    assert rows[1]["onnx_nodes"] == ["Conv_0", "Relu_1", "Concat_198"]
+    assert dla_fallback(rows) == ["TopK_199"]
+    myelin = trtexec_rows([profile[0], profile[2], profile[5]], None, order)
+    assert [r["device"] for r in myelin] == ["GPU", "GPU"] and dla_fallback(myelin) == []

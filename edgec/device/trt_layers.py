@@ -275,7 +275,8 @@ def trtexec_rows(profile_json: Any, layer_info: Any, onnx_order: Sequence[str]) 
 
     The {"count": N} header (and any item without a "name") is skipped. Each layer's op/exec/precision come
     from `layer_info` (engine-inspector JSON) when it lists that name; when layer_info is None or lacks the
-    layer, op/exec/precision are "" and the ONNX nodes come from the name alone.
+    layer, op/exec/precision are "" and the ONNX nodes come from the name alone, and such a ForeignNode layer
+    counts as DLA when the profile has DLA transfer layers (see _infer_dla).
     """
     by_name = {}  # type: Dict[str, Any]
     for info in _layers(layer_info):
@@ -290,6 +291,18 @@ def trtexec_rows(profile_json: Any, layer_info: Any, onnx_order: Sequence[str]) 
         average = item.get("averageMs")
         time_ms = float(average) if isinstance(average, (int, float)) else None
         rows.append(_row(name, by_name.get(name), onnx_order, time_ms))
+    return _infer_dla(rows)
+
+
+def _infer_dla(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mark "{ForeignNode[...]}" rows with no LayerType (no layer info) as DLA when the engine has DLA transfer
+    layers ("x to nvm", ...): in a trtexec profile of a DLA engine the DLA subgraph shows only by that name
+    (NVIDIA/TensorRT#3143). Rows whose LayerType is known are left as they are. Returns `rows`."""
+    if not any(row["layer"].endswith(_GLUE_SUFFIXES) for row in rows):
+        return rows
+    for row in rows:
+        if not row["op"] and _FOREIGN_NODE.match(row["layer"].strip()):
+            row["device"] = "DLA"
     return rows
 
 
