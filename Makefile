@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	command -v strace >/dev/null || apt-get install -y -q strace >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q strace >/dev/null 2>&1) \
 	  || echo "note: could not install strace (needs root); the no-network test will skip"
+	# openssh-server: the ssh transport's tests (tests/test_ssh.py) drive a real sshd on 127.0.0.1; without it they skip.
+	test -x /usr/sbin/sshd || apt-get install -y -q openssh-server >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server >/dev/null 2>&1) \
+	  || echo "note: could not install openssh-server (needs root); the ssh device tests will skip"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned explicitly first: a looser requirement would pull a multi-GB CUDA build.
