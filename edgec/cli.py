@@ -102,6 +102,10 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--input-value", action="append", default=[], metavar="NAME=VALUE",
                    help="bind a constant input (e.g. sr=16000; repeatable): folded into the model, which then has "
                         "no such input; recurrent state inputs not in the data are zeros")
+    c.add_argument("--dla", type=int, metavar="N", help="TensorRT boards with DLA (jetson-agx-orin, jetson-xavier-nx), "
+                   "fp16: build for DLA core N")
+    c.add_argument("--gpu-fallback", action="store_true", help="with --dla: layers DLA cannot run fall back to the "
+                   "GPU (without it they are an error at engine build)")
     c.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/<model>-<target>-<precision>)")
     c.add_argument("--runs", type=int, default=100, help="timed runs for the built-in profile (default 100)")
     c.add_argument("--json", action="store_true", help="print the build summary as JSON")
@@ -117,16 +121,24 @@ def _add_profile_command(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("profile", help="profile a compiled output folder")
     pr.add_argument("out", metavar="OUT", help="folder written by edgec compile")
     pr.add_argument("--device", default="local",
-                    help="local (default), rpc://HOST:PORT or tracker://HOST:PORT/KEY (a board serving TVM RPC)")
+                    help="local (default), rpc://HOST:PORT or tracker://HOST:PORT/KEY (a board serving TVM RPC), or "
+                         "ssh://USER@HOST[:PORT][/DIR][?python=PATH] (a Jetson, over your OpenSSH keys)")
     pr.add_argument("--runs", type=int, default=100)
     pr.add_argument("--warmup", type=int, default=10)
+    pr.add_argument("--trtexec", action="store_true", help="TensorRT: profile with NVIDIA's trtexec (on --device) "
+                    "and map its per-layer rows back to ONNX nodes and PyTorch modules")
+    pr.add_argument("--trtexec-json", nargs="+", default=[], metavar="FILE",
+                    help="TensorRT: read trtexec JSON you already have: --exportProfile, then optionally "
+                         "--exportLayerInfo and --exportTimes output")
     pr.add_argument("--json", action="store_true", help="print edgec.profile/1 JSON")
     pr.set_defaults(func=_profile)
 
 
 def _add_build_command(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("build", help="on the device: build the TensorRT engine of a compiled bundle")
+    b = sub.add_parser("build", help="build the TensorRT engine of a compiled bundle, here or on --device")
     b.add_argument("out", metavar="OUT", help="folder written by edgec compile --target jetson...")
+    b.add_argument("--device", default="local", help="local (default: TensorRT installed here) or "
+                   "ssh://USER@HOST[:PORT][/DIR][?python=PATH]: copy the bundle there, build, bring model.engine back")
     b.set_defaults(func=_build)
 
 
@@ -166,7 +178,7 @@ def _compile(args: argparse.Namespace) -> int:
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
                     weight_rounding=args.weight_rounding, range_search=args.range_search, prune=args.prune,
                     profile_runs=args.runs, metric=metrics.parse_spec(args.metric), progress=not args.quiet,
-                    use_cache=not args.no_cache,
+                    dla=args.dla, gpu_fallback=args.gpu_fallback, use_cache=not args.no_cache,
                     accept_inaccurate=args.accept_inaccurate)
     if args.json:
         print(json.dumps(build.summary(), indent=2))
@@ -215,20 +227,23 @@ def _accuracy_lines(acc: dict) -> list[str]:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    prof = profile(args.out, device=args.device, runs=args.runs, warmup=args.warmup)
+    prof = profile(args.out, device=args.device, runs=args.runs, warmup=args.warmup, trtexec=args.trtexec,
+                   trtexec_json=args.trtexec_json)
     if args.json:
         print(json.dumps(prof.to_json(), indent=2))
         return EXIT_OK
     print(prof.table())
     acc = prof.extra.get("accuracy")
-    if acc:
+    if acc and "task_metric" in acc:
+        print("\n".join(_accuracy_lines(acc["task_metric"])).replace("accuracy vs", "device outputs vs", 1))
+    elif acc:
         print(f"outputs vs ONNX Runtime: max abs error {acc['max_abs_error']:.3g} "
               f"({'ok' if acc.get('ok') else 'MISMATCH'})")
     return EXIT_OK
 
 
 def _build(args: argparse.Namespace) -> int:
-    print(f"wrote {build_engine(args.out)}")
+    print(f"wrote {build_engine(args.out, device=args.device)}")
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import platform
 import shutil
@@ -11,11 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from . import accuracy, cache, metrics
 from .backends import Backend, get_backend
+from .backends.tensorrt import profile_with_trtexec
 from .calibration import CalibrationSet, Samples, fixed_inputs, synthetic_samples
 from .errors import AccuracyCheckFailed, ConfigError
-from .fileio import replace_dir, staged_dir, write_json_atomic
+from .device.trt_runner import CHECK_FILE as DEVICE_CHECK_FILE
+from .fileio import replace_dir, staged_dir, write_bytes_atomic, write_json_atomic
 from .frontend import to_model
 from .isolation import import_onnxruntime, isolated
 from .model import Model, load_model, node_sources
@@ -30,7 +35,7 @@ from .profile import Profile, attach_sources, not_faster
 from .progress import Steps
 from .report import MANIFEST_SCHEMA, new_manifest, new_report, write_build_files
 from .request import CompileOptions, CompileRequest
-from .target import Target, load_target
+from .target import Target, load_target, with_dla
 
 VALIDATION_SAMPLES = 1000
 SEARCH_SAMPLES = 500  # of the validation samples, those the mixed search ranks layer sensitivity on
@@ -74,8 +79,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             input_values: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
             weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None,
-            profile_runs: int = 100, metric: Any = None, progress: bool = True, use_cache: bool = True,
-            accept_inaccurate: bool = False) -> Build:
+            profile_runs: int = 100, metric: Any = None, dla: int | None = None, gpu_fallback: bool = False,
+            progress: bool = True, use_cache: bool = True, accept_inaccurate: bool = False) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
     int8 and mixed need `calibration` data; `weight_rounding` is "gptq" (error-compensating, passes/gptq.py)
@@ -89,10 +94,13 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     any failure or interrupt the previous folder (or nothing) remains. A build that fails its accuracy check
     (accuracy.check: every output, in its metric for int8) raises AccuracyCheckFailed and is moved to `<output_dir>.rejected/` for inspection, unless
     `accept_inaccurate`; a build that can't be checked here says so in report.json ("accuracy": {"skipped"}).
+    `dla` (TensorRT boards with DLA, fp16): the DLA core to build for; `gpu_fallback` lets layers DLA can't run
+    fall back to the GPU.
     """
     tgt = load_target(target)
     calib = calibration if isinstance(calibration, CalibrationSet) or calibration is None else CalibrationSet(calibration)
     precision = precision or tgt.default_precision
+    tgt = with_dla(tgt, dla, gpu_fallback, precision)
     backend = get_backend(tgt.backend)
     sdk = _sdk_versions(backend, tgt, precision)
     options = CompileOptions(tgt, precision, calib, calibration_method, weight_rounding, range_search,
@@ -262,6 +270,9 @@ class _Job:
                                                  judged_as, self.judge)
                 report["accuracy"]["runtime"] = (f"onnxruntime on this {platform.machine()} machine, executing the "
                                                  f"bundle's model.onnx; {self.backend.name} itself runs on the device")
+                if self.backend.capabilities.builds_on_device:
+                    manifest["artifact"]["files"].append(
+                        write_device_check(folder, fp32, self.reference(fp32)[0], report["accuracy"], precision))
             else:
                 report["accuracy"] = {"skipped": f"{self.backend.name} artifacts for {self.tgt.arch} do not run on this "
                                                  f"{platform.machine()} machine: `edgec profile OUT --device ...` "
@@ -454,12 +465,17 @@ def _summarize(report: Mapping[str, Any], folder: Path, files: Sequence[str]) ->
 
 @isolated
 def profile(output_dir: str | Path, device: str = "local", runs: int = 100, warmup: int = 10,
-            write: bool = True) -> Profile:
+            write: bool = True, trtexec: bool = False, trtexec_json: Sequence[str | Path] = ()) -> Profile:
     """Profile a compiled output folder on `device`; writes `profile.json` into it. Raises AccuracyCheckFailed
-    (after writing it) when the device's outputs disagree with ONNX Runtime's on the same inputs."""
+    (after writing it) when the device's outputs disagree with the reference on the same inputs.
+    `trtexec` (TensorRT builds): profile with NVIDIA's trtexec instead; `trtexec_json`: read trtexec's
+    --exportProfile [--exportLayerInfo [--exportTimes]] JSON files a user already has."""
     out = Path(output_dir)
     manifest = read_manifest(out)
-    prof = _profile_folder(out, manifest, device, runs, warmup)
+    if trtexec or trtexec_json:
+        prof = _trtexec_profile(out, manifest, device, runs, [Path(p) for p in trtexec_json])
+    else:
+        prof = _profile_folder(out, manifest, device, runs, warmup)
     if write:
         write_json_atomic(out / "profile.json", prof.to_json())
     check = prof.extra.get("accuracy") or {}
@@ -472,11 +488,11 @@ def profile(output_dir: str | Path, device: str = "local", runs: int = 100, warm
 
 
 @isolated
-def build_engine(output_dir: str | Path) -> Path:
-    """On the device: turn a TensorRT bundle into model.engine (edgec build OUT)."""
+def build_engine(output_dir: str | Path, device: str = "local") -> Path:
+    """Turn a TensorRT bundle into model.engine on `device`: here ("local") or ssh://user@host (edgec build OUT)."""
     out = Path(output_dir)
     manifest = read_manifest(out)
-    return get_backend(manifest["artifact"]["backend"]).build_engine(out, manifest)
+    return get_backend(manifest["artifact"]["backend"]).build_engine(out, manifest, device)
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -498,6 +514,49 @@ def _profile_folder(out: Path, manifest: dict[str, Any], device: str, runs: int,
         raise ConfigError(f"--runs must be at least 1 and warm-up at least 0 (got {runs}, {warmup}).")
     backend = get_backend(manifest["artifact"]["backend"])
     prof = backend.profile(out, manifest, device, runs, warmup)
+    prof.layers = attach_sources(prof.layers, node_sources(load_model(out / "model.onnx").proto))
+    return prof
+
+
+DEVICE_CHECK_SAMPLES, DEVICE_CHECK_BYTES = 16, 32 << 20
+
+
+def write_device_check(folder: Path, fp32: Model, samples: Samples, host: Mapping[str, Any], precision: str) -> str:
+    """device_check.npz: validation inputs, fp32 ONNX Runtime outputs on them (one per sample, stacked) and the
+    criteria the device runner checks its engine's outputs against: per output the host check's metric and
+    worst cosine, and a floor allowing the device twice the host's deviation (+0.002: other kernels). At most
+    DEVICE_CHECK_SAMPLES samples and DEVICE_CHECK_BYTES. Returns the file name."""
+    run = accuracy.onnx_runtime_runner(fp32.proto)
+    names = [o.name for o in fp32.proto.graph.output]
+    feeds, outputs, size = [], [], 0
+    for feed in samples.feeds[:DEVICE_CHECK_SAMPLES]:
+        result = run(feed)
+        size += sum(a.nbytes for a in feed.values()) + sum(np.asarray(o).nbytes for o in result)
+        if feeds and size > DEVICE_CHECK_BYTES:
+            break
+        feeds.append(feed)
+        outputs.append(result)
+    rows = {r["name"]: r for r in host["outputs"]}
+    criteria = {"samples": len(feeds), "precision": precision, "outputs": [
+        {"name": n, "metric": rows[n]["metric"], "host_cosine_min": rows[n]["cosine_min"],
+         "device_cosine_floor": round(max(0.0, 1 - 2 * (1 - rows[n]["cosine_min"]) - 0.002), 6)} for n in names]}
+    arrays = {"criteria": np.array(json.dumps(criteria))}
+    arrays.update({f"input.{k}": np.stack([f[k] for f in feeds]) for k in feeds[0]})
+    arrays.update({f"reference.{n}": np.stack([np.asarray(o[i]) for o in outputs]) for i, n in enumerate(names)})
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(folder / DEVICE_CHECK_FILE, buffer.getvalue())
+    return DEVICE_CHECK_FILE
+
+
+def _trtexec_profile(out: Path, manifest: dict[str, Any], device: str, runs: int, files: list[Path]) -> Profile:
+    if manifest["artifact"]["backend"] != "tensorrt":
+        raise ConfigError(f"--trtexec profiles TensorRT engines; '{out}' is a {manifest['artifact']['backend']} build.")
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing or len(files) > 3:
+        raise ConfigError(f"--trtexec-json takes 1 to 3 existing files (trtexec's --exportProfile, --exportLayerInfo, "
+                          f"--exportTimes output, in that order); not found: {', '.join(missing) or '-'}.")
+    prof = profile_with_trtexec(out, manifest, device, runs, files)
     prof.layers = attach_sources(prof.layers, node_sources(load_model(out / "model.onnx").proto))
     return prof
 

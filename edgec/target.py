@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -86,3 +87,27 @@ def _parse(path: Path) -> Target:
         round_to=int(data.get("prune", {}).get("round_to", 1)),
         options=MappingProxyType(dict(data.get(backend, {}))), path=str(path),
     )
+
+
+def with_dla(target: Target, core: int | None, gpu_fallback: bool, precision: str) -> Target:
+    """`target` with DLA core `core` chosen (a TensorRT build.json's dla_core); ConfigError saying why where it
+    can't be: a board without DLA, a core it lacks, a TensorRT without DLA (10.7 was the last), or not fp16."""
+    if core is None:
+        if gpu_fallback:
+            raise ConfigError("--gpu-fallback goes with --dla N (which layers DLA can't run fall back to the GPU).")
+        return target
+    boards = sorted(t.name for t in list_targets() if int(t.options.get("dla_cores", 0)) > 0)
+    cores = int(target.options.get("dla_cores", 0)) if target.backend == "tensorrt" else 0
+    if cores == 0:
+        raise ConfigError(f"--dla: {target.name} has no DLA ({target.description}). Targets with DLA: "
+                          f"{', '.join(boards)}; or compile without --dla (the GPU runs everything).")
+    if not 0 <= core < cores:
+        raise ConfigError(f"--dla {core}: {target.name} has DLA cores 0..{cores - 1}.")
+    version = str(target.options.get("tensorrt_version", ""))
+    if tuple(int(p) for p in re.findall(r"\d+", version)[:2]) > (10, 7):
+        raise ConfigError(f"--dla: {target.name}'s TensorRT {version} has no DLA (10.7 was the last release with it).")
+    if precision != "fp16":
+        raise ConfigError(f"--dla builds fp16 engines (DLA computes fp16 or int8, never fp32; edgec does not yet "
+                          f"check DLA's int8 rules): use --precision fp16 with --dla, not {precision}.")
+    chosen = {**target.options, "dla_core": core, "gpu_fallback": bool(gpu_fallback)}
+    return replace(target, options=MappingProxyType(chosen))

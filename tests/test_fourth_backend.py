@@ -92,7 +92,7 @@ class OnnxRuntimeBackend:
                        precision=manifest["precision"], batch=1, runs=runs, warmup=warmup,
                        latency_ms=LatencyStats.from_samples(samples), layers=with_shares(rows))
 
-    def build_engine(self, out_dir: Path, manifest: dict[str, Any]) -> Path:
+    def build_engine(self, out_dir: Path, manifest: dict[str, Any], device: str = "local") -> Path:
         raise ConfigError("ONNX Runtime builds are ready to run as they are.")
 
 

@@ -29,23 +29,25 @@ def _build_json(tmp_path: Path, model: Path, target: str, precision: str, **kw) 
 
 
 def test_the_target_file_drives_the_tensorrt_build(tmp_path: Path, tiny_onnx: Path) -> None:
-    """`jetson` resolves to jetson-orin-nano and build.json takes compute capability, workspace and TensorRT flags
-    from its file; an edited copy of the file changes exactly those."""
+    """`jetson` resolves to jetson-orin-nano and build.json takes the software stack, workspace and TensorRT flags
+    from its file; an edited copy of the file (TensorRT 8.5: weakly typed, the FP16 flag) changes exactly those."""
     stock = _build_json(tmp_path, tiny_onnx, "jetson", "fp16")
     assert stock["target"] == "jetson-orin-nano"
-    assert (stock["compute_capability"], stock["workspace_mb"], stock["builder_flags"]) == ("8.7", 2048, ["FP16"])
+    assert (stock["requires"]["compute_capability"], stock["workspace_mb"], stock["builder_flags"]) == ("8.7", 2048, [])
+    assert stock["strongly_typed"] is True  # TensorRT 10.3: fp16 is in the graph
     text = (TARGETS_DIR / "jetson-orin-nano.toml").read_text()
     edited = tmp_path / "orin-edited.toml"
     edited.write_text(text.replace('name = "jetson-orin-nano"', 'name = "orin-edited"')
                       .replace('compute_capability = "8.7"', 'compute_capability = "7.2"')
                       .replace("workspace_mb = 2048", "workspace_mb = 512")
-                      .replace('tensorrt_version = "10.3"', 'tensorrt_version = "11.0"'))
+                      .replace('tensorrt_version = "10.3"', 'tensorrt_version = "8.5"'))
     changed = _build_json(tmp_path, tiny_onnx, str(edited), "fp16")
     assert changed["target"] == "orin-edited"
-    assert (changed["compute_capability"], changed["workspace_mb"]) == ("7.2", 512)
-    assert changed["strongly_typed"] is True and changed["builder_flags"] == []
+    assert (changed["requires"]["compute_capability"], changed["requires"]["tensorrt"]) == ("7.2", "8.5")
+    assert changed["workspace_mb"] == 512
+    assert changed["strongly_typed"] is False and changed["builder_flags"] == ["FP16"]
     assert {k for k in changed if changed[k] != stock[k]} == {
-        "target", "compute_capability", "workspace_mb", "tensorrt_version", "strongly_typed", "builder_flags", "notes"}
+        "target", "requires", "workspace_mb", "strongly_typed", "builder_flags"}
 
 
 def test_the_target_files_precisions_gate_the_build(tmp_path: Path, tiny_onnx: Path) -> None:
@@ -59,8 +61,9 @@ def test_the_target_files_precisions_gate_the_build(tmp_path: Path, tiny_onnx: P
     with_int8 = tmp_path / "nano-int8.toml"
     with_int8.write_text(text.replace('precisions = ["fp32", "fp16"]', 'precisions = ["fp32", "fp16", "int8"]'))
     built = _build_json(tmp_path, tiny_onnx, str(with_int8), "int8", calibration=calibration)
-    assert built["precision"] == "int8" and built["builder_flags"] == ["FP16", "INT8"]
-    assert built["compute_capability"] == "5.3"
+    # TensorRT 8.2: the INT8 flag only, so float layers stay fp32 as ONNX Runtime checked them
+    assert built["precision"] == "int8" and built["builder_flags"] == ["INT8"]
+    assert built["requires"]["compute_capability"] == "5.3"
 
 
 def test_unknown_target_lists_the_valid_ones() -> None:

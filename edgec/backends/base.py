@@ -86,5 +86,6 @@ class Backend(Protocol):
     def profile(self, out_dir: Path, manifest: dict[str, Any], device: str, runs: int, warmup: int) -> Profile:
         """Time the artifact and return per-layer rows with `onnx_nodes` filled."""
 
-    def build_engine(self, out_dir: Path, manifest: dict[str, Any]) -> Path:
-        """On the device: build the engine from the bundle (only where `capabilities.builds_on_device`)."""
+    def build_engine(self, out_dir: Path, manifest: dict[str, Any], device: str = "local") -> Path:
+        """Build the engine from the bundle on `device` (only where `capabilities.builds_on_device`): "local"
+        (this machine) or a device address (ssh://user@host)."""

@@ -47,7 +47,7 @@ class OpenVINOBackend:
     def wants_fp16_graph(self, target: Target) -> bool:
         return False
 
-    def build_engine(self, out_dir: Path, manifest: dict[str, Any]) -> Path:
+    def build_engine(self, out_dir: Path, manifest: dict[str, Any], device: str = "local") -> Path:
         raise ConfigError(f"'{out_dir}' is an OpenVINO build: it is ready to run as it is; edgec build is for "
                           "TensorRT bundles.")
 

@@ -1,29 +1,38 @@
 """TensorRT backend for NVIDIA Jetson: an explicit-quantization ONNX bundle, built into an engine on the device.
 
-`build()` runs anywhere: it checks the graph against what TensorRT's ONNX parser supports and writes
-`build.json` (precision, workspace, DLA, optimization profiles, timing cache) next to `model.onnx`
-(explicit Q/DQ for int8). `build_engine()` and `profile()` need the `tensorrt` package, i.e. the
-device (JetPack ships it): `edgec build OUT` then `edgec profile OUT` there.
+`build()` runs anywhere: it checks the graph against what TensorRT's ONNX parser supports and writes into OUT
+`build.json` (precision, builder flags, DLA, optimization profiles, the versions the bundle needs) and the
+device runner (`edgec_trt.py` + `edgec_trt_layers.py`, from edgec/device/), which needs only TensorRT's Python
+bindings, numpy and libcudart. The engine is built where it runs: in-process where TensorRT is installed
+(`edgec build OUT`), over OpenSSH on a Jetson (`edgec build OUT --device ssh://user@jetson`), or by running
+`python3 OUT/edgec_trt.py OUT build` on the board itself.
 
-TensorRT 10.x (JetPack 6) takes fp16 as a builder flag and int8 from the Q/DQ nodes; TensorRT 11
-dropped the INT8/FP16 flags and implicit int8: it wants explicit Q/DQ and strongly typed networks.
-Written against the documented Python API; it could not be run here (no TensorRT in this workplace).
+What runs is what the host checked: TensorRT >= 10 builds strongly typed networks (precision from the graph:
+fp16 as Casts in model.onnx, int8 from its Q/DQ, every other layer fp32); TensorRT 8.x gets fp16 graphs with
+the FP16 flag and Q/DQ graphs with the INT8 flag only, so float layers stay fp32 as ONNX Runtime ran them here.
+Written against TensorRT's documented Python API; verified here with its type stubs and binding symbols, not
+run (no TensorRT in this workplace).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
-import time
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailable, BuildError, ConfigError
+from .. import accuracy
+from ..device import trt_layers, trt_runner
+from ..errors import BackendUnavailable, BuildError, ConfigError, brief
 from ..fileio import signals_deferred, write_bytes_atomic, write_json_atomic
-from ..model import Model, all_nodes, node_sources
+from ..model import Model, all_nodes, load_model, node_sources
 from ..passes.qdq import WEIGHTED_OPS, Placement
 from ..profile import LatencyStats, LayerRow, Profile, with_shares
+from ..ssh import SshDevice, is_ssh, parse_ssh
 from ..target import Target
 from .base import Artifact, Capabilities, Runner
 
@@ -42,8 +51,12 @@ RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shri
 Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose
 Trilu Unsqueeze Upsample Where Xor
 """.split())
-_DEVICE_HINT = ("TensorRT is needed on the device to build and profile this bundle: copy the output folder to the "
-                "Jetson (JetPack ships TensorRT), then run `edgec build OUT` and `edgec profile OUT` there.")
+_DEVICE_HINT = ("TensorRT is not installed here: build the engine where it runs: `edgec build OUT --device "
+                "ssh://user@jetson` (edgec copies the bundle over OpenSSH and runs its edgec_trt.py there), or on the "
+                "Jetson itself `python3 OUT/edgec_trt.py OUT build` (JetPack ships TensorRT; the runner needs only "
+                "TensorRT, numpy and CUDA). Then `edgec profile OUT` the same way.")
+RUNNER_FILES = {"edgec_trt.py": trt_runner, "edgec_trt_layers.py": trt_layers}  # copied into OUT
+_REMOTE_TIMEOUT_S = 3600.0  # an engine build on a Jetson Nano can take tens of minutes
 
 
 # TensorRT explicit quantization: symmetric int8 everywhere; Q/DQ on the residual input of an Add lets the add
@@ -76,14 +89,8 @@ class TensorRTBackend:
         return PLACEMENT
 
     def wants_fp16_graph(self, target: Target) -> bool:
-        """TensorRT 11 builds strongly typed networks: fp16 must be in the ONNX (Casts), not a builder flag."""
-        return _strongly_typed(target)
-
-    def _trt(self):
-        tensorrt = _import_tensorrt()
-        if tensorrt is None:
-            raise BackendUnavailable(_DEVICE_HINT)
-        return tensorrt
+        """fp16 is always in the graph (Casts): what ONNX Runtime checks here is what the engine computes."""
+        return True
 
     def versions(self) -> dict[str, str]:
         tensorrt = _import_tensorrt()
@@ -92,9 +99,7 @@ class TensorRTBackend:
         return {"tensorrt": tensorrt.__version__}
 
     def can_run_here(self, target: Target) -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("tensorrt") is not None and platform.machine() == target.arch
+        return _import_tensorrt() is not None and platform.machine() == target.arch
 
     def build(self, model: Model, target: Target, precision: str, out_dir: Path) -> Artifact:
         refusal = self.model_refusal(model, target)  # passes may have added ops since the pipeline asked
@@ -104,104 +109,163 @@ class TensorRTBackend:
         if ranges:
             raise ConfigError("TensorRT cannot represent: " + "; ".join(ranges[:10]) + ". TensorRT computes indices "
                               "and shapes in int32: fix these in the model.")
-        config = build_config(model, target, precision)
-        write_json_atomic(out_dir / "build.json", config)
-        return Artifact(self.name, precision, ["build.json"], {"build": "build.json"})
+        write_json_atomic(out_dir / "build.json", build_config(model, target, precision))
+        for name, module in RUNNER_FILES.items():
+            write_bytes_atomic(out_dir / name, Path(str(module.__file__)).read_bytes())
+        return Artifact(self.name, precision, ["build.json", *RUNNER_FILES], {"build": "build.json"})
 
-    # --- on the device ----------------------------------------------------------------------------
-    def build_engine(self, out_dir: Path, manifest: dict[str, Any]) -> Path:
-        """Parse model.onnx, build model.engine with build.json's settings and a persistent timing cache."""
-        trt = self._trt()
-        cfg = json.loads((out_dir / "build.json").read_text())
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        flags = 0
-        if cfg["strongly_typed"]:
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse((out_dir / "model.onnx").read_bytes(), str(out_dir / "model.onnx")):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise BuildError(f"TensorRT could not parse model.onnx: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg["workspace_mb"] << 20)
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for the inspector
-        for flag in cfg["builder_flags"]:
-            if hasattr(trt.BuilderFlag, flag):  # TensorRT 11 removed INT8/FP16: strongly typed instead
-                config.set_flag(getattr(trt.BuilderFlag, flag))
-        if cfg["dla_core"] is not None:
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = cfg["dla_core"]
-            if cfg["gpu_fallback"]:
-                config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        for prof in cfg["optimization_profiles"]:
-            p = builder.create_optimization_profile()
-            for name, shapes in prof.items():
-                p.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
-            config.add_optimization_profile(p)
-        cache_path = out_dir / cfg["timing_cache"]
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        t0 = time.perf_counter()
-        engine = builder.build_serialized_network(network, config)
-        if engine is None:
-            raise BuildError("TensorRT failed to build the engine; run with TensorRT's verbose log to see why.")
-        write_bytes_atomic(out_dir / cfg["engine"], bytes(engine))
-        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-        print(f"edgec: built {out_dir / cfg['engine']} in {time.perf_counter() - t0:.1f}s", flush=True)
-        return out_dir / cfg["engine"]
-
-    def _engine(self, out_dir: Path, manifest: dict[str, Any]):
-        trt = self._trt()
-        cfg = json.loads((out_dir / "build.json").read_text())
-        path = out_dir / cfg["engine"]
-        if not path.exists():
-            self.build_engine(out_dir, manifest)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise BuildError(f"TensorRT could not load {path}: rebuild it on this device with `edgec build OUT`.")
-        return trt, engine
+    # --- where the engine runs ---------------------------------------------------------------------
+    def build_engine(self, out_dir: Path, manifest: dict[str, Any], device: str = "local") -> Path:
+        """model.onnx -> model.engine with build.json's settings, on `device` ("local" or ssh://user@host)."""
+        if is_ssh(device):
+            result = _remote(out_dir, device, ["build"], bring_back=["model.engine", trt_runner.ENGINE_INFO])
+        else:
+            result = _on_device(trt_runner.build_engine, str(out_dir), self._trt())
+        for warning in result.get("warnings", []):
+            print(f"edgec: warning: {warning}", file=sys.stderr)
+        return out_dir / result["engine"]
 
     def runner(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
-        trt, engine = self._engine(out_dir, manifest)
-        session = _Session(trt, engine)
-        return session.run
+        trt = self._trt()
+        cfg = json.loads((out_dir / "build.json").read_text())
+        _on_device(trt_runner.engine_for_this_device, str(out_dir), cfg, trt, trt_runner.Cuda(),
+                   trt_runner.CACHE_ROOT)
+        session = _on_device(trt_runner.Session, str(out_dir), trt)
+        return lambda feeds: _on_device(session.run, feeds)
 
     def profile(self, out_dir: Path, manifest: dict[str, Any], device: str, runs: int, warmup: int) -> Profile:
-        if device != "local":
-            raise ConfigError("TensorRT engines are profiled on the Jetson itself: run `edgec profile OUT` there.")
-        trt, engine = self._engine(out_dir, manifest)
-        session = _Session(trt, engine)
-        feeds = {s["name"]: np.random.default_rng(0).random(_opt_shape(s, manifest)).astype(s["dtype"])
-                 for s in manifest["inputs"]}
-        for _ in range(warmup):
-            session.run(feeds)
-        samples = [session.timed(feeds) for _ in range(runs)]  # CUDA events around execute_async_v3
-        layer_ms: dict[str, float] = {}
+        """Check, time and profile the engine on `device`: here ("local") or over ssh; builds it first where
+        that device has no engine of its own."""
+        if is_ssh(device):
+            args = ["profile", "--runs", str(runs), "--warmup", str(warmup)]
+            result = _remote(out_dir, device, args, bring_back=["model.engine", trt_runner.ENGINE_INFO,
+                                                                 trt_runner.PROFILE_FILE, trt_runner.OUTPUTS_FILE])
+            label = f"{result['device']['gpu']} at {parse_ssh(device).display}"
+        elif device == "local":
+            result = _on_device(trt_runner.profile, str(out_dir), runs, warmup, self._trt())
+            label = result["device"]["gpu"]
+        else:
+            raise ConfigError(f"--device {device!r}: TensorRT engines are profiled here (local, where TensorRT is "
+                              "installed) or on a Jetson over OpenSSH: --device ssh://user@jetson.")
+        return _to_profile(result, manifest, label, accuracy=device_accuracy(out_dir, result.get("check")))
 
-        class _LayerTimes(trt.IProfiler):
-            def __init__(self) -> None:
-                trt.IProfiler.__init__(self)
+    def _trt(self) -> Any:
+        tensorrt = _import_tensorrt()
+        if tensorrt is None:
+            raise BackendUnavailable(_DEVICE_HINT)
+        return tensorrt
 
-            def report_layer_time(self, layer_name: str, ms: float) -> None:
-                layer_ms[layer_name] = layer_ms.get(layer_name, 0.0) + ms
 
-        session.context.profiler = _LayerTimes()
-        layer_runs = max(5, min(runs, 30))
-        for _ in range(layer_runs):
-            session.run(feeds)
-        info = _layer_info(engine, trt)
-        rows = [LayerRow(layer=name, op=info.get(name, {}).get("LayerType", ""),
-                         exec=info.get(name, {}).get("TacticName", ""),
-                         precision=_precision(info.get(name, {})), time_ms=round(ms / layer_runs, 5), share=0.0,
-                         onnx_nodes=tuple(onnx_names(name, info.get(name, {}))))
-                for name, ms in layer_ms.items()]
-        return Profile(backend=self.name, device=_device_name(), target=manifest["target"]["name"],
-                       precision=manifest["precision"], batch=int(_opt_shape(manifest["inputs"][0], manifest)[0]),
-                       runs=runs, warmup=warmup, latency_ms=LatencyStats.from_samples(samples),
-                       layers=with_shares(rows), memory={"engine_bytes": (out_dir / "model.engine").stat().st_size},
-                       extra={"runtime": {"tensorrt": trt.__version__, "timing": "CUDA events"}})
+def profile_with_trtexec(out_dir: Path, manifest: dict[str, Any], device: str, runs: int,
+                         files: Sequence[Path] = ()) -> Profile:
+    """The profile from trtexec: read JSON a user already has (`files`: --exportProfile, then optionally
+    --exportLayerInfo and --exportTimes output), or run trtexec on `device` with those exports."""
+    cfg = json.loads((out_dir / "build.json").read_text())
+    if files:
+        paths = [str(p) for p in files] + [None] * (3 - len(files))
+        result = _on_device(trt_runner.from_trtexec_json, paths[0], paths[1], cfg.get("onnx_nodes", []), paths[2])
+        label = f"trtexec JSON ({Path(paths[0]).name})"
+    elif is_ssh(device):
+        result = _remote(out_dir, device, ["profile", "--trtexec", "--runs", str(runs)], bring_back=[])
+        label = f"trtexec at {parse_ssh(device).display}"
+    else:
+        result = _on_device(trt_runner.trtexec_profile, str(out_dir), runs)
+        label = f"trtexec on {platform.node()}"
+    if "latency_ms" not in result:
+        result.update(latency_ms={}, runs=0)
+    return _to_profile(result, manifest, label, accuracy=None)
+
+
+def device_accuracy(out_dir: Path, check: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The device's outputs on the host's validation samples, judged like the host check: each output in its
+    task metric against the fp32 reference (device_check.npz), plus the device's own cosine check."""
+    outputs_path, check_path = out_dir / trt_runner.OUTPUTS_FILE, out_dir / trt_runner.CHECK_FILE
+    if check is None or not outputs_path.is_file() or not check_path.is_file():
+        return None
+    criteria, _inputs, reference = trt_runner.read_check(str(out_dir)) or ({}, {}, {})
+    names = [row["name"] for row in criteria["outputs"]]
+    with np.load(outputs_path) as data:
+        candidate = [accuracy.stacked(list(data[n])) for n in names]
+    ref = [accuracy.stacked(list(reference[n])) for n in names]
+    spec = {row["name"]: row["metric"] for row in criteria["outputs"] if row.get("metric")}
+    proto = load_model(out_dir / "model.onnx").proto
+    judge = accuracy.Judge.of(proto, ref, spec or None)
+    result = accuracy.check(accuracy.compare(ref, candidate, None, judge), criteria["precision"])
+    result["data"] = f"the host's first {criteria['samples']} validation samples ({trt_runner.CHECK_FILE})"
+    return {"ok": bool(check["ok"]) and result.get("ok", True), "device_check": check, "task_metric": result,
+            "reference": check["reference"], "max_abs_error": result["max_abs_error"]}
+
+
+def _to_profile(result: dict[str, Any], manifest: dict[str, Any], label: str,
+                accuracy: dict[str, Any] | None) -> Profile:
+    rows = [LayerRow(layer=r["layer"], op=r["op"], exec=r["exec"], precision=r["precision"],
+                     time_ms=round(float(r["time_ms"] or 0.0), 5), share=0.0, onnx_nodes=tuple(r["onnx_nodes"]))
+            for r in result["layers"]]
+    engine = result.get("engine") or {}
+    extra: dict[str, Any] = {"runtime": {"tensorrt": (result.get("device") or {}).get("tensorrt"),
+                                         "timing": result.get("timing"), "device": result.get("device"),
+                                         "timing_cache": engine.get("timing_cache")}}
+    on_gpu = trt_layers.dla_fallback(result["layers"])
+    if engine.get("dla") or on_gpu:
+        extra["dla"] = {**(engine.get("dla") or {}), "layers_on_gpu_in_engine": on_gpu}
+    if accuracy is not None:
+        extra["accuracy"] = accuracy
+    samples = result.get("samples_ms") or []
+    return Profile(backend="tensorrt", device=label, target=manifest["target"]["name"],
+                   precision=manifest["precision"], batch=int(result.get("batch") or 1), runs=int(result.get("runs") or 0),
+                   warmup=int(result.get("warmup") or 0),
+                   latency_ms=LatencyStats.from_samples(samples) if samples else LatencyStats(*[float("nan")] * 7),
+                   layers=with_shares(rows), memory={"engine_bytes": result.get("engine_bytes")}, extra=extra)
+
+
+def _on_device(call: Callable[..., Any], *args: Any) -> Any:
+    """Call the device runner here, turning its errors into edgec's (exit 3 device, 2 bundle)."""
+    try:
+        return call(*args)
+    except trt_runner.DeviceError as e:
+        raise BackendUnavailable(str(e)) from e
+    except trt_runner.BundleError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _remote(out_dir: Path, device: str, args: list[str], bring_back: list[str]) -> dict[str, Any]:
+    """Copy the bundle to the device over OpenSSH, run its edgec_trt.py with `args`, bring back `bring_back`;
+    the runner's JSON result. Its errors come back as one line with its exit code's meaning."""
+    address = parse_ssh(device)
+    ssh = SshDevice(address)
+    files = [f for f in _bundle_files(out_dir)]
+    remote_dir = ssh.push(out_dir, files, bundle_name=_bundle_name(out_dir))
+    proc = ssh.run([address.python, "edgec_trt.py", ".", *args, "--json"], remote_dir, timeout=_REMOTE_TIMEOUT_S)
+    if bring_back:
+        ssh.pull(remote_dir, bring_back, out_dir)
+    if proc.returncode in (0, trt_runner.CheckFailed.exit_code):
+        try:
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as e:
+            raise BuildError(f"The runner on {address.display} printed no result: {brief(proc.stdout + proc.stderr)}") from e
+    line = next((ln for ln in reversed(proc.stderr.strip().splitlines()) if ln.strip()), f"exit {proc.returncode}")
+    line = line.replace("edgec_trt: error: ", "")
+    where = f"On {address.display} ({remote_dir}): "
+    if proc.returncode == trt_runner.BundleError.exit_code:
+        raise ConfigError(where + line)
+    if proc.returncode == 127 or "No such file" in line and address.python in line:
+        raise BackendUnavailable(where + f"'{address.python}' was not found: give the device's Python with "
+                                 f"?python=/usr/bin/python3 in the address.")
+    raise BackendUnavailable(where + line)
+
+
+def _bundle_files(out_dir: Path) -> list[str]:
+    names = ["manifest.json", "build.json", "model.onnx", *RUNNER_FILES, trt_runner.CHECK_FILE,
+             "model.engine", trt_runner.ENGINE_INFO]
+    external = [p.name for p in out_dir.glob("*.data")] + [p.name for p in out_dir.glob("*.onnx.data")]
+    return [n for n in dict.fromkeys(names + external) if (out_dir / n).is_file()]
+
+
+def _bundle_name(out_dir: Path) -> str:
+    """A per-bundle folder name on the device: the folder's name and its model.onnx digest."""
+    digest = hashlib.sha256((out_dir / "model.onnx").read_bytes()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", out_dir.resolve().name)[:60] or "bundle"
+    return f"{safe}-{digest}"
 
 
 def unsupported_nodes(model: Model) -> list[dict[str, Any]]:
@@ -238,122 +302,44 @@ def range_problems(model: Model) -> list[str]:
 
 
 def build_config(model: Model, target: Target, precision: str) -> dict[str, Any]:
-    """build.json: everything the device-side engine build needs, decided here from the target file."""
-    trt_version = str(target.options.get("tensorrt_version", "10"))
-    strongly_typed = _strongly_typed(target)
+    """build.json: everything the device-side engine build needs, decided here from the target file.
+
+    TensorRT >= 10 without DLA: a strongly typed network, no precision flags (fp16 and int8 are in the graph).
+    TensorRT 8.x, and DLA on 10.x (documented with flags): weakly typed, FP16 for an fp16 graph, INT8 only
+    for a Q/DQ graph (its float layers then run fp32, as checked here)."""
+    options = target.options
+    dla_core = options.get("dla_core")
+    strongly_typed = _trt_major(target) >= 10 and dla_core is None
     flags = []
     if not strongly_typed:
-        if precision in ("fp16", "mixed", "int8"):
-            flags.append("FP16")  # layers left in float may run fp16
+        if precision == "fp16":
+            flags.append("FP16")
         if precision in ("int8", "mixed"):
-            flags.append("INT8")  # TensorRT 10 still wants the flag for explicit Q/DQ networks
+            flags.append("INT8")  # explicit Q/DQ networks still need the flag before TensorRT 10
     sparse = (model.provenance.get("sparsity") or {}).get("kind") == "2:4"
-    if sparse and target.options.get("sparse_tensor_cores"):
+    if sparse and options.get("sparse_tensor_cores"):
         flags.append("SPARSE_WEIGHTS")  # Ampere+ sparse tensor cores use 2:4 weights
     dynamic = model.provenance.get("dynamic_shapes") or {}
-    profiles = [{name: ranges for name, ranges in dynamic.items()}] if dynamic else []
-    dla_cores = int(target.options.get("dla_cores", 0))
+    notes = []
+    if precision in ("fp32", "mixed", "int8") and _trt_major(target) >= 8:
+        notes.append("fp32 layers may use TF32 tensor cores on Ampere GPUs (TensorRT's default)")
     return {
-        "schema": "edgec.tensorrt-build/1", "precision": precision, "tensorrt_version": trt_version,
-        "compute_capability": target.options.get("compute_capability"), "strongly_typed": strongly_typed,
-        "builder_flags": flags, "workspace_mb": int(target.options.get("workspace_mb", 1024)),
-        # DLA is opt-in (set dla_core to 0 or 1): it saves power but is slower than the GPU for most models.
-        "dla_cores_available": dla_cores, "dla_core": None, "gpu_fallback": True,
-        "optimization_profiles": profiles, "timing_cache": "timing.cache", "engine": "model.engine",
-        "notes": (["TensorRT 11 strongly typed: model.onnx carries fp16 weights and activations itself"]
-                  if strongly_typed and precision == "fp16" else []),
+        "schema": "edgec.tensorrt-build/2", "target": target.name, "precision": precision,
+        "requires": {k: (str(options[key]) if options.get(key) is not None else None) for k, key in
+                     (("jetpack", "jetpack"), ("tensorrt", "tensorrt_version"), ("cuda", "cuda"),
+                      ("python", "python"), ("compute_capability", "compute_capability"))},
+        "strongly_typed": strongly_typed, "builder_flags": flags, "workspace_mb": int(options.get("workspace_mb", 1024)),
+        "dla_core": dla_core, "gpu_fallback": bool(options.get("gpu_fallback", False)),
+        "optimization_profiles": [dict(dynamic)] if dynamic else [],
+        "timing_cache": f"per device: {trt_runner.CACHE_ROOT}/<device key>/timing.cache",
+        "onnx": "model.onnx", "engine": "model.engine",
+        "onnx_nodes": [node.name for node in model.proto.graph.node],  # graph order, for Myelin ranges
+        "notes": notes,
     }
 
 
-def _strongly_typed(target: Target) -> bool:
-    return int(str(target.options.get("tensorrt_version", "10")).split(".")[0]) >= 11
-
-
-def onnx_names(layer: str, info: dict[str, Any]) -> list[str]:
-    """ONNX node names behind a TensorRT layer: from the inspector's metadata, else from the fused name."""
-    meta = info.get("Metadata", "")
-    names = [part.split("]")[0].strip() for part in meta.split("[ONNX Layer:")[1:]] if meta else []
-    if names:
-        return names
-    cleaned = layer.replace("PWN(", "").replace(")", "")
-    return [p.strip() for p in cleaned.replace("+", ",").split(",") if p.strip()]
-
-
-def _layer_info(engine: Any, trt: Any) -> dict[str, dict[str, Any]]:
-    inspector = engine.create_engine_inspector()
-    try:
-        data = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    except (ValueError, TypeError):
-        return {}
-    layers = data.get("Layers", []) if isinstance(data, dict) else []
-    return {layer["Name"]: layer for layer in layers if isinstance(layer, dict) and "Name" in layer}
-
-
-def _precision(info: dict[str, Any]) -> str:
-    text = json.dumps(info.get("Outputs", "")) + json.dumps(info.get("Inputs", ""))
-    for key, name in (("Int8", "int8"), ("Half", "fp16"), ("FP16", "fp16"), ("Float", "fp32")):
-        if key in text:
-            return name
-    return ""
-
-
-def _opt_shape(spec: dict[str, Any], manifest: dict[str, Any]) -> list[int]:
-    dynamic = (manifest.get("dynamic_shapes") or {}).get(spec["name"])
-    return list(dynamic["opt"]) if dynamic else list(spec["shape"])
-
-
-def _device_name() -> str:
-    try:
-        import torch
-        return torch.cuda.get_device_name(0)
-    except Exception:
-        return "CUDA device"
-
-
-class _Session:
-    """One execution context with device buffers (PyTorch's CUDA allocator) and CUDA-event timing."""
-
-    def __init__(self, trt: Any, engine: Any):
-        try:
-            import torch
-        except ImportError as e:
-            raise BackendUnavailable("Running TensorRT engines needs PyTorch with CUDA on the device "
-                                     "(NVIDIA's JetPack PyTorch wheel).") from e
-        self.torch, self.trt, self.engine = torch, trt, engine
-        self.context = engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self.inputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-
-    def _bind(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        torch = self.torch
-        buffers = {}
-        for name in self.inputs:
-            buffers[name] = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
-            self.context.set_input_shape(name, tuple(buffers[name].shape))
-        for name in self.names:
-            if name not in buffers:
-                shape = tuple(self.context.get_tensor_shape(name))
-                dtype = torch.from_numpy(np.zeros(0, dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-                buffers[name] = torch.empty(shape, dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, buffers[name].data_ptr())
-        return buffers
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        buffers = self._bind(feeds)
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise BuildError("TensorRT execution failed (execute_async_v3 returned False).")
-        self.stream.synchronize()
-        return [buffers[n].cpu().numpy() for n in self.names if n not in self.inputs]
-
-    def timed(self, feeds: dict[str, np.ndarray]) -> float:
-        self._bind(feeds)
-        start, end = self.torch.cuda.Event(enable_timing=True), self.torch.cuda.Event(enable_timing=True)
-        start.record(self.stream)
-        self.context.execute_async_v3(self.stream.cuda_stream)
-        end.record(self.stream)
-        end.synchronize()
-        return float(start.elapsed_time(end))
+def _trt_major(target: Target) -> int:
+    return int(str(target.options.get("tensorrt_version", "10")).split(".")[0])
 
 
 def _import_tensorrt():

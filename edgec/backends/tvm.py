@@ -58,7 +58,7 @@ class TVMBackend:
     def wants_fp16_graph(self, target: Target) -> bool:
         return False
 
-    def build_engine(self, out_dir: Path, manifest: dict[str, Any]) -> Path:
+    def build_engine(self, out_dir: Path, manifest: dict[str, Any], device: str = "local") -> Path:
         raise ConfigError(f"'{out_dir}' is a TVM build: it is ready to run as it is (model.so + edgec_runtime.py); "
                           "edgec build is for TensorRT bundles.")
 
