@@ -19,8 +19,9 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            sibling = node.level == 1 and node.module and (DEVICE / f"{node.module}.py").is_file()
-            names.add("numpy" if sibling else "." if node.level else node.module.split(".")[0])  # a sibling travels too
+            if node.level == 1 and node.module and (DEVICE / f"{node.module}.py").is_file():
+                continue  # a sibling device module: it travels with this one
+            names.add("." if node.level else node.module.split(".")[0])
     return names
 
 

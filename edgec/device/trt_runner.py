@@ -36,7 +36,10 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # reported by main() as a device problem (exit 3), not a traceback
+    np = None  # type: ignore
 
 try:  # inside the edgec package
     from .trt_layers import layer_rows, trtexec_rows
@@ -829,6 +832,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         p.error("--runs must be at least 1 and --warmup at least 0")
+    if np is None:
+        print("edgec_trt: error: numpy is not installed for {} (Python {}): `sudo apt install python3-numpy` "
+              "(JetPack's TensorRT bindings need it too)".format(sys.executable, platform.python_version()),
+              file=sys.stderr)
+        return DeviceError.exit_code
     try:
         if args.action == "build":
             result = build_engine(args.out)
