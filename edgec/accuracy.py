@@ -100,20 +100,24 @@ def _output_row(name: str, metric: Metric, reference: Sequence[np.ndarray],
     quiet = int(metrics.negligible(ref, cand).sum())
     if quiet:
         row["negligible_samples"] = quiet
+    broken = int(cand.size - np.isfinite(cand).sum())
+    if broken:
+        row["non_finite_values"] = broken  # inf/NaN (an fp16 overflow): fails the check whatever the metric says
     return row
 
 
 def check(result: dict[str, Any], precision: str) -> dict[str, Any]:
     """Add the check's criterion, what was measured and ok to a `compare` result, for a `precision` build:
-    every output must pass. Precisions without a criterion (mixed: its budget) are left as they are."""
+    every output must pass, and hold no inf or NaN where fp32 has none. Precisions without a criterion (mixed:
+    its budget) are left as they are."""
     if precision in FLOAT_CRITERION:
         stat, floor = FLOAT_CRITERION[precision]
-        failing = [r for r in result["outputs"] if r[stat] < floor]
+        failing = [r for r in result["outputs"] if not r[stat] >= floor or r.get("non_finite_values")]
         result["criterion"] = f"{stat} >= {floor} vs the fp32 reference on every output"
         worst = min(result["outputs"], key=lambda r: r[stat])
         result["measured"] = f"{stat} {worst[stat]} ({worst['name']})"
     elif precision == "int8":
-        failing = [r for r in result["outputs"] if r["agreement"] < INT8_FLOOR]
+        failing = [r for r in result["outputs"] if not r["agreement"] >= INT8_FLOOR or r.get("non_finite_values")]
         result["criterion"] = f"at least {INT8_FLOOR:g} points of agreement with fp32 in each output's metric"
         worst = min(result["outputs"], key=lambda r: r["agreement"])
         result["measured"] = f"{worst['metric']} {worst['agreement']:.2f} ({worst['name']})"
@@ -122,6 +126,10 @@ def check(result: dict[str, Any], precision: str) -> dict[str, Any]:
     result["ok"] = not failing
     if failing:
         result["failing_outputs"] = [r["name"] for r in failing]
+        broken = [r for r in failing if r.get("non_finite_values")]
+        if broken:
+            result["measured"] += (f"; {broken[0]['non_finite_values']} inf/NaN values in {broken[0]['name']} (an "
+                                   "overflow: fp16 tops out at 65504; build fp32, or scale that layer down)")
     return result
 
 

@@ -166,11 +166,14 @@ def miou(cand: np.ndarray, truth: np.ndarray) -> float:
 
 # -------------------------------------------------------------------------------------------------- regression
 def cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Per-sample cosine similarity of [N, ...] arrays; a sample where both are all but zero counts 1."""
+    """Per-sample cosine similarity of [N, ...] arrays; a sample where both are all but zero counts 1, one where
+    the candidate has inf/NaN that the reference lacks counts -1 (the worst)."""
     n = ref.shape[0]
     r, c = ref.reshape(n, -1).astype(np.float64), cand.reshape(n, -1).astype(np.float64)
-    cos = (r * c).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-12)
-    return np.where(negligible(ref, cand), 1.0, cos)
+    broken = ~np.isfinite(c).all(1) & np.isfinite(r).all(1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cos = (r * c).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-12)
+        return np.where(broken, -1.0, np.where(negligible(ref, cand), 1.0, cos))
 
 
 def negligible(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
