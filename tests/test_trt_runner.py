@@ -243,6 +243,12 @@ def test_trtexec_json_a_user_has_is_mapped(bundle, tmp_path: Path) -> None:
                          write=False)
     assert [r.onnx_nodes for r in prof.layers] == [(n,) for n in nodes]
     assert {r.precision for r in prof.layers} == {"fp16"} and prof.latency_ms.p50 == pytest.approx(0.545)
+    real = Path(__file__).parent / "fixtures" / "trtexec"  # NVIDIA's trex: another model, so nothing maps here
+    prof = edgec.profile(out, trtexec_json=[real / "mobilenet.qat.onnx.engine.profile.json",
+                                            real / "mobilenet.qat.onnx.engine.graph.json"], write=False)
+    assert len(prof.layers) == 73 and prof.mapped_share("onnx_nodes") == 0.0 and prof.runs > 0
+    assert prof.latency_ms.p50 == pytest.approx(sum(r.time_ms for r in prof.layers), rel=1e-3)
+    assert sum(r.precision == "int8" for r in prof.layers) == 70
     with pytest.raises(ConfigError, match="not found"):
         edgec.profile(out, trtexec_json=[tmp_path / "missing.json"], write=False)
 

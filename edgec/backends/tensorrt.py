@@ -171,8 +171,6 @@ def profile_with_trtexec(out_dir: Path, manifest: dict[str, Any], device: str, r
     else:
         result = _on_device(trt_runner.trtexec_profile, str(out_dir), runs)
         label = f"trtexec on {platform.node()}"
-    if "latency_ms" not in result:
-        result.update(latency_ms={}, runs=0)
     return _to_profile(result, manifest, label, accuracy=None)
 
 
@@ -182,7 +180,7 @@ def device_accuracy(out_dir: Path, check: dict[str, Any] | None) -> dict[str, An
     outputs_path, check_path = out_dir / trt_runner.OUTPUTS_FILE, out_dir / trt_runner.CHECK_FILE
     if check is None or not outputs_path.is_file() or not check_path.is_file():
         return None
-    criteria, _inputs, reference = trt_runner.read_check(str(out_dir)) or ({}, {}, {})
+    criteria, _inputs, reference = trt_runner.read_check(str(out_dir))
     names = [row["name"] for row in criteria["outputs"]]
     with np.load(outputs_path) as data:
         candidate = [accuracy.stacked(list(data[n])) for n in names]
@@ -214,7 +212,7 @@ def _to_profile(result: dict[str, Any], manifest: dict[str, Any], label: str,
     return Profile(backend="tensorrt", device=label, target=manifest["target"]["name"],
                    precision=manifest["precision"], batch=int(result.get("batch") or 1), runs=int(result.get("runs") or 0),
                    warmup=int(result.get("warmup") or 0),
-                   latency_ms=LatencyStats.from_samples(samples) if samples else LatencyStats(*[float("nan")] * 7),
+                   latency_ms=LatencyStats.from_samples(samples),
                    layers=with_shares(rows), memory={"engine_bytes": result.get("engine_bytes")}, extra=extra)
 
 
@@ -233,12 +231,11 @@ def _remote(out_dir: Path, device: str, args: list[str], bring_back: list[str]) 
     the runner's JSON result. Its errors come back as one line with its exit code's meaning."""
     address = parse_ssh(device)
     ssh = SshDevice(address)
-    files = [f for f in _bundle_files(out_dir)]
-    remote_dir = ssh.push(out_dir, files, bundle_name=_bundle_name(out_dir))
+    remote_dir = ssh.push(out_dir, _bundle_files(out_dir), bundle_name=_bundle_name(out_dir))
     proc = ssh.run([address.python, "edgec_trt.py", ".", *args, "--json"], remote_dir, timeout=_REMOTE_TIMEOUT_S)
-    if bring_back:
-        ssh.pull(remote_dir, bring_back, out_dir)
     if proc.returncode in (0, trt_runner.CheckFailed.exit_code):
+        if bring_back:
+            ssh.pull(remote_dir, bring_back, out_dir)
         try:
             return json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError) as e:
@@ -248,7 +245,7 @@ def _remote(out_dir: Path, device: str, args: list[str], bring_back: list[str]) 
     where = f"On {address.display} ({remote_dir}): "
     if proc.returncode == trt_runner.BundleError.exit_code:
         raise ConfigError(where + line)
-    if proc.returncode == 127 or "No such file" in line and address.python in line:
+    if proc.returncode == 127 or ("No such file" in line and address.python in line):
         raise BackendUnavailable(where + f"'{address.python}' was not found: give the device's Python with "
                                  f"?python=/usr/bin/python3 in the address.")
     raise BackendUnavailable(where + line)

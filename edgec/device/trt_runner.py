@@ -797,11 +797,18 @@ def trtexec_profile(out_dir: str, runs: int, warmup_ms: int = 200, run: Callable
 
 def from_trtexec_json(profile_path: str, layers_path: Optional[str], onnx_order: Sequence[str],
                       times_path: Optional[str] = None) -> Dict[str, Any]:
-    """Rows (and latency, when trtexec's --exportTimes file is given) from trtexec's JSON files."""
+    """Rows and latency from trtexec's JSON files: latency per inference from --exportTimes (computeMs) when
+    given, else the sum of the layers' averageMs (one number: trtexec's profile keeps no per-run times)."""
     profile_json = read_json(profile_path, "trtexec --exportProfile output")
     layers_json = read_json(layers_path, "trtexec --exportLayerInfo output") if layers_path else None
-    result = {"schema": RUN_SCHEMA, "timing": "trtexec --exportProfile (per-layer averageMs)",
-              "layers": trtexec_rows(profile_json, layers_json, list(onnx_order))}  # type: Dict[str, Any]
+    rows = trtexec_rows(profile_json, layers_json, list(onnx_order))
+    if not rows:
+        raise BundleError("{} has no layer rows: is it trtexec's --exportProfile output?".format(profile_path))
+    count = next((int(item["count"]) for item in profile_json if isinstance(item, dict) and "count" in item), 1)
+    total = sum(float(r["time_ms"] or 0.0) for r in rows)
+    result = {"schema": RUN_SCHEMA, "layers": rows, "runs": count, "samples_ms": [total],
+              "latency_ms": latency_stats([total]),
+              "timing": "sum of the layers' averageMs in trtexec --exportProfile"}  # type: Dict[str, Any]
     if times_path and os.path.isfile(times_path):
         times = read_json(times_path, "trtexec --exportTimes output")
         samples = [float(t["computeMs"]) for t in times if isinstance(t, dict) and "computeMs" in t]
