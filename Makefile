@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# TensorRT's Python API for tests/test_trt_api_surface.py (TensorRT itself does not install without NVIDIA's GPU
+# stack): 10.13's stubs for mypy, and the real binding binaries of 8.6, 10.3 and 11.4 for their API names.
+TRT_API := $(HOME)/.cache/edgec/tensorrt-api
+TRT_API_PKGS := tensorrt-stubs==10.13.0.35.1 tensorrt-bindings==8.6.1 tensorrt-cu12-bindings==10.3.0 \
+  tensorrt-cu12-bindings==11.4.0.106
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean trt-api
 
 $(STAMP): pyproject.toml
 	# The TVM backend cross-compiles ARM boards with Debian's aarch64 gcc; without it those tests skip.
@@ -32,7 +37,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/fashion_mnist/demo.py
 
-test: $(STAMP)
+# One `pip download` per wheel (two versions of one package cannot share a resolve); none when it is cached.
+trt-api: $(STAMP)
+	@mkdir -p $(TRT_API)
+	@for spec in $(TRT_API_PKGS); do \
+	  wheel=$$(echo "$${spec%%==*}" | tr - _)-$${spec##*==}-; \
+	  ls $(TRT_API)/$$wheel*.whl >/dev/null 2>&1 || $(PY) -m pip download -q --no-deps -d $(TRT_API) "$$spec" \
+	    || echo "note: could not download $$spec; the TensorRT API surface tests will skip"; \
+	done
+
+test: $(STAMP) trt-api
 	# The emulated ARM board (qemu-user + an arm64 userland + aarch64 TVM wheels) for the board tests;
 	# if it cannot be set up here (no root, no qemu), those tests skip with the reason.
 	$(PY) -m edgec.cli board setup || echo "note: emulated ARM board not set up; its tests will skip"

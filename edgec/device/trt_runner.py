@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 try:
     import numpy as np
@@ -45,6 +45,8 @@ try:  # inside the edgec package
     from .trt_layers import layer_rows, trtexec_rows
 except ImportError:  # copied into OUT beside edgec_trt_layers.py
     from edgec_trt_layers import layer_rows, trtexec_rows  # type: ignore
+if TYPE_CHECKING:  # only for mypy, against tensorrt-stubs (TensorRT 10's API; tests/test_trt_api_surface.py)
+    import tensorrt
 
 BUILD_FILE = "build.json"
 ENGINE_INFO = "engine.json"
@@ -204,7 +206,7 @@ def parse_version(text: str) -> Tuple[int, int]:
 def import_tensorrt() -> Any:
     """TensorRT's Python module; DeviceError where it is missing or empty (tensorrt-stubs, a failed pip install)."""
     try:
-        import tensorrt  # type: ignore
+        import tensorrt
     except ImportError as e:
         raise DeviceError("TensorRT's Python bindings are not importable by {} (Python {}): {}. {}.".format(
             sys.executable, platform.python_version(), e, _JETPACK_HINT))
@@ -258,7 +260,7 @@ class TrtApi(object):
             flags |= 1 << int(kinds.STRONGLY_TYPED)
         return flags
 
-    def set_workspace(self, config: Any, megabytes: int) -> None:
+    def set_workspace(self, config: "tensorrt.IBuilderConfig", megabytes: int) -> None:
         if self.version >= (8, 4):
             config.set_memory_pool_limit(self.trt.MemoryPoolType.WORKSPACE, int(megabytes) << 20)
         else:
@@ -282,7 +284,7 @@ class TrtApi(object):
                               "outputs in fp32/fp16/int types.".format(name))
         return np.dtype(_NUMPY_TYPES[name])
 
-    def io_tensors(self, engine: Any) -> List[Tuple[str, bool, Any]]:
+    def io_tensors(self, engine: "tensorrt.ICudaEngine") -> List[Tuple[str, bool, Any]]:
         """(name, is_input, numpy dtype) of every engine I/O tensor, in binding order."""
         out = []
         if self.named_tensors:
@@ -296,7 +298,8 @@ class TrtApi(object):
                             self.numpy_dtype(engine.get_binding_dtype(i))))  # type: ignore[attr-defined]
         return out
 
-    def set_input_shape(self, context: Any, index: int, name: str, shape: Sequence[int]) -> None:
+    def set_input_shape(self, context: "tensorrt.IExecutionContext", index: int, name: str,
+                        shape: Sequence[int]) -> None:
         if self.named_tensors:
             if not context.set_input_shape(name, tuple(shape)):
                 raise BundleError("TensorRT refused shape {} for input '{}': outside the engine's optimization "
@@ -304,12 +307,14 @@ class TrtApi(object):
         else:
             context.set_binding_shape(index, tuple(shape))  # type: ignore[attr-defined]
 
-    def output_shape(self, context: Any, index: int, name: str) -> Tuple[int, ...]:
+    def output_shape(self, context: "tensorrt.IExecutionContext", index: int, name: str) -> Tuple[int, ...]:
         if self.named_tensors:
-            return tuple(context.get_tensor_shape(name))
+            # Dims iterates by index (__len__/__getitem__); its stub has no __iter__
+            return tuple(context.get_tensor_shape(name))  # type: ignore[arg-type]
         return tuple(context.get_binding_shape(index))  # type: ignore[attr-defined]
 
-    def execute(self, context: Any, addresses: Sequence[Tuple[str, int]], stream: int) -> None:
+    def execute(self, context: "tensorrt.IExecutionContext", addresses: Sequence[Tuple[str, int]],
+                stream: int) -> None:
         if self.named_tensors:
             for name, address in addresses:
                 context.set_tensor_address(name, address)
@@ -380,7 +385,8 @@ def requirement_problems(cfg: Dict[str, Any], facts: Dict[str, Any]) -> Tuple[Li
 
 
 # ------------------------------------------------------------------------------------------------ build
-def read_json(path: str, what: str) -> Dict[str, Any]:
+def read_json(path: str, what: str) -> Any:
+    """The parsed JSON: an object for edgec's files, a list for trtexec's --exportProfile/--exportTimes."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -620,7 +626,7 @@ class Session(object):
 def make_profiler(trt: Any, totals: Dict[str, float]) -> Any:
     """A trt.IProfiler adding each layer's reported milliseconds into `totals`."""
 
-    class LayerTimes(trt.IProfiler):  # type: ignore[misc, name-defined]
+    class LayerTimes(trt.IProfiler):
         def __init__(self) -> None:
             trt.IProfiler.__init__(self)
 
@@ -741,7 +747,8 @@ def profile(out_dir: str, runs: int = 100, warmup: int = 10, trt: Any = None, cu
               "engine_bytes": os.path.getsize(os.path.join(out_dir, cfg["engine"])),
               "check": checked[0] if checked else None}
     if checked:
-        np.savez(os.path.join(out_dir, OUTPUTS_FILE), **checked[1])
+        # mypy checks a **dict against savez's keyword-only allow_pickle: bool (a false positive)
+        np.savez(os.path.join(out_dir, OUTPUTS_FILE), **checked[1])  # type: ignore[arg-type]
     write_atomic(os.path.join(out_dir, PROFILE_FILE), json.dumps(result, indent=2).encode())
     return result
 
