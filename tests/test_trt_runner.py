@@ -309,3 +309,31 @@ def test_a_device_without_tensorrt_answers_in_one_line(ssh_env, bundle, tmp_path
     device = f"{ssh_env.url}/{tmp_path / 'remote'}?python=/no/such/python3"
     assert main(["build", str(out), "--device", device]) == 3
     assert "'/no/such/python3' was not found" in capsys.readouterr().err
+
+
+def _interpreter(version: str) -> str | None:
+    """A real `python<version>` on this machine (pyenv's versions folder, or PATH outside pyenv's shims), or None."""
+    import glob
+    import shutil
+
+    candidates = sorted(glob.glob(str(Path.home() / ".pyenv" / "versions" / f"{version}.*" / "bin" / "python")))
+    found = shutil.which(f"python{version}")
+    return candidates[-1] if candidates else found if found and "/shims/" not in found else None
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.8", "3.10"])
+def test_the_runner_starts_on_each_jetpack_python(version: str, bundle) -> None:
+    """JetPack's system Pythons (4.6: 3.6, 5: 3.8, 6: 3.10), run for real: the copied edgec_trt.py imports, parses
+    its arguments and answers with one line and exit 3 (no numpy or no TensorRT on this machine), never a
+    traceback. vermin checks the syntax of every line; this runs the start."""
+    import subprocess
+
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no python{version} on this machine (pyenv install {version} to run this check)")
+    out = bundle("10.3.0.30")
+    proc = subprocess.run([python, str(out / "edgec_trt.py"), str(out), "build"], capture_output=True, text=True,
+                          timeout=60, cwd=out)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("edgec_trt: error: ") and ("python3-numpy" in lines[0] or "libnvinfer" in lines[0])

@@ -127,14 +127,14 @@ class Cuda(object):
     def free(self, ptr: int) -> None:
         self.check(self.lib.cudaFree(ctypes.c_void_p(ptr)), "cudaFree")
 
-    def to_device(self, ptr: int, array: np.ndarray, stream: int) -> None:
+    def to_device(self, ptr: int, array: "np.ndarray", stream: int) -> None:
         array = np.ascontiguousarray(array)
         self.check(self.lib.cudaMemcpyAsync(ctypes.c_void_p(ptr), array.ctypes.data_as(ctypes.c_void_p),
                                             ctypes.c_size_t(array.nbytes), self.H2D, ctypes.c_void_p(stream)),
                    "cudaMemcpyAsync (host to device)")
         self.synchronize(stream)  # `array` may be a temporary: it must outlive the copy
 
-    def to_host(self, array: np.ndarray, ptr: int, stream: int) -> None:
+    def to_host(self, array: "np.ndarray", ptr: int, stream: int) -> None:
         self.check(self.lib.cudaMemcpyAsync(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(ptr),
                                             ctypes.c_size_t(array.nbytes), self.D2H, ctypes.c_void_p(stream)),
                    "cudaMemcpyAsync (device to host)")
@@ -546,7 +546,7 @@ class Session(object):
             self.buffers[name] = (ptr, size)
         return ptr
 
-    def _bind(self, feeds: Dict[str, np.ndarray]) -> List[Tuple[str, int, np.ndarray]]:
+    def _bind(self, feeds: Dict[str, "np.ndarray"]) -> List[Tuple[str, int, "np.ndarray"]]:
         """Copy the inputs to the device; allocate outputs; return (name, pointer, host array) per I/O tensor."""
         bound = []
         for index, (name, is_input, dtype) in enumerate(self.tensors):
@@ -565,7 +565,7 @@ class Session(object):
         order = {name: i for i, (name, _, _) in enumerate(self.tensors)}
         return sorted(bound, key=lambda b: order[b[0]])
 
-    def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    def run(self, feeds: Dict[str, "np.ndarray"]) -> List["np.ndarray"]:
         """Outputs in engine order, copied back to the host."""
         bound = self._bind(feeds)
         self.api.execute(self.context, [(n, p) for n, p, _ in bound], self.stream)
@@ -580,7 +580,7 @@ class Session(object):
     def output_names(self) -> List[str]:
         return [name for name, is_input, _ in self.tensors if not is_input]
 
-    def timed(self, feeds: Dict[str, np.ndarray], runs: int, warmup: int) -> List[float]:
+    def timed(self, feeds: Dict[str, "np.ndarray"], runs: int, warmup: int) -> List[float]:
         """Milliseconds of each of `runs` executions (CUDA events around the enqueue), after `warmup`."""
         bound = self._bind(feeds)
         addresses = [(n, p) for n, p, _ in bound]
@@ -596,7 +596,7 @@ class Session(object):
             samples.append(self.cuda.elapsed_ms(start, end))
         return samples
 
-    def layer_times(self, feeds: Dict[str, np.ndarray], runs: int) -> Dict[str, float]:
+    def layer_times(self, feeds: Dict[str, "np.ndarray"], runs: int) -> Dict[str, float]:
         """Total ms per engine layer over `runs` executions, from TensorRT's IProfiler."""
         totals = {}  # type: Dict[str, float]
         profiler = make_profiler(self.api.trt, totals)
@@ -637,7 +637,7 @@ def make_profiler(trt: Any, totals: Dict[str, float]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ check
-def read_check(out_dir: str) -> Optional[Tuple[Dict[str, Any], Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+def read_check(out_dir: str) -> Optional[Tuple[Dict[str, Any], Dict[str, "np.ndarray"], Dict[str, "np.ndarray"]]]:
     """(criteria, inputs [N, ...] per input, fp32 reference outputs [N, ...] per output) from the host's
     device_check.npz; None when the bundle has none."""
     path = os.path.join(out_dir, CHECK_FILE)
@@ -650,11 +650,11 @@ def read_check(out_dir: str) -> Optional[Tuple[Dict[str, Any], Dict[str, np.ndar
     return criteria, inputs, reference
 
 
-def sample_feeds(inputs: Dict[str, np.ndarray], criteria: Dict[str, Any]) -> List[Dict[str, np.ndarray]]:
+def sample_feeds(inputs: Dict[str, "np.ndarray"], criteria: Dict[str, Any]) -> List[Dict[str, "np.ndarray"]]:
     return [{name: inputs[name][i] for name in inputs} for i in range(int(criteria["samples"]))]
 
 
-def cosine_min(reference: np.ndarray, candidate: np.ndarray) -> float:
+def cosine_min(reference: "np.ndarray", candidate: "np.ndarray") -> float:
     """The smallest per-sample cosine similarity; 1.0 where both are all zeros; -1 for non-finite output."""
     worst = 1.0
     for ref, got in zip(reference, candidate):
@@ -666,8 +666,8 @@ def cosine_min(reference: np.ndarray, candidate: np.ndarray) -> float:
     return worst
 
 
-def check_outputs(criteria: Dict[str, Any], reference: Dict[str, np.ndarray],
-                  outputs: Dict[str, np.ndarray]) -> Dict[str, Any]:
+def check_outputs(criteria: Dict[str, Any], reference: Dict[str, "np.ndarray"],
+                  outputs: Dict[str, "np.ndarray"]) -> Dict[str, Any]:
     """Each output's worst-sample cosine against the fp32 reference, against the floor the host set from its
     own check (the full task-metric check runs on the host when the outputs come back)."""
     rows, ok = [], True
@@ -683,7 +683,7 @@ def check_outputs(criteria: Dict[str, Any], reference: Dict[str, np.ndarray],
             "reference": "fp32 ONNX Runtime outputs on the host's validation samples (device_check.npz)"}
 
 
-def run_check(session: Session, out_dir: str) -> Optional[Tuple[Dict[str, Any], Dict[str, np.ndarray]]]:
+def run_check(session: Session, out_dir: str) -> Optional[Tuple[Dict[str, Any], Dict[str, "np.ndarray"]]]:
     """Run the host's validation samples; (the cosine check, the outputs stacked per name) or None."""
     found = read_check(out_dir)
     if found is None:
@@ -696,7 +696,7 @@ def run_check(session: Session, out_dir: str) -> Optional[Tuple[Dict[str, Any], 
 
 
 # ---------------------------------------------------------------------------------------------- profile
-def opt_feeds(cfg: Dict[str, Any], manifest: Dict[str, Any]) -> Dict[str, np.ndarray]:
+def opt_feeds(cfg: Dict[str, Any], manifest: Dict[str, Any]) -> Dict[str, "np.ndarray"]:
     """Seeded uniform [0, 1) inputs (zeros for integer inputs) at each input's optimization-profile `opt`
     shape: the same inputs the host's profile uses."""
     rng = np.random.default_rng(0) if hasattr(np.random, "default_rng") else None
@@ -753,7 +753,7 @@ def profile(out_dir: str, runs: int = 100, warmup: int = 10, trt: Any = None, cu
     return result
 
 
-def batch_of(feeds: Dict[str, np.ndarray], manifest: Dict[str, Any]) -> int:
+def batch_of(feeds: Dict[str, "np.ndarray"], manifest: Dict[str, Any]) -> int:
     first = feeds[manifest["inputs"][0]["name"]]
     return int(first.shape[0]) if first.ndim else 1
 
