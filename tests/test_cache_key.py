@@ -93,7 +93,17 @@ MORE_CHANGES = {
 
 def test_every_compile_argument_has_a_case() -> None:
     arguments = set(inspect.signature(edgec.compile).parameters) - NOT_IN_CACHE_KEY
-    assert arguments == set(CHANGES) | {"example_inputs"}  # example_inputs: test_example_inputs_change_the_key
+    # example_inputs: test_example_inputs_change_the_key; dla, gpu_fallback: test_dla_choices_change_the_key
+    assert arguments == set(CHANGES) | {"example_inputs", "dla", "gpu_fallback"}
+
+
+def test_dla_choices_change_the_key(setup, monkeypatch) -> None:
+    """--dla N and --gpu-fallback (TensorRT boards with DLA, fp16) are part of the key: each changes it."""
+    model = setup[0]
+    base = dict(target="jetson-agx-orin", precision="fp16", input_shapes={"x": [1, 3, 16, 16]})
+    keys = {_key(monkeypatch, model, **base), _key(monkeypatch, model, dla=0, **base),
+            _key(monkeypatch, model, dla=1, **base), _key(monkeypatch, model, dla=1, gpu_fallback=True, **base)}
+    assert len(keys) == 4
 
 
 @pytest.mark.parametrize("change", [*CHANGES, *MORE_CHANGES])
