@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 	test -x /usr/sbin/sshd || apt-get install -y -q openssh-server >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server >/dev/null 2>&1) \
 	  || echo "note: could not install openssh-server (needs root); the ssh device tests will skip"
+	# postgresql: the Optuna storage tests (tests/test_postgres_storage.py) start a real server on 127.0.0.1 from
+	# Debian's /usr/lib/postgresql/<major>/bin; without it they skip.
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt-get install -y -q postgresql >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1) \
+	  || echo "note: could not install postgresql (needs root); the PostgreSQL tests will skip"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned explicitly first: a looser requirement would pull a multi-GB CUDA build.
