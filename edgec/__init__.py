@@ -15,9 +15,10 @@ from .pipeline import Build, compile, profile
 from .profile import LatencyStats, LayerRow, Profile
 from .prune import PruneResult, prune
 from .target import Target, list_targets, load_target
+from .tune import TuneResult, tune
 
 __all__ = [
     "__version__", "compile", "profile", "prune", "PruneResult", "load_target", "list_targets", "load_model", "Build", "Model", "Target",
     "Profile", "LayerRow", "LatencyStats", "CalibrationSet", "EdgecError", "ConfigError", "BackendUnavailable",
-    "BuildError", "PassError", "AccuracyCheckFailed",
+    "BuildError", "PassError", "AccuracyCheckFailed", "tune", "TuneResult",
 ]

@@ -16,6 +16,7 @@ from .frontend import parse_input_shapes, parse_input_values
 from .isolation import load_native_modules
 from .model import load_model, node_sources
 from .pipeline import build_engine, compile, profile
+from .tune import tune
 from .profile import Profile
 from .target import list_targets, load_target
 
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_compile_command(sub)
     _add_profile_command(sub)
     _add_build_command(sub)
+    _add_tune_command(sub)
     _add_board_command(sub)
     _add_targets_command(sub)
     _add_inspect_command(sub)
@@ -79,6 +81,8 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
                         "labels/ twin of images/, are read without it); scored by --metric map50")
     c.add_argument("--calib-samples", type=int, metavar="N", help="use N samples (seeded random subset)")
     c.add_argument("--calib-seed", type=int, default=0, help="seed of the --calib-samples subset (default 0)")
+    c.add_argument("--calib-subset", type=int, metavar="N", help="calibrate on a seeded subset of N calibration "
+                   "samples, checking on the same validation samples as without it (edgec tune's choice)")
     c.add_argument("--calib-recipe", metavar="NAME|TOML", help="image folders: preprocessing recipe (unit, imagenet, fashion-mnist, or a .toml; default unit)")
     c.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
                    help="activation range estimator for int8 (default percentile 99.99)")
@@ -142,6 +146,30 @@ def _add_build_command(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_build)
 
 
+def _add_tune_command(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("tune", help="search precision and calibration for the fastest build within an accuracy budget")
+    t.add_argument("model", help="path to an .onnx file")
+    t.add_argument("--target", "-t", default="intel-cpu", help="target name, alias or .toml path")
+    t.add_argument("--calib", metavar="PATH", help="calibration data (.npz/.npy/folder); val_ arrays are the "
+                   "held-out samples every trial is scored on")
+    t.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="the budget: points of the task metric a build may lose against fp32 (default 1.0)")
+    t.add_argument("--trials", type=int, help="finished trials in the study, all workers together (default 30)")
+    t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop this worker after SECONDS")
+    t.add_argument("--storage", metavar="URL|FILE", help="Optuna storage shared by workers: sqlite:///x.db, "
+                   "postgresql://user@host/db, or a journal file (default: OUT/tune.journal)")
+    t.add_argument("--study", metavar="NAME", help="study name (default: the model's digest and the target)")
+    t.add_argument("--device", default="local", help="where trials are timed: local, rpc://HOST:PORT or "
+                   "tracker://HOST:PORT/KEY (each trial takes a board from the tracker)")
+    t.add_argument("--metric", action="append", default=[], metavar="NAME|OUTPUT=NAME", help="as for compile")
+    t.add_argument("--runs", type=int, default=50, help="timed runs per trial (default 50)")
+    t.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    t.add_argument("--output", "-o", metavar="OUT", help="output folder (default edgec-out/tune-<model>-<target>)")
+    t.add_argument("--json", action="store_true", help="print tune.json")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    t.set_defaults(func=_tune)
+
+
 def _add_board_command(sub: argparse._SubParsersAction) -> None:
     bo = sub.add_parser("board", help="an emulated ARM board (qemu-user) serving TVM RPC: `board setup`, `board start`")
     bo.add_argument("action", choices=["setup", "start"], help="setup: build it (idempotent); start: serve (Ctrl-C stops)")
@@ -178,6 +206,7 @@ def _compile(args: argparse.Namespace) -> int:
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
                     weight_rounding=args.weight_rounding, range_search=args.range_search, prune=args.prune,
                     profile_runs=args.runs, metric=metrics.parse_spec(args.metric), progress=not args.quiet,
+                    calibration_samples=args.calib_subset,
                     dla=args.dla, gpu_fallback=args.gpu_fallback, use_cache=not args.no_cache,
                     accept_inaccurate=args.accept_inaccurate)
     if args.json:
@@ -239,6 +268,32 @@ def _profile(args: argparse.Namespace) -> int:
     elif acc:
         print(f"outputs vs ONNX Runtime: max abs error {acc['max_abs_error']:.3g} "
               f"({'ok' if acc.get('ok') else 'MISMATCH'})")
+    return EXIT_OK
+
+
+def _tune(args: argparse.Namespace) -> int:
+    trials = args.trials if args.trials is not None or args.time_budget is not None else 30
+    result = tune(args.model, target=args.target, calibration=CalibrationSet(args.calib) if args.calib else None,
+                  max_accuracy_drop=args.max_accuracy_drop, trials=trials, time_budget=args.time_budget,
+                  storage=args.storage, study_name=args.study, output_dir=args.output, device=args.device,
+                  metric=metrics.parse_spec(args.metric), profile_runs=args.runs, seed=args.seed,
+                  progress=not args.quiet)
+    s = result.summary
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return EXIT_OK
+    done = [t for t in s["trials"] if t["state"] == "COMPLETE"]
+    print(f"{len(done)} trials finished in {s['wall_s']:.0f}s ({s['cache_hits']} from the build cache, "
+          f"{s['duplicates_pruned']} duplicates pruned); Pareto front: {', '.join(f'#{n}' for n in s['front'])}")
+    best = s["recommended"]
+    print(f"recommended: #{best['number']} {best['label']}: {best['objectives']['latency_ms']:.3f} ms, drop "
+          f"{best['objectives']['drop_points']:.2f} points -> {result.output_dir / 'best'}")
+    versus = s.get("versus_default_int8")
+    if versus:
+        print(f"vs default int8 (#{versus['default_int8']}): latency x{versus['latency_ratio']:.3f}, drop "
+              f"{versus['drop_difference_points']:+.2f} points")
+    print(f"reproduce: {best['command']}")
+    print(f"wrote {result.output_dir}/tune.json, pareto.png, report.html")
     return EXIT_OK
 
 

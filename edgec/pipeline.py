@@ -48,11 +48,14 @@ FP32_CHECK_SAMPLES = 64  # validation samples the fp32 comparison build is check
 
 @dataclass
 class Build:
-    """A finished compile: the output folder and what was written into it."""
+    """A finished compile: the output folder and what was written into it; `cache_key` (None: not cacheable)
+    and whether the build came from the build cache."""
 
     output_dir: Path
     manifest: dict[str, Any]
     report: dict[str, Any]
+    cache_key: str | None = None
+    cached: bool = False
 
     def profile(self, device: str = "local", runs: int = 100, warmup: int = 10) -> Profile:
         return profile(self.output_dir, device=device, runs=runs, warmup=warmup)
@@ -79,7 +82,8 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             input_values: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
             weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None,
-            profile_runs: int = 100, metric: Any = None, dla: int | None = None, gpu_fallback: bool = False,
+            profile_runs: int = 100, metric: Any = None, calibration_samples: int | None = None,
+            dla: int | None = None, gpu_fallback: bool = False,
             progress: bool = True, use_cache: bool = True, accept_inaccurate: bool = False) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
@@ -89,7 +93,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     the graph (the built model has no such input) and recorded in the manifest. `metric` judges the outputs
     (edgec/metrics.py): None (chosen per output from its shape and op), a name ("map50"), {output name: name},
     or a callable `metric(outputs, truth) -> points`, higher is better (truth: the labels, else the fp32
-    outputs); it is the primary metric. `max_accuracy_drop` is the budget for `mixed`, in points of the primary
+    outputs); it is the primary metric. `calibration_samples`: calibrate on a seeded subset of that many samples
+    of the calibration split, the validation samples unchanged (`edgec tune` varies it). `max_accuracy_drop` is
+    the budget for `mixed`, in points of the primary
     metric (against labels when given, else agreement with fp32). Writes `output_dir` atomically: on
     any failure or interrupt the previous folder (or nothing) remains. A build that fails its accuracy check
     (accuracy.check: every output, in its metric for int8) raises AccuracyCheckFailed and is moved to `<output_dir>.rejected/` for inspection, unless
@@ -104,7 +110,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     backend = get_backend(tgt.backend)
     sdk = _sdk_versions(backend, tgt, precision)
     options = CompileOptions(tgt, precision, calib, calibration_method, weight_rounding, range_search,
-                             max_accuracy_drop, prune, profile_runs, metric)
+                             max_accuracy_drop, prune, profile_runs, metric, calibration_samples)
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes, input_values)
@@ -157,7 +163,7 @@ def execute(request: CompileRequest, backend: Backend, out: Path, steps: Steps, 
         with steps.step(f"reusing the cached build {entry}"):
             cache.restore(entry, out)
         return Build(out, json.loads((out / "manifest.json").read_text()),
-                     json.loads((out / "report.json").read_text()))
+                     json.loads((out / "report.json").read_text()), key, cached=True)
     job = _Job(request, backend, steps)
     with staged_dir(out) as staging:
         manifest, report = job.run(staging)
@@ -173,7 +179,7 @@ def execute(request: CompileRequest, backend: Backend, out: Path, steps: Steps, 
                                       f"{remedy}, or pass --accept-inaccurate to keep it anyway.")
     if key and not failed:
         cache.store(key, out)
-    return Build(out, manifest, report)
+    return Build(out, manifest, report, key)
 
 
 def _check_failure(accuracy: Mapping[str, Any], precision: str) -> str:
@@ -297,8 +303,9 @@ class _Job:
 
     def quantize(self, fp32: Model, staging: Path, comparison: dict[str, Any]) -> Model:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
-        samples = calibration_samples(fp32, self.calib)
-        validation = self._validation = _validation_samples(fp32, self.calib, calibration=samples)
+        subset = self.request.options.calibration_samples
+        samples = calibration_samples(fp32, dataclasses.replace(self.calib, limit=subset) if subset else self.calib)
+        validation = self._validation = _validation_samples(fp32, self.calib, calibration=None if subset else samples)
         single = len(fp32.proto.graph.output) == 1  # the statistics pass records the first output only
         calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples and single)
         if calibrated.outputs is not None:  # the statistics pass ran the fp32 model on the validation samples

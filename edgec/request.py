@@ -34,6 +34,7 @@ class CompileOptions:
     prune: str | None = None
     profile_runs: int = 100
     metric: Any = None  # metrics.for_model's spec: None, a name, {output: name} or a callable
+    calibration_samples: int | None = None  # a seeded subset of the calibration split; validation unchanged
 
     def __post_init__(self) -> None:
         tgt, precision = self.target, self.precision
@@ -53,6 +54,9 @@ class CompileOptions:
                               f"{', '.join(OBSERVERS)}.")
         if precision == "mixed" and self.max_accuracy_drop is None:
             raise ConfigError("--precision mixed needs a budget: --max-accuracy-drop POINTS (e.g. 0.5).")
+        if self.calibration_samples is not None and (not isinstance(self.calibration_samples, int)
+                                                     or self.calibration_samples < 1):
+            raise ConfigError(f"calibration_samples must be a count >= 1, got {self.calibration_samples!r}.")
         if not isinstance(self.profile_runs, int) or self.profile_runs < 1:
             raise ConfigError(f"--runs must be at least 1 (got {self.profile_runs!r}).")
         self.sparsity  # parses --prune now: a bad spec fails before any work
@@ -91,7 +95,7 @@ class CompileRequest:
                 "calibration": calibration, "calibration_method": o.calibration_method,
                 "weight_rounding": o.weight_rounding, "range_search": o.range_search,
                 "max_accuracy_drop": o.max_accuracy_drop, "prune": o.prune, "profile_runs": o.profile_runs,
-                "metric": o.metric}
+                "metric": o.metric, "calibration_samples": o.calibration_samples}
 
     @property
     def cache_key(self) -> str | None:

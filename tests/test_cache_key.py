@@ -80,6 +80,7 @@ CHANGES = {
     "prune": lambda s, o: {"prune": "unstructured:0.5"},
     "profile_runs": lambda s, o: {"profile_runs": 50},
     "metric": lambda s, o: {"metric": "top5"},
+    "calibration_samples": lambda s, o: {"calibration_samples": 3},
 }
 MORE_CHANGES = {
     "recipe file contents": lambda s, o: _edit(s[2], "mean = [0.5]", "mean = [0.4]"),

@@ -1,0 +1,568 @@
+"""`edgec tune`: search how to deploy a model on a target for the Pareto front of latency, accuracy and size.
+
+Each trial is one compile, chosen by Optuna (multi-objective TPE, constant liar for parallel workers, the
+accuracy budget as a constraint) from what the target allows (`search_space`): precision, and for int8 and
+mixed the calibration method, how many calibration samples, weight rounding, range-search size and the mixed
+budget. A trial is scored on the compile's held-out samples in the task's metric (its drop against fp32, in
+points), timed on the target (here, or on `device`) and weighed (artifact bytes). Identical configurations
+are built once: edgec's build cache answers a configuration built before, and a trial whose configuration
+another trial of the study already has (finished or running) is pruned as its duplicate.
+
+The study lives in Optuna storage: by default a journal file in OUT (`tune.journal`), so an interrupted
+tune resumes: the trials that finished are kept, the one that was running when its process died is retried
+(`reclaim_dead_trials`). `storage` takes any Optuna URL (`sqlite:///x.db`, `postgresql://...`, shared by
+workers on several machines, with heartbeats) or a journal file path. The results: OUT/tune.json (every
+trial), OUT/pareto.png and OUT/report.html (the front), OUT/best/ (the fastest build within the budget) and
+the `edgec compile` command that reproduces it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .backends import Backend, get_backend
+from .calibration import CalibrationSet, fixed_inputs
+from .errors import AccuracyCheckFailed, BackendUnavailable, BuildError, ConfigError, PassError, brief
+from .frontend import to_model
+from .isolation import isolated
+from .passes.calibrate import OBSERVERS
+from .passes.ptq import MIN_CALIBRATION_SAMPLES, WEIGHT_ROUNDINGS
+from .pipeline import Build, compile, profile
+from .prune import prune
+from .progress import Steps
+from .target import Target, load_target
+from .tune_report import write_results
+
+SCHEMA = "edgec.tune/1"
+OBJECTIVES = ("latency_ms", "drop_points", "artifact_bytes")
+SAMPLE_COUNTS = (64, 128, 256, 512)
+RANGE_SEARCHES = (0, 16, 64)
+PRUNE_RATIOS, RECOVERY_EPOCHS, RECOVERY_LRS = (0.0, 0.1, 0.2, 0.3), (0, 1, 2), (3e-4, 1e-3, 3e-3)
+REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed again, interleaved
+REMEASURE_ROUNDS = 5
+_DUPLICATES_BEFORE_STOP = 40  # the sampler keeps proposing evaluated configurations: the space is exhausted
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One point of the search space: what one compile is asked to do."""
+
+    precision: str
+    calibration_method: str | None = None
+    calibration_samples: int | None = None
+    weight_rounding: str | None = None
+    range_search: int | None = None
+    budget: float | None = None  # mixed: the accuracy budget its search keeps layers float for
+    prune_ratio: float = 0.0  # PyTorch models: channels removed (edgec.prune), then recovery by distillation
+    recovery_epochs: int = 0
+    recovery_lr: float | None = None
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def compile_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"precision": self.precision}
+        if self.precision in ("int8", "mixed"):
+            options.update(calibration_method=self.calibration_method, calibration_samples=self.calibration_samples,
+                           weight_rounding=self.weight_rounding, range_search=self.range_search)
+        if self.precision == "mixed":
+            options["max_accuracy_drop"] = self.budget
+        return options
+
+    def label(self) -> str:
+        pruned = (f" prune{self.prune_ratio:g} e{self.recovery_epochs}" + (f" lr{self.recovery_lr:g}" if
+                  self.recovery_lr else "")) if self.prune_ratio else ""
+        if self.precision not in ("int8", "mixed"):
+            return self.precision + pruned
+        parts = [self.precision, self.calibration_method, f"n{self.calibration_samples}", self.weight_rounding,
+                 f"rs{self.range_search}"]
+        return " ".join(str(p) for p in parts) + (f" b{self.budget:g}" if self.precision == "mixed" else "") + pruned
+
+    def command(self, model: str, target: str, calib: str | None, out: str) -> str:
+        """The `edgec compile` line that builds this configuration (a pruned one: the Python calls)."""
+        if self.prune_ratio:
+            options = ", ".join(f"{k}={v!r}" for k, v in self.compile_options().items())
+            return (f"pruned = edgec.prune(model, {self.prune_ratio:g}, example_inputs, target={target!r}, "
+                    f"data=(calibration_x,), epochs={self.recovery_epochs}, lr={self.recovery_lr or 1e-3:g}).model; "
+                    f"edgec.compile(pruned, {target!r}, calibration={calib!r}, example_inputs=example_inputs, "
+                    f"{options}, output_dir={out!r})")
+        words = ["edgec", "compile", model, "--target", target, "--precision", self.precision]
+        if calib:
+            words += ["--calib", calib]
+        if self.precision in ("int8", "mixed"):
+            words += ["--calib-method", str(self.calibration_method), "--calib-subset", str(self.calibration_samples),
+                      "--weight-rounding", str(self.weight_rounding), "--range-search", str(self.range_search)]
+        if self.precision == "mixed":
+            words += ["--max-accuracy-drop", f"{self.budget:g}"]
+        return " ".join(shlex.quote(w) for w in [*words, "-o", out])
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a target allows: each tuple is one parameter's choices (empty: not searched)."""
+
+    precisions: tuple[str, ...]
+    calibration_methods: tuple[str, ...] = ()
+    calibration_samples: tuple[int, ...] = ()
+    weight_roundings: tuple[str, ...] = ()
+    range_searches: tuple[int, ...] = ()
+    budgets: tuple[float, ...] = ()
+    prune_ratios: tuple[float, ...] = ()  # PyTorch models only; 0.0 is "not pruned"
+    recovery_epochs: tuple[int, ...] = ()
+    recovery_lrs: tuple[float, ...] = ()
+
+    def suggest(self, trial: Any) -> TrialConfig:
+        """The trial's configuration; int8 parameters only for int8 and mixed, recovery ones only when pruning
+        (a conditional space)."""
+        precision = trial.suggest_categorical("precision", list(self.precisions))
+        pruning = self._suggest_pruning(trial)
+        if precision not in ("int8", "mixed"):
+            return TrialConfig(precision, **pruning)
+        return TrialConfig(
+            precision, trial.suggest_categorical("calibration_method", list(self.calibration_methods)),
+            trial.suggest_categorical("calibration_samples", list(self.calibration_samples)),
+            trial.suggest_categorical("weight_rounding", list(self.weight_roundings)),
+            trial.suggest_categorical("range_search", list(self.range_searches)),
+            trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None, **pruning)
+
+    def _suggest_pruning(self, trial: Any) -> dict[str, Any]:
+        if not self.prune_ratios:
+            return {}
+        ratio = trial.suggest_categorical("prune_ratio", list(self.prune_ratios))
+        if not ratio:
+            return {}
+        epochs = trial.suggest_categorical("recovery_epochs", list(self.recovery_epochs))
+        lr = trial.suggest_categorical("recovery_lr", list(self.recovery_lrs)) if epochs else None
+        return {"prune_ratio": ratio, "recovery_epochs": epochs, "recovery_lr": lr}
+
+    def size(self) -> int:
+        """How many distinct configurations the space holds."""
+        quantized = (len(self.calibration_methods) * len(self.calibration_samples) * len(self.weight_roundings)
+                     * len(self.range_searches))
+        per_precision = sum(quantized * (len(self.budgets) if p == "mixed" else 1) if p in ("int8", "mixed") else 1
+                            for p in self.precisions)
+        recoveries = sum(len(self.recovery_lrs) if e else 1 for e in self.recovery_epochs)
+        pruned = sum(recoveries if r else 1 for r in self.prune_ratios) if self.prune_ratios else 1
+        return per_precision * pruned
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "configurations": self.size()}
+
+
+def search_space(target: Target, backend: Backend, calibration_count: int, max_accuracy_drop: float,
+                 cpu_flags: frozenset[str] = frozenset(), prunable: bool = False) -> SearchSpace:
+    """The configurations `target` allows: its precisions that its backend builds and its hardware computes
+    natively (bf16/fp16 on CPUs only with the instructions), int8 and mixed only with calibration data and a
+    Q/DQ placement; structured pruning with recovery for a PyTorch model (`prunable`). ConfigError when
+    nothing is left."""
+    precisions = [p for p in ("fp32", "fp16", "bf16", "int8", "mixed")
+                  if p in target.precisions and p in backend.capabilities.precisions]
+    if backend.name == "openvino":  # without the instructions OpenVINO computes these in fp32 or bf16
+        precisions = [p for p in precisions if (p != "bf16" or {"avx512_bf16", "amx_bf16"} & cpu_flags)
+                      and (p != "fp16" or "avx512_fp16" in cpu_flags)]
+    if calibration_count < MIN_CALIBRATION_SAMPLES or backend.qdq_placement(target) is None:
+        precisions = [p for p in precisions if p not in ("int8", "mixed")]
+    if not precisions:
+        raise ConfigError(f"Nothing to search on {target.name}: none of its precisions ({', '.join(target.precisions)}) "
+                          f"is built by {backend.name} here; int8 and mixed need --calib with at least "
+                          f"{MIN_CALIBRATION_SAMPLES} samples.")
+    pruning = dict(prune_ratios=PRUNE_RATIOS, recovery_epochs=RECOVERY_EPOCHS, recovery_lrs=RECOVERY_LRS) if prunable else {}
+    if not {"int8", "mixed"} & set(precisions):
+        return SearchSpace(tuple(precisions), **pruning)
+    counts = tuple(n for n in SAMPLE_COUNTS if n < calibration_count) + (calibration_count,)
+    budgets = tuple(sorted({round(max_accuracy_drop * f, 3) for f in (0.25, 0.5, 1.0)}))
+    return SearchSpace(tuple(precisions), tuple(OBSERVERS), counts[-4:], tuple(WEIGHT_ROUNDINGS), RANGE_SEARCHES,
+                       budgets if "mixed" in precisions else (), **pruning)
+
+
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags (Linux /proc/cpuinfo); empty where unreadable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@dataclass
+class TuneResult:
+    """A finished tune: OUT, tune.json's content, the recommended build (None when nothing met the budget)."""
+
+    output_dir: Path
+    summary: dict[str, Any]
+    best: Build | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+@isolated
+def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None, *, max_accuracy_drop: float = 1.0,
+         trials: int | None = 30, time_budget: float | None = None, storage: str | None = None,
+         study_name: str | None = None, output_dir: str | Path | None = None, device: str = "local",
+         metric: Any = None, profile_runs: int = 50, seed: int = 0, example_inputs: Sequence[Any] | None = None,
+         progress: bool = True) -> TuneResult:
+    """Search deployments of `model` (an .onnx path, ModelProto, or nn.Module with `example_inputs`: then
+    pruning is searched too) on `target` (see the module docstring). Stops after `trials` finished trials in the
+    study (all workers together) or `time_budget` seconds. Raises AccuracyCheckFailed (after writing the
+    results) when no configuration met `max_accuracy_drop`."""
+    optuna = _import_optuna()
+    tgt, calib = load_target(target), _calibration(calibration)
+    if trials is None and time_budget is None:
+        raise ConfigError("Say when to stop: --trials N or --time-budget SECONDS.")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials must be at least 1 (got {trials}).")
+    backend = get_backend(tgt.backend)
+    if device == "local" and not backend.can_run_here(tgt):
+        raise ConfigError(f"Tuning times every build on the target: {tgt.name} ({backend.name}, {tgt.arch}) does not "
+                          "run here. Give its board with --device rpc://HOST:PORT or tracker://HOST:PORT/KEY.")
+    out = Path(output_dir) if output_dir else Path("edgec-out") / f"tune-{Path(str(model)).stem}-{tgt.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = to_model(model, example_inputs)
+    count = _calibration_count(loaded, calib)
+    prunable = loaded.provenance.get("kind") == "torch"
+    space = search_space(tgt, backend, count, max_accuracy_drop, cpu_flags(), prunable)
+    study = open_study(optuna, storage, study_name or f"{loaded.sha256()[:12]}-{tgt.name}", out, seed,
+                       max_accuracy_drop)
+    trial_runner = _Trials(model, tgt, calib, space, out, device, metric, profile_runs, max_accuracy_drop,
+                           Steps(progress), trials, example_inputs, loaded)
+    reclaim_dead_trials(optuna, study)
+    _seed_defaults(study, space)
+    t0 = time.perf_counter()
+    callbacks = [optuna.study.MaxTrialsCallback(trials)] if trials else []
+    study.optimize(trial_runner, timeout=time_budget, catch=(ConfigError, PassError, BuildError),
+                   callbacks=[*callbacks, trial_runner.stop_when_exhausted], gc_after_trial=True)
+    return finish(study, trial_runner, time.perf_counter() - t0, storage)
+
+
+def _import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as e:
+        raise BackendUnavailable("edgec tune needs Optuna: pip install 'edgec[tune]'") from e
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _calibration(data: Any) -> CalibrationSet | None:
+    return data if isinstance(data, CalibrationSet) or data is None else CalibrationSet(data)
+
+
+def _calibration_count(model: Any, calib: CalibrationSet | None) -> int:
+    """How many calibration samples the data holds (0 without data)."""
+    if calib is None:
+        return 0
+    samples = calib.load(model.inputs, "calibration", fixed_inputs(model))
+    return len(samples) if samples is not None else 0
+
+
+# ------------------------------------------------------------------------------------------------ storage
+HEARTBEAT_S, GRACE_S = 20, 90  # RDB storages: a worker silent for GRACE_S has died; its trial is retried
+
+
+def open_study(optuna: Any, storage: str | None, name: str, out: Path, seed: int, budget: float) -> Any:
+    """The study `name` in `storage` (created or resumed): a journal file in OUT by default, a journal file at a
+    path, or an Optuna RDB URL (heartbeats: a dead worker's trial is retried by the others). BackendUnavailable
+    when the storage can't be reached."""
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                         n_startup_trials=8, constraints_func=_constraint(budget))
+    try:
+        store = _storage(optuna, storage, out)
+        return optuna.create_study(storage=store, study_name=name, directions=["minimize"] * len(OBJECTIVES),
+                                   sampler=sampler, load_if_exists=True)
+    except (ConfigError, BackendUnavailable):
+        raise
+    except Exception as e:  # SQLAlchemy/driver errors: unreachable server, bad credentials, missing driver
+        raise BackendUnavailable(f"The tuning storage {_redacted(storage)} can't be used: {brief(e)}. Check that the "
+                                 "server is up and the URL right, or leave --storage out for a study file in OUT.") from e
+
+
+def _storage(optuna: Any, storage: str | None, out: Path) -> Any:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if storage is None or "://" not in storage:
+        path = Path(storage) if storage else out / "tune.journal"
+        if path.is_dir():
+            raise ConfigError(f"--storage {storage}: a folder; give a journal file path or an Optuna URL.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if not storage.startswith(("sqlite:", "postgresql", "mysql")):
+        raise ConfigError(f"--storage {storage}: give an Optuna URL (sqlite:///path.db, postgresql://user@host/db, "
+                          "mysql://...) or a journal file path.")
+    engine = {"connect_args": {"connect_timeout": 10}} if storage.startswith(("postgresql", "mysql")) else None
+    return optuna.storages.RDBStorage(
+        storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+
+
+def _redacted(storage: str | None) -> str:
+    """The URL without its password."""
+    if not storage or "@" not in storage or "://" not in storage:
+        return str(storage)
+    scheme, rest = storage.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else storage
+
+
+def _constraint(budget: float) -> Any:
+    """Optuna's constraints_func: feasible (<= 0) when the trial's drop is within the budget."""
+    def constraint(trial: Any) -> list[float]:
+        drop = trial.user_attrs.get("drop_points")
+        return [float(drop) - budget] if drop is not None else [1.0]
+    return constraint
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def reclaim_dead_trials(optuna: Any, study: Any) -> list[int]:
+    """Trials left RUNNING by a process of this machine that is gone (killed mid-trial): each is marked FAIL
+    and its configuration queued again, so a rerun retries it. Returns their numbers. (Other machines' dead
+    workers: the RDB storage's heartbeats.)"""
+    host = socket.gethostname()
+    reclaimed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get("worker", ""))
+        name, _, pid = worker.rpartition(":")
+        if name != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another worker reclaimed it first
+            continue
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        reclaimed.append(trial.number)
+    return reclaimed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _seed_defaults(study: Any, space: SearchSpace) -> None:
+    """A new study starts from the anchors: fp32, and int8 with edgec's defaults (the build to beat)."""
+    if study.get_trials(deepcopy=False):
+        return
+    study.enqueue_trial({"precision": "fp32"})
+    if "int8" in space.precisions:
+        study.enqueue_trial({"precision": "int8", "calibration_method": "percentile",
+                             "calibration_samples": space.calibration_samples[-1], "weight_rounding": "gptq",
+                             "range_search": 64 if 64 in space.range_searches else space.range_searches[-1]},
+                            user_attrs={"anchor": "default int8"})
+
+
+# ------------------------------------------------------------------------------------------------- trials
+class _Trials:
+    """The objective: one compile per trial, scored and timed; knows when the space is exhausted."""
+
+    def __init__(self, model: Any, target: Target, calib: CalibrationSet | None, space: SearchSpace, out: Path,
+                 device: str, metric: Any, runs: int, budget: float, steps: Steps, trials: int | None,
+                 example_inputs: Sequence[Any] | None, loaded: Any):
+        self.model, self.target, self.calib, self.space, self.out = model, target, calib, space, out
+        self.device, self.metric, self.runs, self.budget, self.steps = device, metric, runs, budget, steps
+        self.trials, self.duplicates_in_a_row = trials, 0
+        self.example_inputs, self.loaded = example_inputs, loaded
+
+    def __call__(self, trial: Any) -> tuple[float, float, float]:
+        import optuna
+
+        config = self.space.suggest(trial)
+        trial.set_user_attr("config", config.key())
+        trial.set_user_attr("label", config.label())
+        trial.set_user_attr("worker", worker_id())
+        if self.trials and not _room_for(trial.study, trial.number, self.trials):
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise optuna.TrialPruned(f"the study has its {self.trials} trials")
+        twin = _evaluated_twin(trial.study, config.key(), trial.number)
+        if twin is not None:
+            self.duplicates_in_a_row += 1
+            trial.set_user_attr("duplicate_of", twin)
+            raise optuna.TrialPruned(f"configuration of trial {twin}")
+        self.duplicates_in_a_row = 0
+        with self.steps.step(f"trial {trial.number}: {config.label()}"):
+            build = self.build(config, self.out / "trials" / f"{trial.number:04d}")
+        objectives = self._objectives(build)
+        for name, value in {**objectives, "build_key": build.cache_key, "cache_hit": build.cached,
+                            "folder": str(build.output_dir), "accuracy_ok": build.report["accuracy"].get("ok")}.items():
+            trial.set_user_attr(name, value)
+        return tuple(objectives[k] for k in OBJECTIVES)  # type: ignore[return-value]
+
+    def build(self, config: TrialConfig, folder: Path) -> Build:
+        """Compile `config` into `folder` (the build cache answers one built before); kept if inaccurate. A
+        pruned configuration prunes the PyTorch model first (recovery: distillation on the calibration inputs)."""
+        model = self.model
+        if config.prune_ratio:
+            model = prune(self.model, config.prune_ratio, self.example_inputs, target=self.target.name,
+                          data=(self._recovery_inputs(),), epochs=config.recovery_epochs,
+                          lr=config.recovery_lr or 1e-3, measure=False, progress=False).model
+        return compile(model, self.target, calibration=self.calib, output_dir=folder, metric=self.metric,
+                       example_inputs=self.example_inputs, profile_runs=self.runs, progress=False,
+                       accept_inaccurate=True, **config.compile_options())
+
+    def _recovery_inputs(self) -> Any:
+        """The calibration samples of the model's first input, as one torch tensor (distillation data)."""
+        import numpy as np
+        import torch
+
+        if self.calib is None:
+            raise ConfigError("Pruning recovers by distillation on calibration inputs: give --calib / calibration=.")
+        samples = self.calib.load(self.loaded.inputs, "calibration", fixed_inputs(self.loaded))
+        first = self.loaded.inputs[0].name
+        return torch.from_numpy(np.concatenate([feed[first] for feed in samples.feeds]))
+
+    def _objectives(self, build: Build) -> dict[str, float]:
+        """p50 latency on the target (ms), the drop against fp32 in the task metric (points), artifact bytes."""
+        if self.device == "local":
+            latency = float(build.report["profile"]["latency_ms"]["p50"])
+        else:
+            latency = profile(build.output_dir, device=self.device, runs=self.runs, write=False).latency_ms.p50
+        files = set(build.manifest["artifact"]["files"]) | {"model.onnx"}
+        size = sum(f["bytes"] for f in build.manifest["files"] if f["path"] in files)
+        return {"latency_ms": latency, "drop_points": accuracy_drop(build.report), "artifact_bytes": float(size)}
+
+    def stop_when_exhausted(self, study: Any, trial: Any) -> None:
+        """Stop once every configuration of the space was evaluated, or the sampler keeps proposing old ones."""
+        done = {t.user_attrs.get("config") for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+        if len(done) >= self.space.size() or self.duplicates_in_a_row >= _DUPLICATES_BEFORE_STOP:
+            study.stop()
+
+
+def accuracy_drop(report: dict[str, Any]) -> float:
+    """Points the build lost against fp32 in the primary metric: against the labels when the data has them,
+    else 100 - its agreement with fp32 (the same measure as --max-accuracy-drop)."""
+    acc = report["accuracy"]
+    if "labelled" in acc:
+        return round(float(acc["labelled"]["drop_points"]), 4)
+    rows = acc.get("outputs") or []
+    primary = next((r for r in rows if r["metric"] == acc.get("metric")), rows[0] if rows else None)
+    if primary is None:
+        raise BuildError("The build's report has no accuracy rows: it was not checked, so it cannot be tuned.")
+    return round(100.0 - float(primary["agreement"]), 4)
+
+
+def _counted(trial: Any) -> bool:
+    """A trial that counts toward the study's total: finished, or running and neither surplus nor a duplicate."""
+    attrs = trial.user_attrs
+    return trial.state.name == "COMPLETE" or (trial.state.name == "RUNNING" and "config" in attrs
+                                              and "duplicate_of" not in attrs and "surplus" not in attrs)
+
+
+def _room_for(study: Any, number: int, total: int, poll_s: float = 1.0) -> bool:
+    """Whether trial `number` still fits in the study's `total`: the finished trials plus those running before it
+    (all workers) leave room. While they would fill it, wait for them: one may fail or turn out a duplicate."""
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(1 for t in trials if t.state.name == "COMPLETE")
+        running = sum(1 for t in trials if t.number < number and t.state.name == "RUNNING" and _counted(t))
+        if done >= total:
+            return False
+        if done + running < total:
+            return True
+        time.sleep(poll_s)
+
+
+def _evaluated_twin(study: Any, key: str, number: int) -> int | None:
+    """The number of an earlier trial of the study with this configuration, finished or running (its twin)."""
+    for other in study.get_trials(deepcopy=False):
+        if other.number < number and other.user_attrs.get("config") == key and other.state.name in ("COMPLETE",
+                                                                                                  "RUNNING"):
+            return other.number
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ results
+def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> TuneResult:
+    """tune.json, the chart and report, OUT/best (the fastest build within the budget, its latency re-measured
+    against its close rivals); AccuracyCheckFailed when no build met the budget."""
+    rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    front = {t.number for t in study.best_trials} if complete else set()
+    feasible = sorted((r for r in complete if r["objectives"]["drop_points"] <= runner.budget),
+                      key=lambda r: r["objectives"]["latency_ms"])
+    remeasured = _remeasure(feasible, runner)
+    best_row = min(feasible, key=lambda r: remeasured.get(r["number"], r["objectives"]["latency_ms"])) if feasible else None
+    summary = {"schema": SCHEMA, "study": study.study_name, "storage": _redacted(storage) if storage else
+               str(runner.out / "tune.journal"), "target": runner.target.name, "budget_points": runner.budget,
+               "space": runner.space.to_json(), "wall_s": round(seconds, 1), "trials": rows,
+               "front": sorted(front), "remeasured_p50_ms": remeasured,
+               "cache_hits": sum(1 for r in complete if r["cache_hit"]),
+               "duplicates_pruned": sum(1 for r in rows if r.get("duplicate_of") is not None),
+               "workers": sorted({r["worker"] for r in complete if r["worker"]})}
+    best = None
+    if best_row is not None:
+        config = TrialConfig(**json.loads(best_row["config"]))
+        best = runner.build(config, runner.out / "best")
+        summary["recommended"] = {**best_row, "command": config.command(
+            str(runner.model), runner.target.name, _calib_source(runner.calib), str(runner.out / "best"))}
+    summary["versus_default_int8"] = _versus_default(complete, best_row)
+    write_results(runner.out, summary)
+    if best_row is None:
+        raise AccuracyCheckFailed(_budget_missed(complete, runner.budget, runner.out))
+    return TuneResult(runner.out, summary, best, rows)
+
+
+def _trial_row(trial: Any) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    values = trial.values if trial.state.name == "COMPLETE" else None
+    return {"number": trial.number, "state": trial.state.name, "config": attrs.get("config"),
+            "label": attrs.get("label"), "objectives": dict(zip(OBJECTIVES, values)) if values else None,
+            "build_key": attrs.get("build_key"), "cache_hit": bool(attrs.get("cache_hit")),
+            "accuracy_ok": attrs.get("accuracy_ok"), "worker": attrs.get("worker"), "folder": attrs.get("folder"),
+            "duplicate_of": attrs.get("duplicate_of"), "retry_of": attrs.get("retry_of"),
+            "anchor": attrs.get("anchor"), "seconds": (trial.duration.total_seconds() if trial.duration else None)}
+
+
+def _remeasure(feasible: list[dict[str, Any]], runner: _Trials) -> dict[int, float]:
+    """The builds within REMEASURE_WITHIN of the fastest feasible one, timed again in interleaved rounds (the
+    close calls): median p50 per trial number."""
+    if len(feasible) < 2:
+        return {}
+    fastest = feasible[0]["objectives"]["latency_ms"]
+    close = [r for r in feasible if r["objectives"]["latency_ms"] <= fastest * (1 + REMEASURE_WITHIN)][:6]
+    if len(close) < 2:
+        return {}
+    rounds: dict[int, list[float]] = {r["number"]: [] for r in close}
+    for _ in range(REMEASURE_ROUNDS):
+        for r in close:
+            prof = profile(r["folder"], device=runner.device, runs=runner.runs, write=False)
+            rounds[r["number"]].append(prof.latency_ms.p50)
+    return {n: round(sorted(v)[len(v) // 2], 4) for n, v in rounds.items()}
+
+
+def _versus_default(complete: Sequence[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, Any] | None:
+    default = next((r for r in complete if r.get("anchor") == "default int8"), None)
+    if default is None or best is None:
+        return None
+    d, b = default["objectives"], best["objectives"]
+    return {"default_int8": default["number"], "recommended": best["number"],
+            "latency_ratio": round(b["latency_ms"] / d["latency_ms"], 4),
+            "drop_difference_points": round(b["drop_points"] - d["drop_points"], 4)}
+
+
+def _budget_missed(complete: Sequence[dict[str, Any]], budget: float, out: Path) -> str:
+    if not complete:
+        return (f"No trial finished, so none met --max-accuracy-drop {budget:g}; see {out / 'tune.json'} for why each "
+                "failed.")
+    closest = min(complete, key=lambda r: r["objectives"]["drop_points"])
+    drop = closest["objectives"]["drop_points"]
+    return (f"No configuration met --max-accuracy-drop {budget:g}: the most accurate, trial {closest['number']} "
+            f"({closest['label']}), dropped {drop:.2f} points, {drop - budget:.2f} over. The front is in "
+            f"{out / 'tune.json'} and {out / 'report.html'}; allow a larger drop, or give more calibration data.")
+
+
+def _calib_source(calib: CalibrationSet | None) -> str | None:
+    return str(calib.source) if calib is not None and isinstance(calib.source, (str, Path)) else None
