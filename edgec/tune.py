@@ -22,6 +22,7 @@ import os
 import shlex
 import socket
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -90,7 +91,7 @@ class TrialConfig:
             options = ", ".join(f"{k}={v!r}" for k, v in self.compile_options().items())
             return (f"pruned = edgec.prune(model, {self.prune_ratio:g}, example_inputs, target={target!r}, "
                     f"data=(calibration_x,), epochs={self.recovery_epochs}, lr={self.recovery_lr or 1e-3:g}).model; "
-                    f"edgec.compile(pruned, {target!r}, calibration={calib!r}, example_inputs=example_inputs, "
+                    f"edgec.compile(pruned, {target!r}, calibration={repr(calib) if calib else 'calibration'}, example_inputs=example_inputs, "
                     f"{options}, output_dir={out!r})")
         words = ["edgec", "compile", model, "--target", target, "--precision", self.precision]
         if calib:
@@ -228,8 +229,7 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
     count = _calibration_count(loaded, calib)
     prunable = loaded.provenance.get("kind") == "torch"
     space = search_space(tgt, backend, count, max_accuracy_drop, cpu_flags(), prunable)
-    study = open_study(optuna, storage, study_name or f"{loaded.sha256()[:12]}-{tgt.name}", out, seed,
-                       max_accuracy_drop)
+    study = open_study(optuna, storage, study_name or f"{loaded.sha256()[:12]}-{tgt.name}", out, seed)
     trial_runner = _Trials(model, tgt, calib, space, out, device, metric, profile_runs, max_accuracy_drop,
                            Steps(progress), trials, example_inputs, loaded)
     reclaim_dead_trials(optuna, study)
@@ -264,14 +264,21 @@ def _calibration_count(model: Any, calib: CalibrationSet | None) -> int:
 
 # ------------------------------------------------------------------------------------------------ storage
 HEARTBEAT_S, GRACE_S = 20, 90  # RDB storages: a worker silent for GRACE_S has died; its trial is retried
+_SCHEMA_RACE_ATTEMPTS = 4
 
 
-def open_study(optuna: Any, storage: str | None, name: str, out: Path, seed: int, budget: float) -> Any:
+def open_study(optuna: Any, storage: str | None, name: str, out: Path, seed: int) -> Any:
     """The study `name` in `storage` (created or resumed): a journal file in OUT by default, a journal file at a
     path, or an Optuna RDB URL (heartbeats: a dead worker's trial is retried by the others). BackendUnavailable
     when the storage can't be reached."""
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                         n_startup_trials=8, constraints_func=_constraint(budget))
+    with warnings.catch_warnings():  # `group` (conditional spaces) and heartbeats are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                             n_startup_trials=8)
+        return _create_study(optuna, storage, name, out, sampler)
+
+
+def _create_study(optuna: Any, storage: str | None, name: str, out: Path, sampler: Any) -> Any:
     try:
         store = _storage(optuna, storage, out)
         return optuna.create_study(storage=store, study_name=name, directions=["minimize"] * len(OBJECTIVES),
@@ -296,9 +303,19 @@ def _storage(optuna: Any, storage: str | None, out: Path) -> Any:
         raise ConfigError(f"--storage {storage}: give an Optuna URL (sqlite:///path.db, postgresql://user@host/db, "
                           "mysql://...) or a journal file path.")
     engine = {"connect_args": {"connect_timeout": 10}} if storage.startswith(("postgresql", "mysql")) else None
-    return optuna.storages.RDBStorage(
-        storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+    def open_rdb() -> Any:
+        return optuna.storages.RDBStorage(
+            storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+
+    for attempt in range(_SCHEMA_RACE_ATTEMPTS - 1):
+        try:
+            return open_rdb()
+        except Exception as e:  # workers starting together on a new database race to create Optuna's tables
+            if type(e).__name__ not in ("IntegrityError", "ProgrammingError"):
+                raise
+            time.sleep(1.0 + attempt)
+    return open_rdb()
 
 
 def _redacted(storage: str | None) -> str:
@@ -308,14 +325,6 @@ def _redacted(storage: str | None) -> str:
     scheme, rest = storage.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else storage
-
-
-def _constraint(budget: float) -> Any:
-    """Optuna's constraints_func: feasible (<= 0) when the trial's drop is within the budget."""
-    def constraint(trial: Any) -> list[float]:
-        drop = trial.user_attrs.get("drop_points")
-        return [float(drop) - budget] if drop is not None else [1.0]
-    return constraint
 
 
 def worker_id() -> str:
@@ -356,9 +365,10 @@ def _seed_defaults(study: Any, space: SearchSpace) -> None:
     """A new study starts from the anchors: fp32, and int8 with edgec's defaults (the build to beat)."""
     if study.get_trials(deepcopy=False):
         return
-    study.enqueue_trial({"precision": "fp32"})
+    unpruned = {"prune_ratio": 0.0} if space.prune_ratios else {}
+    study.enqueue_trial({"precision": "fp32", **unpruned}, user_attrs={"anchor": "fp32"})
     if "int8" in space.precisions:
-        study.enqueue_trial({"precision": "int8", "calibration_method": "percentile",
+        study.enqueue_trial({**unpruned, "precision": "int8", "calibration_method": "percentile",
                              "calibration_samples": space.calibration_samples[-1], "weight_rounding": "gptq",
                              "range_search": 64 if 64 in space.range_searches else space.range_searches[-1]},
                             user_attrs={"anchor": "default int8"})
@@ -396,6 +406,7 @@ class _Trials:
         with self.steps.step(f"trial {trial.number}: {config.label()}"):
             build = self.build(config, self.out / "trials" / f"{trial.number:04d}")
         objectives = self._objectives(build)
+        trial.set_constraint("accuracy_budget", objectives["drop_points"] - self.budget)  # feasible at <= 0
         for name, value in {**objectives, "build_key": build.cache_key, "cache_hit": build.cached,
                             "folder": str(build.output_dir), "accuracy_ok": build.report["accuracy"].get("ok")}.items():
             trial.set_user_attr(name, value)

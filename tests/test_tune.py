@@ -1,0 +1,196 @@
+"""`edgec tune` on tiny models: the search space each target allows, the results it writes, resuming after a
+kill, two workers on one study (a journal file, and a real PostgreSQL on loopback), and its errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgec
+from edgec import AccuracyCheckFailed, ConfigError
+from edgec.backends import get_backend
+from edgec.cli import main
+from edgec.target import load_target
+from edgec.tune import TrialConfig, search_space
+from models import tiny_conv_onnx
+
+pytestmark = [pytest.mark.requires_openvino, pytest.mark.timeout(180)]
+pytest_plugins = ["postgres"]
+WORKER = Path(__file__).parent / "tune_worker.py"
+
+
+@pytest.fixture
+def problem(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny conv net and 96 calibration + 48 held-out samples."""
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(tiny_conv_onnx().SerializeToString())
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.random((96, 3, 16, 16), dtype=np.float32), val_x=rng.random((48, 3, 16, 16), dtype=np.float32))
+    return model, data
+
+
+def _space(target: str, count: int = 96, flags: frozenset[str] = frozenset(), prunable: bool = False):
+    t = load_target(target)
+    return search_space(t, get_backend(t.backend), count, 1.0, flags, prunable)
+
+
+def test_the_search_space_is_what_each_target_allows(tmp_path: Path) -> None:
+    """Precisions the target lists, its backend builds and its CPU computes natively; int8/mixed only with
+    calibration data and a Q/DQ placement; sample counts up to what the data holds; pruning for PyTorch models."""
+    assert _space("intel-cpu").precisions == ("fp32", "int8", "mixed")  # no avx512_bf16: OpenVINO would emulate
+    assert _space("intel-cpu", flags=frozenset({"amx_bf16"})).precisions == ("fp32", "bf16", "int8", "mixed")
+    assert _space("intel-cpu", count=0).precisions == ("fp32",)  # no calibration data
+    assert _space("rpi4").precisions == ("fp32",)  # TVM builds fp32 only
+    assert _space("jetson").precisions == ("fp32", "fp16", "int8", "mixed")
+    assert _space("jetson-nano").precisions == ("fp32", "fp16")
+    space = _space("intel-cpu")
+    assert space.calibration_samples == (64, 96) and space.budgets == (0.25, 0.5, 1.0)
+    assert space.size() == 1 + 4 * 2 * 2 * 3 + 4 * 2 * 2 * 3 * 3
+    pruned = _space("rpi4", prunable=True)
+    assert pruned.prune_ratios == (0.0, 0.1, 0.2, 0.3) and pruned.size() == 1 + 3 * (1 + 3 + 3)
+    only_int8 = tmp_path / "int8-only.toml"
+    only_int8.write_text('name = "int8-only"\nbackend = "openvino"\narch = "x86_64"\nprecisions = ["int8"]\n'
+                         '[openvino]\ndevice = "CPU"\n')
+    with pytest.raises(ConfigError, match="Nothing to search on int8-only"):
+        _space(str(only_int8), count=0)
+
+
+def test_a_configuration_reproduces_as_one_command() -> None:
+    """The recommended configuration's `edgec compile` line carries every searched option."""
+    config = TrialConfig("mixed", "entropy", 256, "nearest", 16, 0.5)
+    assert config.command("m.onnx", "intel-cpu", "d.npz", "out/best") == (
+        "edgec compile m.onnx --target intel-cpu --precision mixed --calib d.npz --calib-method entropy "
+        "--calib-subset 256 --weight-rounding nearest --range-search 16 --max-accuracy-drop 0.5 -o out/best")
+    assert TrialConfig("fp32").command("m.onnx", "intel-cpu", None, "o") == (
+        "edgec compile m.onnx --target intel-cpu --precision fp32 -o o")
+
+
+def test_tune_writes_the_front_the_best_build_and_resumes(problem, tmp_path: Path, capsys) -> None:
+    """`edgec tune` runs N trials (anchored by fp32 and default int8), writes tune.json (every trial: config,
+    objectives, build key), pareto.png, report.html and OUT/best, prints the command that rebuilds the best;
+    the same command again finds the study done and changes nothing."""
+    model, data = problem
+    out = tmp_path / "tune"
+    args = ["tune", str(model), "--target", "intel-cpu", "--calib", str(data), "--trials", "5", "--runs", "5",
+            "--max-accuracy-drop", "50", "-o", str(out), "-q"]
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "tune.json").read_text())
+    done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 5 and len({t["config"] for t in done}) == 5
+    assert [t["anchor"] for t in done[:2]] == ["fp32", "default int8"]
+    assert all(set(t["objectives"]) == {"latency_ms", "drop_points", "artifact_bytes"} and t["build_key"] for t in done)
+    assert summary["front"] and (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    best = summary["recommended"]
+    assert (out / "best" / "manifest.json").is_file() and best["command"] in printed
+    assert json.loads((out / "best" / "manifest.json").read_text())["precision"] == json.loads(best["config"])["precision"]
+    assert main(args) == 0
+    again = json.loads((out / "tune.json").read_text())
+    assert [t for t in again["trials"] if t["state"] == "COMPLETE"] == done
+
+
+def _study(storage, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _journal(path: Path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _worker(model: Path, data: Path, out: Path, trials: int, *more: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(WORKER), str(model), str(data), str(out), str(trials), *more],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _states(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def test_a_killed_tune_resumes_without_losing_or_repeating_a_trial(problem, tmp_path: Path) -> None:
+    """SIGKILL in the middle of a trial, then the same call again: the finished trials are kept, the
+    interrupted one is marked failed and its configuration retried, and no configuration is built twice."""
+    model, data = problem
+    out = tmp_path / "tune"
+    first = _worker(model, data, out, 4)
+    deadline = time.time() + 120
+    study = None
+    while time.time() < deadline:
+        if (out / "tune.journal").is_file():
+            study = study or _study(_journal(out / "tune.journal"), _study_name(out))
+            states = _states(study)
+            if states.get("COMPLETE", 0) >= 1 and states.get("RUNNING", 0) == 1:
+                break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    killed = next(t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING")
+    second = _worker(model, data, out, 4)
+    assert second.wait(150) == 0, second.stdout.read()
+    trials = _study(_journal(out / "tune.journal"), _study_name(out)).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and len({t.user_attrs["config"] for t in complete}) == 4
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert [t.number for t in failed] == [killed.number]
+    retry = next(t for t in complete if t.user_attrs.get("retry_of") == killed.number)
+    assert retry.params == killed.params
+
+
+def _study_name(out: Path) -> str:
+    import optuna
+
+    names = optuna.get_all_study_names(_journal(out / "tune.journal"))
+    assert len(names) == 1
+    return names[0]
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_two_workers_share_one_study(kind: str, problem, tmp_path: Path, request) -> None:
+    """Two `edgec tune` workers (two processes; on two machines it is the same) on one study run N trials in
+    total, side by side, each configuration once."""
+    model, data = problem
+    if kind == "postgresql":
+        server = request.getfixturevalue("postgres")
+        storage = server.create_database(f"tune_{os.getpid()}")
+    else:
+        storage = str(tmp_path / "shared.journal")
+    workers = [_worker(model, data, tmp_path / f"w{i}", 6, storage, "shared") for i in range(2)]
+    for w in workers:
+        assert w.wait(150) == 0, w.stdout.read()
+    store = _journal(Path(storage)) if kind == "journal" else storage
+    complete = [t for t in _study(store, "shared").get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    assert len(complete) == 6 and len({t.user_attrs["config"] for t in complete}) == 6
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both worked
+
+
+def test_the_errors_say_what_to_do(problem, tmp_path: Path, capsys) -> None:
+    """A budget nothing meets (exit 4, the closest and by how much, results still written); a target that
+    does not run here without --device (exit 2); storage that can't be reached (exit 3, fast)."""
+    model, data = problem
+    with pytest.raises(AccuracyCheckFailed, match=r"No configuration met --max-accuracy-drop -1: the most accurate"):
+        edgec.tune(model, "intel-cpu", str(data), trials=2, max_accuracy_drop=-1, output_dir=tmp_path / "a",
+                   profile_runs=5, progress=False)
+    assert (tmp_path / "a" / "tune.json").is_file() and not (tmp_path / "a" / "best").exists()
+    assert main(["tune", str(model), "--target", "rpi4", "-o", str(tmp_path / "b"), "-q"]) == 2
+    assert "Give its board with --device" in capsys.readouterr().err
+    t0 = time.time()
+    assert main(["tune", str(model), "--calib", str(data), "--storage", "postgresql+psycopg2://edgec@127.0.0.1:1/x",
+                 "-o", str(tmp_path / "c"), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "The tuning storage postgresql+psycopg2://edgec@127.0.0.1:1/x can't be used" in err and time.time() - t0 < 30
