@@ -47,7 +47,10 @@ RANGE_SEARCHES = (0, 16, 64)
 PRUNE_RATIOS, RECOVERY_EPOCHS, RECOVERY_LRS = (0.0, 0.1, 0.2, 0.3), (0, 1, 2), (3e-4, 1e-3, 3e-3)
 REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed again, interleaved
 REMEASURE_ROUNDS = 5
-_DUPLICATES_BEFORE_STOP = 40  # the sampler keeps proposing evaluated configurations: the space is exhausted
+_DUPLICATES_BEFORE_STOP = 40
+# a trial's configuration can't be built, or its build disagrees with fp32 on the board: that trial fails, the
+# tune goes on (BackendUnavailable, a device or storage gone, stops it)
+TRIAL_ERRORS = (ConfigError, PassError, BuildError, AccuracyCheckFailed)  # the sampler keeps proposing evaluated configurations: the space is exhausted
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,7 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
     _seed_defaults(study, space)
     t0 = time.perf_counter()
     callbacks = [optuna.study.MaxTrialsCallback(trials)] if trials else []
-    study.optimize(trial_runner, timeout=time_budget, catch=(ConfigError, PassError, BuildError),
+    study.optimize(trial_runner, timeout=time_budget, catch=TRIAL_ERRORS,
                    callbacks=[*callbacks, trial_runner.stop_when_exhausted], gc_after_trial=True)
     return finish(study, trial_runner, time.perf_counter() - t0, storage)
 
@@ -405,9 +408,13 @@ class _Trials:
             trial.set_user_attr("duplicate_of", twin)
             raise optuna.TrialPruned(f"configuration of trial {twin}")
         self.duplicates_in_a_row = 0
-        with self.steps.step(f"trial {trial.number}: {config.label()}"):
-            build = self.build(config, self.out / "trials" / f"{trial.number:04d}")
-        objectives, where = self._objectives(build)
+        try:
+            with self.steps.step(f"trial {trial.number}: {config.label()}"):
+                build = self.build(config, self.out / "trials" / f"{trial.number:04d}")
+            objectives, where = self._objectives(build)
+        except TRIAL_ERRORS as e:  # this configuration can't be built or disagrees on the board: the trial fails
+            trial.set_user_attr("error", f"{type(e).__name__}: {brief(e)}")
+            raise
         trial.set_constraint("accuracy_budget", objectives["drop_points"] - self.budget)  # feasible at <= 0
         for name, value in {**objectives, "device": where, "build_key": build.cache_key, "cache_hit": build.cached,
                             "folder": str(build.output_dir), "accuracy_ok": build.report["accuracy"].get("ok")}.items():
@@ -541,7 +548,7 @@ def _trial_row(trial: Any) -> dict[str, Any]:
             "build_key": attrs.get("build_key"), "cache_hit": bool(attrs.get("cache_hit")),
             "accuracy_ok": attrs.get("accuracy_ok"), "worker": attrs.get("worker"), "folder": attrs.get("folder"),
             "duplicate_of": attrs.get("duplicate_of"), "retry_of": attrs.get("retry_of"),
-            "anchor": attrs.get("anchor"), "device": attrs.get("device"),
+            "anchor": attrs.get("anchor"), "device": attrs.get("device"), "error": attrs.get("error"),
             "seconds": (trial.duration.total_seconds() if trial.duration else None)}
 
 
