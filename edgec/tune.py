@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import socket
 import time
 import warnings
@@ -30,6 +31,7 @@ from typing import Any, Sequence
 from .backends import Backend, get_backend
 from .calibration import CalibrationSet, fixed_inputs
 from .errors import AccuracyCheckFailed, BackendUnavailable, BuildError, ConfigError, PassError, brief
+from .fileio import staged_dir
 from .frontend import to_model
 from .isolation import isolated
 from .passes.calibrate import OBSERVERS
@@ -530,7 +532,7 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
     best = None
     if best_row is not None:
         config = TrialConfig(**json.loads(best_row["config"]))
-        best = runner.build(config, runner.out / "best")
+        best = _best_build(runner, best_row, config)
         summary["recommended"] = {**best_row, "command": config.command(
             str(runner.model), runner.target.name, _calib_source(runner.calib), str(runner.out / "best"))}
     summary["versus_default_int8"] = _versus_default(complete, best_row)
@@ -538,6 +540,18 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
     if best_row is None:
         raise AccuracyCheckFailed(_budget_missed(complete, runner.budget, runner.out))
     return TuneResult(runner.out, summary, best, rows)
+
+
+def _best_build(runner: _Trials, row: dict[str, Any], config: TrialConfig) -> Build:
+    """OUT/best: a copy of the recommended trial's folder (exactly what was measured; a pruned model's recovery
+    is not repeated), or, when another machine's worker built it, the same configuration built here."""
+    folder, best = Path(row["folder"] or ""), runner.out / "best"
+    if not (folder / "manifest.json").is_file():
+        return runner.build(config, best)
+    with staged_dir(best) as staging:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
+    return Build(best, json.loads((best / "manifest.json").read_text()), json.loads((best / "report.json").read_text()),
+                 row["build_key"], cached=False)
 
 
 def _trial_row(trial: Any) -> dict[str, Any]:
