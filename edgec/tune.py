@@ -37,7 +37,6 @@ from .isolation import isolated
 from .passes.calibrate import OBSERVERS
 from .passes.ptq import MIN_CALIBRATION_SAMPLES, WEIGHT_ROUNDINGS
 from .pipeline import Build, compile, profile
-from .prune import prune
 from .progress import Steps
 from .target import Target, load_target
 from .tune_report import write_results
@@ -46,7 +45,6 @@ SCHEMA = "edgec.tune/1"
 OBJECTIVES = ("latency_ms", "drop_points", "artifact_bytes")
 SAMPLE_COUNTS = (64, 128, 256, 512)
 RANGE_SEARCHES = (0, 16, 64)
-PRUNE_RATIOS, RECOVERY_EPOCHS, RECOVERY_LRS = (0.0, 0.1, 0.2, 0.3), (0, 1, 2), (3e-4, 1e-3, 3e-3)
 REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed again, interleaved
 REMEASURE_ROUNDS = 5
 _DUPLICATES_BEFORE_STOP = 40
@@ -65,9 +63,6 @@ class TrialConfig:
     weight_rounding: str | None = None
     range_search: int | None = None
     budget: float | None = None  # mixed: the accuracy budget its search keeps layers float for
-    prune_ratio: float = 0.0  # PyTorch models: channels removed (edgec.prune), then recovery by distillation
-    recovery_epochs: int = 0
-    recovery_lr: float | None = None
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -82,22 +77,14 @@ class TrialConfig:
         return options
 
     def label(self) -> str:
-        pruned = (f" prune{self.prune_ratio:g} e{self.recovery_epochs}" + (f" lr{self.recovery_lr:g}" if
-                  self.recovery_lr else "")) if self.prune_ratio else ""
         if self.precision not in ("int8", "mixed"):
-            return self.precision + pruned
+            return self.precision
         parts = [self.precision, self.calibration_method, f"n{self.calibration_samples}", self.weight_rounding,
                  f"rs{self.range_search}"]
-        return " ".join(str(p) for p in parts) + (f" b{self.budget:g}" if self.precision == "mixed" else "") + pruned
+        return " ".join(str(p) for p in parts) + (f" b{self.budget:g}" if self.precision == "mixed" else "")
 
     def command(self, model: str, target: str, calib: str | None, out: str) -> str:
-        """The `edgec compile` line that builds this configuration (a pruned one: the Python calls)."""
-        if self.prune_ratio:
-            options = ", ".join(f"{k}={v!r}" for k, v in self.compile_options().items())
-            return (f"pruned = edgec.prune(model, {self.prune_ratio:g}, example_inputs, target={target!r}, "
-                    f"data=(calibration_x,), epochs={self.recovery_epochs}, lr={self.recovery_lr or 1e-3:g}).model; "
-                    f"edgec.compile(pruned, {target!r}, calibration={repr(calib) if calib else 'calibration'}, example_inputs=example_inputs, "
-                    f"{options}, output_dir={out!r})")
+        """The `edgec compile` line that builds this configuration."""
         words = ["edgec", "compile", model, "--target", target, "--precision", self.precision]
         if calib:
             words += ["--calib", calib]
@@ -119,54 +106,35 @@ class SearchSpace:
     weight_roundings: tuple[str, ...] = ()
     range_searches: tuple[int, ...] = ()
     budgets: tuple[float, ...] = ()
-    prune_ratios: tuple[float, ...] = ()  # PyTorch models only; 0.0 is "not pruned"
-    recovery_epochs: tuple[int, ...] = ()
-    recovery_lrs: tuple[float, ...] = ()
 
     def suggest(self, trial: Any) -> TrialConfig:
-        """The trial's configuration; int8 parameters only for int8 and mixed, recovery ones only when pruning
-        (a conditional space)."""
+        """The trial's configuration; int8 parameters only for int8 and mixed (a conditional space)."""
         precision = trial.suggest_categorical("precision", list(self.precisions))
-        pruning = self._suggest_pruning(trial)
         if precision not in ("int8", "mixed"):
-            return TrialConfig(precision, **pruning)
+            return TrialConfig(precision)
         return TrialConfig(
             precision, trial.suggest_categorical("calibration_method", list(self.calibration_methods)),
             trial.suggest_categorical("calibration_samples", list(self.calibration_samples)),
             trial.suggest_categorical("weight_rounding", list(self.weight_roundings)),
             trial.suggest_categorical("range_search", list(self.range_searches)),
-            trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None, **pruning)
-
-    def _suggest_pruning(self, trial: Any) -> dict[str, Any]:
-        if not self.prune_ratios:
-            return {}
-        ratio = trial.suggest_categorical("prune_ratio", list(self.prune_ratios))
-        if not ratio:
-            return {}
-        epochs = trial.suggest_categorical("recovery_epochs", list(self.recovery_epochs))
-        lr = trial.suggest_categorical("recovery_lr", list(self.recovery_lrs)) if epochs else None
-        return {"prune_ratio": ratio, "recovery_epochs": epochs, "recovery_lr": lr}
+            trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None)
 
     def size(self) -> int:
         """How many distinct configurations the space holds."""
         quantized = (len(self.calibration_methods) * len(self.calibration_samples) * len(self.weight_roundings)
                      * len(self.range_searches))
-        per_precision = sum(quantized * (len(self.budgets) if p == "mixed" else 1) if p in ("int8", "mixed") else 1
-                            for p in self.precisions)
-        recoveries = sum(len(self.recovery_lrs) if e else 1 for e in self.recovery_epochs)
-        pruned = sum(recoveries if r else 1 for r in self.prune_ratios) if self.prune_ratios else 1
-        return per_precision * pruned
+        return sum(quantized * (len(self.budgets) if p == "mixed" else 1) if p in ("int8", "mixed") else 1
+                   for p in self.precisions)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "configurations": self.size()}
 
 
 def search_space(target: Target, backend: Backend, calibration_count: int, max_accuracy_drop: float,
-                 cpu_flags: frozenset[str] = frozenset(), prunable: bool = False) -> SearchSpace:
+                 cpu_flags: frozenset[str] = frozenset()) -> SearchSpace:
     """The configurations `target` allows: its precisions that its backend builds and its hardware computes
     natively (bf16/fp16 on CPUs only with the instructions), int8 and mixed only with calibration data and a
-    Q/DQ placement; structured pruning with recovery for a PyTorch model (`prunable`). ConfigError when
-    nothing is left."""
+    Q/DQ placement. ConfigError when nothing is left."""
     precisions = [p for p in ("fp32", "fp16", "bf16", "int8", "mixed")
                   if p in target.precisions and p in backend.capabilities.precisions]
     if backend.name == "openvino":  # without the instructions OpenVINO computes these in fp32 or bf16
@@ -178,15 +146,14 @@ def search_space(target: Target, backend: Backend, calibration_count: int, max_a
         raise ConfigError(f"Nothing to search on {target.name}: none of its precisions ({', '.join(target.precisions)}) "
                           f"is built by {backend.name} here; int8 and mixed need --calib with at least "
                           f"{MIN_CALIBRATION_SAMPLES} samples.")
-    pruning = dict(prune_ratios=PRUNE_RATIOS, recovery_epochs=RECOVERY_EPOCHS, recovery_lrs=RECOVERY_LRS) if prunable else {}
     if not {"int8", "mixed"} & set(precisions):
-        return SearchSpace(tuple(precisions), **pruning)
+        return SearchSpace(tuple(precisions))
     counts = tuple(n for n in SAMPLE_COUNTS if n < calibration_count) + (calibration_count,)
     # mixed searches for the user's budget only: a tighter one is below what its 256 samples resolve (0.39 points
     # a sample), and its greedy search then keeps layer after layer float (12+ minutes on MobileNetV2 at 224)
     budgets = (max_accuracy_drop,)
     return SearchSpace(tuple(precisions), tuple(OBSERVERS), counts[-4:], tuple(WEIGHT_ROUNDINGS), RANGE_SEARCHES,
-                       budgets if "mixed" in precisions else (), **pruning)
+                       budgets if "mixed" in precisions else ())
 
 
 def cpu_flags() -> frozenset[str]:
@@ -216,8 +183,8 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
          study_name: str | None = None, output_dir: str | Path | None = None, device: str = "local",
          metric: Any = None, profile_runs: int = 50, seed: int = 0, example_inputs: Sequence[Any] | None = None,
          progress: bool = True) -> TuneResult:
-    """Search deployments of `model` (an .onnx path, ModelProto, or nn.Module with `example_inputs`: then
-    pruning is searched too) on `target` (see the module docstring). Stops after `trials` finished trials in the
+    """Search deployments of `model` (an .onnx path, ModelProto, or nn.Module with `example_inputs`) on
+    `target` (see the module docstring). Stops after `trials` finished trials in the
     study (all workers together) or `time_budget` seconds. Raises AccuracyCheckFailed (after writing the
     results) when no configuration met `max_accuracy_drop`."""
     optuna = _import_optuna()
@@ -227,18 +194,19 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1 (got {trials}).")
     backend = get_backend(tgt.backend)
+    loaded = to_model(model, example_inputs)
+    space = search_space(tgt, backend, _calibration_count(loaded, calib), max_accuracy_drop, cpu_flags())
+    if space.size() < 2:
+        raise ConfigError(f"Nothing to choose on {tgt.name}: {backend.name} builds only {space.precisions[0]} there. "
+                          f"Compile it: edgec compile MODEL --target {tgt.name}.")
     if device == "local" and not backend.can_run_here(tgt):
         raise ConfigError(f"Tuning times every build on the target: {tgt.name} ({backend.name}, {tgt.arch}) does not "
-                          "run here. Give its board with --device rpc://HOST:PORT or tracker://HOST:PORT/KEY.")
+                          "run here. Give the board with --device (ssh://user@jetson for a Jetson).")
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"tune-{Path(str(model)).stem}-{tgt.name}"
     out.mkdir(parents=True, exist_ok=True)
-    loaded = to_model(model, example_inputs)
-    count = _calibration_count(loaded, calib)
-    prunable = loaded.provenance.get("kind") == "torch"
-    space = search_space(tgt, backend, count, max_accuracy_drop, cpu_flags(), prunable)
     study = open_study(optuna, storage, study_name or f"{loaded.sha256()[:12]}-{tgt.name}", out, seed)
     trial_runner = _Trials(model, tgt, calib, space, out, device, metric, profile_runs, max_accuracy_drop,
-                           Steps(progress), trials, example_inputs, loaded)
+                           Steps(progress), trials, example_inputs)
     reclaim_dead_trials(optuna, study)
     _seed_defaults(study, space)
     t0 = time.perf_counter()
@@ -372,10 +340,9 @@ def _seed_defaults(study: Any, space: SearchSpace) -> None:
     """A new study starts from the anchors: fp32, and int8 with edgec's defaults (the build to beat)."""
     if study.get_trials(deepcopy=False):
         return
-    unpruned = {"prune_ratio": 0.0} if space.prune_ratios else {}
-    study.enqueue_trial({"precision": "fp32", **unpruned}, user_attrs={"anchor": "fp32"})
+    study.enqueue_trial({"precision": "fp32"}, user_attrs={"anchor": "fp32"})
     if "int8" in space.precisions:
-        study.enqueue_trial({**unpruned, "precision": "int8", "calibration_method": "percentile",
+        study.enqueue_trial({"precision": "int8", "calibration_method": "percentile",
                              "calibration_samples": space.calibration_samples[-1], "weight_rounding": "gptq",
                              "range_search": 64 if 64 in space.range_searches else space.range_searches[-1]},
                             user_attrs={"anchor": "default int8"})
@@ -387,11 +354,11 @@ class _Trials:
 
     def __init__(self, model: Any, target: Target, calib: CalibrationSet | None, space: SearchSpace, out: Path,
                  device: str, metric: Any, runs: int, budget: float, steps: Steps, trials: int | None,
-                 example_inputs: Sequence[Any] | None, loaded: Any):
+                 example_inputs: Sequence[Any] | None):
         self.model, self.target, self.calib, self.space, self.out = model, target, calib, space, out
         self.device, self.metric, self.runs, self.budget, self.steps = device, metric, runs, budget, steps
         self.trials, self.duplicates_in_a_row = trials, 0
-        self.example_inputs, self.loaded = example_inputs, loaded
+        self.example_inputs = example_inputs
 
     def __call__(self, trial: Any) -> tuple[float, float, float]:
         import optuna
@@ -424,27 +391,10 @@ class _Trials:
         return tuple(objectives[k] for k in OBJECTIVES)  # type: ignore[return-value]
 
     def build(self, config: TrialConfig, folder: Path) -> Build:
-        """Compile `config` into `folder` (the build cache answers one built before); kept if inaccurate. A
-        pruned configuration prunes the PyTorch model first (recovery: distillation on the calibration inputs)."""
-        model = self.model
-        if config.prune_ratio:
-            model = prune(self.model, config.prune_ratio, self.example_inputs, target=self.target.name,
-                          data=(self._recovery_inputs(),), epochs=config.recovery_epochs,
-                          lr=config.recovery_lr or 1e-3, measure=False, progress=False).model
-        return compile(model, self.target, calibration=self.calib, output_dir=folder, metric=self.metric,
+        """Compile `config` into `folder` (the build cache answers one built before); kept if inaccurate."""
+        return compile(self.model, self.target, calibration=self.calib, output_dir=folder, metric=self.metric,
                        example_inputs=self.example_inputs, profile_runs=self.runs, progress=False,
                        accept_inaccurate=True, **config.compile_options())
-
-    def _recovery_inputs(self) -> Any:
-        """The calibration samples of the model's first input, as one torch tensor (distillation data)."""
-        import numpy as np
-        import torch
-
-        if self.calib is None:
-            raise ConfigError("Pruning recovers by distillation on calibration inputs: give --calib / calibration=.")
-        samples = self.calib.load(self.loaded.inputs, "calibration", fixed_inputs(self.loaded))
-        first = self.loaded.inputs[0].name
-        return torch.from_numpy(np.concatenate([feed[first] for feed in samples.feeds]))
 
     def _objectives(self, build: Build) -> tuple[dict[str, float], str]:
         """p50 latency on the target (ms), the drop against fp32 in the task metric (points), artifact bytes;
@@ -543,8 +493,8 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
 
 
 def _best_build(runner: _Trials, row: dict[str, Any], config: TrialConfig) -> Build:
-    """OUT/best: a copy of the recommended trial's folder (exactly what was measured; a pruned model's recovery
-    is not repeated), or, when another machine's worker built it, the same configuration built here."""
+    """OUT/best: a copy of the recommended trial's folder (exactly what was measured), or, when another
+    machine's worker built it, the same configuration built here."""
     folder, best = Path(row["folder"] or ""), runner.out / "best"
     if not (folder / "manifest.json").is_file():
         return runner.build(config, best)
