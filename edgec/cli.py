@@ -159,8 +159,8 @@ def _add_tune_command(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--storage", metavar="URL|FILE", help="Optuna storage shared by workers: sqlite:///x.db, "
                    "postgresql://user@host/db, or a journal file (default: OUT/tune.journal)")
     t.add_argument("--study", metavar="NAME", help="study name (default: the model's digest and the target)")
-    t.add_argument("--device", default="local", help="where trials are timed: local, rpc://HOST:PORT or "
-                   "tracker://HOST:PORT/KEY (each trial takes a board from the tracker)")
+    t.add_argument("--device", default="local", help="where trials are timed: local (default), or the target's "
+                   "device as edgec profile takes it (ssh://USER@HOST for a Jetson)")
     t.add_argument("--metric", action="append", default=[], metavar="NAME|OUTPUT=NAME", help="as for compile")
     t.add_argument("--runs", type=int, default=50, help="timed runs per trial (default 50)")
     t.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
