@@ -47,6 +47,7 @@ SAMPLE_COUNTS = (64, 128, 256, 512)
 RANGE_SEARCHES = (0, 16, 64)
 REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed again, interleaved
 REMEASURE_ROUNDS = 5
+REMEASURE_AT_MOST = 6  # the fastest six of them: a slower one is not recommended
 _DUPLICATES_BEFORE_STOP = 40
 # a trial's configuration can't be built, or its build disagrees with fp32 on the board: that trial fails, the
 # tune goes on (BackendUnavailable, a device or storage gone, stops it)
@@ -468,7 +469,9 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
     feasible = sorted((r for r in complete if r["objectives"]["drop_points"] <= runner.budget),
                       key=lambda r: r["objectives"]["latency_ms"])
     remeasured = _remeasure(feasible, runner)
-    best_row = min(feasible, key=lambda r: remeasured.get(r["number"], r["objectives"]["latency_ms"])) if feasible else None
+    # the fastest feasible build; among the close calls, the fastest when they were timed again side by side
+    best_row = (min((r for r in feasible if r["number"] in remeasured), key=lambda r: remeasured[r["number"]])
+                if remeasured else feasible[0] if feasible else None)
     summary = {"schema": SCHEMA, "study": study.study_name, "storage": _redacted(storage) if storage else
                str(runner.out / "tune.journal"), "target": runner.target.name, "budget_points": runner.budget,
                "space": runner.space.to_json(), "wall_s": round(seconds, 1), "trials": rows,
@@ -522,7 +525,7 @@ def _remeasure(feasible: list[dict[str, Any]], runner: _Trials) -> dict[int, flo
     if len(feasible) < 2:
         return {}
     fastest = feasible[0]["objectives"]["latency_ms"]
-    close = [r for r in feasible if r["objectives"]["latency_ms"] <= fastest * (1 + REMEASURE_WITHIN)][:6]
+    close = [r for r in feasible if r["objectives"]["latency_ms"] <= fastest * (1 + REMEASURE_WITHIN)][:REMEASURE_AT_MOST]
     if len(close) < 2:
         return {}
     rounds: dict[int, list[float]] = {r["number"]: [] for r in close}

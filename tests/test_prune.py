@@ -186,7 +186,9 @@ def test_report_has_weight_bytes_and_latency_per_backend(capsys) -> None:
         assert by_target[name]["ratio"] == pytest.approx(by_target[name]["pruned"] / by_target[name]["dense"], abs=1e-3)
     assert by_target["rpi4"]["dense"] is None and "profile on the device" in by_target["rpi4"]["note"]
     slower = [n for n in ("intel-cpu", "x86-tvm") if by_target[n]["pruned"] >= by_target[n]["dense"]]
-    assert len(report["warnings"]) == len(slower)  # slower elsewhere is reported, not refused
+    # slower elsewhere is reported, not refused; profile.not_faster also asks the fastest run, so a p50 that is
+    # not faster (a burst of load) warns only when the fastest run is not faster either
+    assert all(any(f"on {n} " in w for n in slower) for w in report["warnings"]) and len(report["warnings"]) <= len(slower)
     assert "latency_ms" not in report  # no target to prune for, so nothing to refuse
 
 
