@@ -114,14 +114,15 @@ def remove_stale_staging(final: Path) -> None:
     for path in sorted(final.parent.glob(f".{final.name}.*-*-*")):
         kind, _, rest = path.name[len(final.name) + 2:].partition("-")
         pid = rest.split("-", 1)[0]
-        if kind not in ("staging", "old") or not pid.isdigit() or _alive(int(pid)):
+        if kind not in ("staging", "old") or not pid.isdigit() or pid_alive(int(pid)):
             continue
         if kind == "old" and (path / "out").is_dir() and not final.exists():
             os.replace(path / "out", final)  # killed between the two renames of replace_dir: put the old back
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

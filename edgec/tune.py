@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from .backends import Backend, get_backend
 from .calibration import CalibrationSet, fixed_inputs
 from .errors import AccuracyCheckFailed, BackendUnavailable, BuildError, ConfigError, PassError, brief
-from .fileio import staged_dir
+from .fileio import pid_alive, staged_dir
 from .frontend import to_model
 from .isolation import isolated
 from .passes.calibrate import OBSERVERS
@@ -316,7 +316,7 @@ def reclaim_dead_trials(optuna: Any, study: Any) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or _alive(int(pid)):
+        if name != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         try:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -325,16 +325,6 @@ def reclaim_dead_trials(optuna: Any, study: Any) -> list[int]:
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         reclaimed.append(trial.number)
     return reclaimed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _seed_defaults(study: Any, space: SearchSpace) -> None:
