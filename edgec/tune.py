@@ -194,6 +194,8 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
         raise ConfigError("Say when to stop: --trials N or --time-budget SECONDS.")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1 (got {trials}).")
+    if time_budget is not None and not time_budget > 0:
+        raise ConfigError(f"--time-budget must be a number of seconds > 0 (got {time_budget}).")
     backend = get_backend(tgt.backend)
     loaded = to_model(model, example_inputs)
     space = search_space(tgt, backend, _calibration_count(loaded, calib), max_accuracy_drop, cpu_flags())

@@ -37,6 +37,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from processes import stop_escalating
+
 INSTALL_HINT = "a loopback PostgreSQL server is needed: apt-get install postgresql"
 DATABASE = "edgec_test"
 SUPERUSER = "postgres"
@@ -171,21 +173,9 @@ def start_postgres(root: Path) -> tuple[subprocess.Popen, LoopbackPostgres]:
 
 
 def stop_postgres(proc: subprocess.Popen) -> None:
-    """Fast shutdown (SIGINT: disconnect clients, stop), then immediate (SIGQUIT), then SIGKILL to the group."""
-    for sig, wait_s in ((signal.SIGINT, 15), (signal.SIGQUIT, 10), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            break
-        try:
-            if sig == signal.SIGKILL:
-                os.killpg(proc.pid, sig)  # the backends too, which the postmaster would otherwise reap
-            else:
-                proc.send_signal(sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
+    """Fast shutdown (SIGINT: disconnect clients, stop), then immediate (SIGQUIT), then SIGKILL to the group (the
+    backends too, which the postmaster would otherwise reap)."""
+    stop_escalating(proc, [(signal.SIGINT, False, 15), (signal.SIGQUIT, False, 10), (signal.SIGKILL, True, 10)])
 
 
 @pytest.fixture(scope="session")

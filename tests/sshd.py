@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from processes import stop_escalating
 
 SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "a loopback sshd is needed: apt-get install openssh-server"
@@ -121,17 +124,7 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen, LoopbackSshd]:
 
 def stop_sshd(proc: subprocess.Popen) -> None:
     """Terminate sshd and its session children; kill if it does not exit within 10 s."""
-    for sig, wait_s in (("terminate", 10), ("kill", 10)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, 15 if sig == "terminate" else 9)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
+    stop_escalating(proc, [(signal.SIGTERM, True, 10), (signal.SIGKILL, True, 10)])
 
 
 @pytest.fixture(scope="session")
