@@ -169,3 +169,14 @@ def drop_standard_error(fp32_correct: np.ndarray, other_correct: np.ndarray) -> 
     (metrics.standard_error_of_drop does the same for any metric, by bootstrap.)"""
     diff = np.asarray(fp32_correct, dtype=np.float64) - np.asarray(other_correct, dtype=np.float64)
     return 100.0 * float(diff.std()) / float(np.sqrt(len(diff)))
+
+
+def drop_points(result: dict[str, Any]) -> float | None:
+    """Points a candidate lost against fp32 in the primary metric, from a `compare` result: against the labels
+    when it has them, else 100 - its agreement with fp32 (the measure --max-accuracy-drop bounds). None when the
+    result has no rows (nothing was checked)."""
+    if "labelled" in result:
+        return round(float(result["labelled"]["drop_points"]), 4)
+    rows = result.get("outputs") or []
+    primary = next((r for r in rows if r["metric"] == result.get("metric")), rows[0] if rows else None)
+    return None if primary is None else round(100.0 - float(primary["agreement"]), 4)

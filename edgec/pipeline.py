@@ -243,7 +243,7 @@ class _Job:
         """Validation samples and the fp32 ONNX Runtime outputs on them (every output), and the metrics that
         judge them (`self.judge`): computed once per compile, shared by the final build and every variant."""
         if self._reference is None:
-            samples = self._validation or _validation_samples(fp32, self.calib)
+            samples = self._validation or validation_samples(fp32, self.calib)
             self._reference = (samples, accuracy.collect(accuracy.onnx_runtime_runner(fp32.proto), samples))
         if self.judge is None:
             self.judge = accuracy.Judge.of(fp32.proto, self._reference[1], self.request.options.metric)
@@ -305,7 +305,7 @@ class _Job:
         """Calibrate and insert Q/DQ; for mixed, search which layers stay float. Fills `comparison`."""
         subset = self.request.options.calibration_samples
         samples = calibration_samples(fp32, dataclasses.replace(self.calib, limit=subset) if subset else self.calib)
-        validation = self._validation = _validation_samples(fp32, self.calib, calibration=None if subset else samples)
+        validation = self._validation = validation_samples(fp32, self.calib, calibration=None if subset else samples)
         single = len(fp32.proto.graph.output) == 1  # the statistics pass records the first output only
         calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples and single)
         if calibrated.outputs is not None:  # the statistics pass ran the fp32 model on the validation samples
@@ -591,8 +591,8 @@ def _verify(reference: tuple[Samples, list[Any]], runner: accuracy.Runner, preci
     return accuracy.check(result, precision)
 
 
-def _validation_samples(model: Model, calib: CalibrationSet | None, limit: int = 0,
-                        calibration: Samples | None = None) -> Samples:
+def validation_samples(model: Model, calib: CalibrationSet | None, limit: int = 0,
+                       calibration: Samples | None = None) -> Samples:
     """The validation split (at most `limit` or VALIDATION_SAMPLES), else the calibration samples: then the
     very `calibration` object when it was loaded already and is not over the limit."""
     fixed = fixed_inputs(model)

@@ -24,21 +24,24 @@ import shutil
 import socket
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import accuracy
 from .backends import Backend, get_backend
 from .calibration import CalibrationSet, fixed_inputs
 from .errors import AccuracyCheckFailed, BackendUnavailable, BuildError, ConfigError, PassError, brief
 from .fileio import pid_alive, staged_dir
 from .frontend import to_model
 from .isolation import isolated
+from .model import Model
 from .passes.calibrate import OBSERVERS
 from .passes.ptq import MIN_CALIBRATION_SAMPLES, WEIGHT_ROUNDINGS
 from .pipeline import Build, compile, profile
 from .progress import Steps
-from .target import Target, load_target
+from .target import TARGETS_DIR, Target, load_target
+from .tune_pruning import PrunedModels, PruningChoices, pruning_choices
 from .tune_report import write_results
 
 SCHEMA = "edgec.tune/1"
@@ -64,6 +67,9 @@ class TrialConfig:
     weight_rounding: str | None = None
     range_search: int | None = None
     budget: float | None = None  # mixed: the accuracy budget its search keeps layers float for
+    prune_ratio: float = 0.0  # PyTorch models: the share of channels pruned (tune_pruning.py), and its recovery
+    recovery_epochs: int | None = None
+    recovery_lr: float | None = None
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -78,14 +84,17 @@ class TrialConfig:
         return options
 
     def label(self) -> str:
+        pruned = (f" pruned{self.prune_ratio:g} e{self.recovery_epochs} lr{self.recovery_lr:g}"
+                  if self.prune_ratio else "")
         if self.precision not in ("int8", "mixed"):
-            return self.precision
+            return self.precision + pruned
         parts = [self.precision, self.calibration_method, f"n{self.calibration_samples}", self.weight_rounding,
                  f"rs{self.range_search}"]
-        return " ".join(str(p) for p in parts) + (f" b{self.budget:g}" if self.precision == "mixed" else "")
+        return " ".join(str(p) for p in parts) + (f" b{self.budget:g}" if self.precision == "mixed" else "") + pruned
 
     def command(self, model: str, target: str, calib: str | None, out: str) -> str:
-        """The `edgec compile` line that builds this configuration."""
+        """The `edgec compile` line that builds this configuration from `model` (for a pruned configuration: the
+        pruned model, OUT/pruned/<key>.onnx)."""
         words = ["edgec", "compile", model, "--target", target, "--precision", self.precision]
         if calib:
             words += ["--calib", calib]
@@ -107,35 +116,47 @@ class SearchSpace:
     weight_roundings: tuple[str, ...] = ()
     range_searches: tuple[int, ...] = ()
     budgets: tuple[float, ...] = ()
+    prune_ratios: tuple[float, ...] = ()  # besides 0 (not pruned)
+    recovery_epochs: tuple[int, ...] = ()
+    recovery_lrs: tuple[float, ...] = ()
+    pruning_absent: str | None = None  # why pruning is not searched
 
     def suggest(self, trial: Any) -> TrialConfig:
-        """The trial's configuration; int8 parameters only for int8 and mixed (a conditional space)."""
+        """The trial's configuration; int8 parameters only for int8 and mixed, recovery parameters only when
+        pruned (a conditional space)."""
         precision = trial.suggest_categorical("precision", list(self.precisions))
-        if precision not in ("int8", "mixed"):
-            return TrialConfig(precision)
-        return TrialConfig(
-            precision, trial.suggest_categorical("calibration_method", list(self.calibration_methods)),
-            trial.suggest_categorical("calibration_samples", list(self.calibration_samples)),
-            trial.suggest_categorical("weight_rounding", list(self.weight_roundings)),
-            trial.suggest_categorical("range_search", list(self.range_searches)),
-            trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None)
+        config = TrialConfig(precision)
+        if precision in ("int8", "mixed"):
+            config = TrialConfig(
+                precision, trial.suggest_categorical("calibration_method", list(self.calibration_methods)),
+                trial.suggest_categorical("calibration_samples", list(self.calibration_samples)),
+                trial.suggest_categorical("weight_rounding", list(self.weight_roundings)),
+                trial.suggest_categorical("range_search", list(self.range_searches)),
+                trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None)
+        ratio = trial.suggest_categorical("prune_ratio", [0.0, *self.prune_ratios]) if self.prune_ratios else 0.0
+        if not ratio:
+            return config
+        return replace(config, prune_ratio=ratio,
+                       recovery_epochs=trial.suggest_categorical("recovery_epochs", list(self.recovery_epochs)),
+                       recovery_lr=trial.suggest_categorical("recovery_lr", list(self.recovery_lrs)))
 
     def size(self) -> int:
         """How many distinct configurations the space holds."""
         quantized = (len(self.calibration_methods) * len(self.calibration_samples) * len(self.weight_roundings)
                      * len(self.range_searches))
-        return sum(quantized * (len(self.budgets) if p == "mixed" else 1) if p in ("int8", "mixed") else 1
-                   for p in self.precisions)
+        precisions = sum(quantized * (len(self.budgets) if p == "mixed" else 1) if p in ("int8", "mixed") else 1
+                         for p in self.precisions)
+        return precisions * (1 + len(self.prune_ratios) * len(self.recovery_epochs) * len(self.recovery_lrs))
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "configurations": self.size()}
 
 
 def search_space(target: Target, backend: Backend, calibration_count: int, max_accuracy_drop: float,
-                 cpu_flags: frozenset[str] = frozenset()) -> SearchSpace:
+                 cpu_flags: frozenset[str] = frozenset(), pruning: PruningChoices = PruningChoices()) -> SearchSpace:
     """The configurations `target` allows: its precisions that its backend builds and its hardware computes
     natively (bf16/fp16 on CPUs only with the instructions), int8 and mixed only with calibration data and a
-    Q/DQ placement. ConfigError when nothing is left."""
+    Q/DQ placement; each of them dense or pruned as `pruning` allows. ConfigError when no precision is left."""
     precisions = [p for p in ("fp32", "fp16", "bf16", "int8", "mixed")
                   if p in target.precisions and p in backend.capabilities.precisions]
     if backend.name == "openvino":  # without the instructions OpenVINO computes these in fp32 or bf16
@@ -147,14 +168,16 @@ def search_space(target: Target, backend: Backend, calibration_count: int, max_a
         raise ConfigError(f"Nothing to search on {target.name}: none of its precisions ({', '.join(target.precisions)}) "
                           f"is built by {backend.name} here; int8 and mixed need --calib with at least "
                           f"{MIN_CALIBRATION_SAMPLES} samples.")
+    pruned = dict(prune_ratios=pruning.ratios, recovery_epochs=pruning.epochs, recovery_lrs=pruning.lrs,
+                  pruning_absent=pruning.absent)
     if not {"int8", "mixed"} & set(precisions):
-        return SearchSpace(tuple(precisions))
+        return SearchSpace(tuple(precisions), **pruned)
     counts = tuple(n for n in SAMPLE_COUNTS if n < calibration_count) + (calibration_count,)
     # mixed searches for the user's budget only: a tighter one is below what its 256 samples resolve (0.39 points
     # a sample), and its greedy search then keeps layer after layer float (12+ minutes on MobileNetV2 at 224)
     budgets = (max_accuracy_drop,)
     return SearchSpace(tuple(precisions), tuple(OBSERVERS), counts[-4:], tuple(WEIGHT_ROUNDINGS), RANGE_SEARCHES,
-                       budgets if "mixed" in precisions else ())
+                       budgets if "mixed" in precisions else (), **pruned)
 
 
 def cpu_flags() -> frozenset[str]:
@@ -198,18 +221,22 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
         raise ConfigError(f"--time-budget must be a number of seconds > 0 (got {time_budget}).")
     backend = get_backend(tgt.backend)
     loaded = to_model(model, example_inputs)
-    space = search_space(tgt, backend, _calibration_count(loaded, calib), max_accuracy_drop, cpu_flags())
+    pruning = pruning_choices(model, loaded, calib)
+    space = search_space(tgt, backend, _calibration_count(loaded, calib), max_accuracy_drop, cpu_flags(), pruning)
     if space.size() < 2:
-        raise ConfigError(f"Nothing to choose on {tgt.name}: {backend.name} builds only {space.precisions[0]} there. "
-                          f"Compile it: edgec compile MODEL --target {tgt.name}.")
+        raise ConfigError(f"Nothing to choose on {tgt.name}: {backend.name} builds only {space.precisions[0]} there, "
+                          f"and pruning is not searched ({pruning.absent}). Compile it: edgec compile MODEL "
+                          f"--target {tgt.name}.")
     if device == "local" and not backend.can_run_here(tgt):
         raise ConfigError(f"Tuning times every build on the target: {tgt.name} ({backend.name}, {tgt.arch}) does not "
                           "run here. Give the board with --device (ssh://user@jetson for a Jetson).")
     out = Path(output_dir) if output_dir else Path("edgec-out") / f"tune-{Path(str(model)).stem}-{tgt.name}"
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(optuna, storage, study_name or f"{loaded.sha256()[:12]}-{tgt.name}", out, seed)
+    pruned = (PrunedModels(model, example_inputs or (), loaded, calib, tgt, metric, out / "pruned", seed)
+              if space.prune_ratios and calib is not None else None)
     trial_runner = _Trials(model, tgt, calib, space, out, device, metric, profile_runs, max_accuracy_drop,
-                           Steps(progress), trials, example_inputs)
+                           Steps(progress), trials, example_inputs, pruned, _model_file(model, loaded, out))
     reclaim_dead_trials(optuna, study)
     _seed_defaults(study, space)
     t0 = time.perf_counter()
@@ -226,6 +253,15 @@ def _import_optuna() -> Any:
         raise BackendUnavailable("edgec tune needs Optuna: pip install 'edgec[tune]'") from e
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
+
+
+def _model_file(model: Any, loaded: Model, out: Path) -> str:
+    """The model as a file for `edgec compile` lines: its path, or (a PyTorch module) its export, OUT/model.onnx."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    path = out / "model.onnx"
+    loaded.save(path)
+    return str(path)
 
 
 def _calibration(data: Any) -> CalibrationSet | None:
@@ -333,11 +369,12 @@ def _seed_defaults(study: Any, space: SearchSpace) -> None:
     """A new study starts from the anchors: fp32, and int8 with edgec's defaults (the build to beat)."""
     if study.get_trials(deepcopy=False):
         return
-    study.enqueue_trial({"precision": "fp32"}, user_attrs={"anchor": "fp32"})
+    dense = {"prune_ratio": 0.0} if space.prune_ratios else {}  # an anchor is the model as given
+    study.enqueue_trial({"precision": "fp32", **dense}, user_attrs={"anchor": "fp32"})
     if "int8" in space.precisions:
         study.enqueue_trial({"precision": "int8", "calibration_method": "percentile",
                              "calibration_samples": space.calibration_samples[-1], "weight_rounding": "gptq",
-                             "range_search": 64 if 64 in space.range_searches else space.range_searches[-1]},
+                             "range_search": 64 if 64 in space.range_searches else space.range_searches[-1], **dense},
                             user_attrs={"anchor": "default int8"})
 
 
@@ -347,11 +384,11 @@ class _Trials:
 
     def __init__(self, model: Any, target: Target, calib: CalibrationSet | None, space: SearchSpace, out: Path,
                  device: str, metric: Any, runs: int, budget: float, steps: Steps, trials: int | None,
-                 example_inputs: Sequence[Any] | None):
+                 example_inputs: Sequence[Any] | None, pruned: PrunedModels | None, model_file: str):
         self.model, self.target, self.calib, self.space, self.out = model, target, calib, space, out
         self.device, self.metric, self.runs, self.budget, self.steps = device, metric, runs, budget, steps
         self.trials, self.duplicates_in_a_row = trials, 0
-        self.example_inputs = example_inputs
+        self.example_inputs, self.pruned, self.model_file = example_inputs, pruned, model_file
 
     def __call__(self, trial: Any) -> tuple[float, float, float]:
         import optuna
@@ -373,11 +410,14 @@ class _Trials:
         try:
             with self.steps.step(f"trial {trial.number}: {config.label()}"):
                 build = self.build(config, self.out / "trials" / f"{trial.number:04d}")
-            objectives, where = self._objectives(build)
+            objectives, where = self._objectives(build, config)
         except TRIAL_ERRORS as e:  # this configuration can't be built or disagrees on the board: the trial fails
             trial.set_user_attr("error", f"{type(e).__name__}: {brief(e)}")
             raise
         trial.set_constraint("accuracy_budget", objectives["drop_points"] - self.budget)  # feasible at <= 0
+        if config.prune_ratio:
+            assert self.pruned is not None
+            trial.set_user_attr("pruning", self.pruned.drop(self.source(config)))
         for name, value in {**objectives, "device": where, "build_key": build.cache_key, "cache_hit": build.cached,
                             "folder": str(build.output_dir), "accuracy_ok": build.report["accuracy"].get("ok")}.items():
             trial.set_user_attr(name, value)
@@ -385,21 +425,39 @@ class _Trials:
 
     def build(self, config: TrialConfig, folder: Path) -> Build:
         """Compile `config` into `folder` (the build cache answers one built before); kept if inaccurate."""
-        return compile(self.model, self.target, calibration=self.calib, output_dir=folder, metric=self.metric,
-                       example_inputs=self.example_inputs, profile_runs=self.runs, progress=False,
-                       accept_inaccurate=True, **config.compile_options())
+        source = self.source(config)
+        return compile(source, self.target, calibration=self.calib, output_dir=folder, metric=self.metric,
+                       example_inputs=None if isinstance(source, Path) else self.example_inputs,
+                       profile_runs=self.runs, progress=False, accept_inaccurate=True, **config.compile_options())
 
-    def _objectives(self, build: Build) -> tuple[dict[str, float], str]:
-        """p50 latency on the target (ms), the drop against fp32 in the task metric (points), artifact bytes;
-        and the device that timed it."""
+    def command(self, config: TrialConfig, out: Path) -> str:
+        """The `edgec compile` line that builds `config` into `out`."""
+        model = str(self.source(config)) if config.prune_ratio else self.model_file
+        return config.command(model, _target_word(self.target), _calib_source(self.calib), str(out))
+
+    def source(self, config: TrialConfig) -> Any:
+        """What `config` compiles: the user's model, or its pruned copy (OUT/pruned/<key>.onnx)."""
+        if not config.prune_ratio:
+            return self.model
+        assert self.pruned is not None and config.recovery_epochs and config.recovery_lr
+        return self.pruned.path(config.prune_ratio, config.recovery_epochs, config.recovery_lr)
+
+    def _objectives(self, build: Build, config: TrialConfig) -> tuple[dict[str, float], str]:
+        """p50 latency on the target (ms), the drop against the user's fp32 model in the task metric (points:
+        the build's against its fp32 model, plus pruning's), artifact bytes; and the device that timed it."""
         if self.device == "local":
             latency, where = float(build.report["profile"]["latency_ms"]["p50"]), build.report["profile"]["device"]
-        else:
+        else:  # AccuracyCheckFailed when the board's outputs disagree with ONNX Runtime's
             prof = profile(build.output_dir, device=self.device, runs=self.runs, write=False)
             latency, where = prof.latency_ms.p50, prof.device
+        # a build checked on the board only (TVM): it computes what its model.onnx computes, fp32
+        drop = 0.0 if "skipped" in build.report["accuracy"] and self.device != "local" else accuracy_drop(build.report)
+        if config.prune_ratio:
+            assert self.pruned is not None
+            drop += float(self.pruned.drop(self.source(config))["drop_points"])
         files = set(build.manifest["artifact"]["files"]) | {"model.onnx"}
         size = sum(f["bytes"] for f in build.manifest["files"] if f["path"] in files)
-        return {"latency_ms": latency, "drop_points": accuracy_drop(build.report), "artifact_bytes": float(size)}, where
+        return {"latency_ms": latency, "drop_points": round(drop, 4), "artifact_bytes": float(size)}, where
 
     def stop_when_exhausted(self, study: Any, trial: Any) -> None:
         """Stop once every configuration of the space was evaluated, or the sampler keeps proposing old ones."""
@@ -409,16 +467,11 @@ class _Trials:
 
 
 def accuracy_drop(report: dict[str, Any]) -> float:
-    """Points the build lost against fp32 in the primary metric: against the labels when the data has them,
-    else 100 - its agreement with fp32 (the same measure as --max-accuracy-drop)."""
-    acc = report["accuracy"]
-    if "labelled" in acc:
-        return round(float(acc["labelled"]["drop_points"]), 4)
-    rows = acc.get("outputs") or []
-    primary = next((r for r in rows if r["metric"] == acc.get("metric")), rows[0] if rows else None)
-    if primary is None:
+    """Points the build lost against its fp32 model in the primary metric (accuracy.drop_points)."""
+    drop = accuracy.drop_points(report["accuracy"])
+    if drop is None:
         raise BuildError("The build's report has no accuracy rows: it was not checked, so it cannot be tuned.")
-    return round(100.0 - float(primary["agreement"]), 4)
+    return drop
 
 
 def _counted(trial: Any) -> bool:
@@ -478,8 +531,7 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
     if best_row is not None:
         config = TrialConfig(**json.loads(best_row["config"]))
         best = _best_build(runner, best_row, config)
-        summary["recommended"] = {**best_row, "command": config.command(
-            str(runner.model), runner.target.name, _calib_source(runner.calib), str(runner.out / "best"))}
+        summary["recommended"] = {**best_row, "command": runner.command(config, runner.out / "best")}
     summary["versus_default_int8"] = _versus_default(complete, best_row)
     write_results(runner.out, summary)
     if best_row is None:
@@ -508,14 +560,15 @@ def _trial_row(trial: Any) -> dict[str, Any]:
             "accuracy_ok": attrs.get("accuracy_ok"), "worker": attrs.get("worker"), "folder": attrs.get("folder"),
             "duplicate_of": attrs.get("duplicate_of"), "retry_of": attrs.get("retry_of"),
             "anchor": attrs.get("anchor"), "device": attrs.get("device"), "error": attrs.get("error"),
+            "pruning": attrs.get("pruning"),
             "seconds": (trial.duration.total_seconds() if trial.duration else None)}
 
 
 def _remeasure(feasible: list[dict[str, Any]], runner: _Trials) -> dict[int, float]:
     """The builds within REMEASURE_WITHIN of the fastest feasible one, timed again in interleaved rounds (the
     close calls): median p50 per trial number."""
-    if len(feasible) < 2:
-        return {}
+    if len(feasible) < 2 or any("emulated" in str(r["device"]) for r in feasible):
+        return {}  # an emulated board's latency is not the board's: timing it again decides nothing
     fastest = feasible[0]["objectives"]["latency_ms"]
     close = [r for r in feasible if r["objectives"]["latency_ms"] <= fastest * (1 + REMEASURE_WITHIN)][:REMEASURE_AT_MOST]
     if len(close) < 2:
@@ -547,6 +600,12 @@ def _budget_missed(complete: Sequence[dict[str, Any]], budget: float, out: Path)
     return (f"No configuration met --max-accuracy-drop {budget:g}: the most accurate, trial {closest['number']} "
             f"({closest['label']}), dropped {drop:.2f} points, {drop - budget:.2f} over. The front is in "
             f"{out / 'tune.json'} and {out / 'report.html'}; allow a larger drop, or give more calibration data.")
+
+
+def _target_word(target: Target) -> str:
+    """How a command line names `target`: its name when edgec ships it, else its .toml file."""
+    shipped = not target.path or Path(target.path).resolve().parent == TARGETS_DIR.resolve()
+    return target.name if shipped else target.path
 
 
 def _calib_source(calib: CalibrationSet | None) -> str | None:

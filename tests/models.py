@@ -314,3 +314,24 @@ def lstm_onnx(steps: int = 6, features: int = 8, hidden: int = 16, classes: int 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-tests", ir_version=10)
     onnx.checker.check_model(model)
     return model
+
+
+def prunable_cnn(channels: int = 64, classes: int = 4):
+    """A small CNN for 3x16x16 inputs whose convolutions edgec.prune can thin at every target's round_to."""
+    import torch
+    import torch.nn as nn
+
+    class PrunableCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, channels, 3, padding=1)
+            self.bn = nn.BatchNorm2d(channels)
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+            self.head = nn.Linear(channels, classes)
+
+        def forward(self, x):
+            x = torch.relu(self.conv(torch.relu(self.bn(self.stem(x)))))
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    return PrunableCNN().eval()

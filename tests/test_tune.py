@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ import edgec
 from edgec import AccuracyCheckFailed, ConfigError
 from edgec.backends import get_backend
 from edgec.cli import main
-from edgec.target import load_target
+from edgec.target import TARGETS_DIR, load_target
 from edgec.tune import TrialConfig, search_space
 from models import tiny_conv_onnx
 
@@ -59,6 +61,68 @@ def test_the_search_space_is_what_each_target_allows(tmp_path: Path) -> None:
                          '[openvino]\ndevice = "CPU"\n')
     with pytest.raises(ConfigError, match="Nothing to search on int8-only"):
         _space(str(only_int8), count=0)
+
+
+@pytest.fixture
+def pruning_problem(tmp_path: Path) -> tuple[Any, tuple[Any, ...], Path]:
+    """tests/models.py's prunable CNN, its example input, and 96 labelled calibration + 48 held-out samples."""
+    import torch
+    from models import prunable_cnn
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.random((96, 3, 16, 16), dtype=np.float32), y=rng.integers(0, 4, 96),
+             val_x=rng.random((48, 3, 16, 16), dtype=np.float32), val_y=rng.integers(0, 4, 48))
+    return prunable_cnn(), (torch.zeros(1, 3, 16, 16),), data
+
+
+def test_pruning_is_searched_for_pytorch_models_with_held_out_data(problem, pruning_problem, tmp_path: Path) -> None:
+    """Channel pruning (ratio, recovery epochs and learning rate) is in the space for an nn.Module whose data
+    has a held-out split; otherwise tune.json says why it is not."""
+    from edgec.calibration import CalibrationSet
+    from edgec.frontend import to_model
+    from edgec.tune_pruning import pruning_choices
+
+    module, example, data = pruning_problem
+    dense = to_model(module, example)
+    choices = pruning_choices(module, dense, CalibrationSet(str(data)))
+    assert choices.absent is None and choices.ratios == (0.25, 0.5) and len(choices.epochs) * len(choices.lrs) == 6
+    t = load_target("rpi4")
+    assert search_space(t, get_backend("tvm"), 96, 1.0, pruning=choices).size() == 1 + 2 * 6  # fp32, dense or pruned
+    onnx_model, _ = problem
+    assert "pass the PyTorch nn.Module" in pruning_choices(str(onnx_model), to_model(str(onnx_model)),
+                                                            CalibrationSet(str(data))).absent
+    no_held_out = tmp_path / "calibration-only.npz"
+    np.savez(no_held_out, x=np.zeros((8, 3, 16, 16), np.float32))
+    assert "no held-out split" in pruning_choices(module, dense, CalibrationSet(str(no_held_out))).absent
+
+
+def test_a_pruned_trial_is_scored_against_the_dense_model(pruning_problem, tmp_path: Path) -> None:
+    """On a target with fp32 only, every trial after the fp32 anchor prunes: the pruned model is kept as ONNX in
+    OUT/pruned (smaller), its drop against the dense model on the held-out samples is added to the build's own,
+    and the recommended command rebuilds the recommended trial from the file it was compiled from."""
+    module, example, data = pruning_problem
+    target = tmp_path / "cpu-fp32.toml"
+    text = (TARGETS_DIR / "intel-cpu.toml").read_text().replace('name = "intel-cpu"', 'name = "cpu-fp32"')
+    target.write_text(re.sub(r"(?m)^precisions = .*$", 'precisions = ["fp32"]', text))
+    out = tmp_path / "tune"
+    result = edgec.tune(module, str(target), str(data), trials=3, max_accuracy_drop=100.0, output_dir=out,
+                        profile_runs=5, progress=False, example_inputs=example)
+    summary = result.summary
+    assert summary["space"]["configurations"] == 13 and summary["space"]["pruning_absent"] is None
+    done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 3 and done[0]["anchor"] == "fp32" and done[0]["pruning"] is None
+    for trial in done[1:]:
+        config = json.loads(trial["config"])
+        assert config["prune_ratio"] in (0.25, 0.5) and trial["pruning"]["ratio"] == config["prune_ratio"]
+        pruned = out / "pruned" / (f"r{config['prune_ratio']:g}-e{config['recovery_epochs']}"
+                                   f"-lr{config['recovery_lr']:g}.onnx")
+        assert pruned.stat().st_size < (out / "model.onnx").stat().st_size * 0.8
+        own = json.loads((Path(trial["folder"]) / "report.json").read_text())["accuracy"]["labelled"]["drop_points"]
+        assert trial["objectives"]["drop_points"] == pytest.approx(own + trial["pruning"]["drop_points"], abs=1e-3)
+    command = summary["recommended"]["command"].split()
+    assert Path(command[2]).is_file() and command[2].endswith(".onnx")
+    assert main([*command[1:-1], str(tmp_path / "again"), "-q"]) == 0
 
 
 def test_a_configuration_reproduces_as_one_command() -> None:
@@ -108,7 +172,7 @@ def _journal(path: Path):
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def _worker(model: Path, data: Path, out: Path, trials: int, *more: str) -> subprocess.Popen:
+def _worker(model: Path | str, data: Path, out: Path, trials: int, *more: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, str(WORKER), str(model), str(data), str(out), str(trials), *more],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -168,7 +232,7 @@ def test_two_workers_share_one_study(kind: str, problem, tmp_path: Path, request
         storage = server.create_database(f"tune_{os.getpid()}")
     else:
         storage = str(tmp_path / "shared.journal")
-    workers = [_worker(model, data, tmp_path / f"w{i}", 6, storage, "shared") for i in range(2)]
+    workers = [_worker(model, data, tmp_path / f"w{i}", 6, "--storage", storage, "--study", "shared") for i in range(2)]
     for w in workers:
         assert w.wait(150) == 0, w.stdout.read()
     store = _journal(Path(storage)) if kind == "journal" else storage

@@ -1,11 +1,14 @@
-"""One `edgec tune` worker for the tests: `python tune_worker.py MODEL DATA OUT TRIALS [STORAGE STUDY]`.
+"""One `edgec tune` worker for the tests:
 
-The target is intel-cpu without `mixed` (its search scores hundreds of candidates), and each accuracy
-evaluation is slowed down (a metric that sleeps SLOW_S per call), so that the tests see trials running side
-by side and can kill a worker in the middle of one."""
+    python tune_worker.py MODEL DATA OUT TRIALS [--storage URL --study NAME] [--target T --device D]
+
+MODEL is an .onnx path, or `prunable_cnn` for tests/models.py's PyTorch CNN (pruning is searched). The default
+target is intel-cpu without `mixed` (its search scores hundreds of candidates), and each accuracy evaluation is
+slowed down (a metric that sleeps SLOW_S per call), so that the tests see trials running side by side and can
+kill a worker in the middle of one; `--target T` tunes T with the default metric instead."""
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from pathlib import Path
 
@@ -23,11 +26,31 @@ def slow_top1(outputs, truth) -> float:
     return 100.0 * float(np.mean(np.argmax(outputs[0], -1) == np.argmax(truth[0], -1)))
 
 
+def main() -> None:
+    p = argparse.ArgumentParser()
+    for name in ("model", "data", "out"):
+        p.add_argument(name)
+    p.add_argument("trials", type=int)
+    p.add_argument("--storage")
+    p.add_argument("--study")
+    p.add_argument("--target")
+    p.add_argument("--device", default="local")
+    a = p.parse_args()
+    model, example = a.model, None
+    if a.model == "prunable_cnn":
+        import torch
+        from models import prunable_cnn
+
+        model, example = prunable_cnn(), (torch.zeros(1, 3, 16, 16),)
+    target, metric = a.target, None
+    if target is None:
+        target, metric = str(Path(a.out).parent / f"{Path(a.out).name}-cpu-without-mixed.toml"), slow_top1
+        Path(target).write_text((TARGETS_DIR / "intel-cpu.toml").read_text()  # one per worker: no write race
+                                .replace('name = "intel-cpu"', 'name = "cpu"').replace(', "mixed"', ""))
+    edgec.tune(model, target, a.data, trials=a.trials, storage=a.storage, study_name=a.study, output_dir=a.out,
+               metric=metric, profile_runs=5, max_accuracy_drop=50.0, progress=False, example_inputs=example,
+               device=a.device)
+
+
 if __name__ == "__main__":
-    model, data, out, trials = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    storage, study = (sys.argv[5], sys.argv[6]) if len(sys.argv) > 6 else (None, None)
-    target = Path(out).parent / f"{Path(out).name}-cpu-without-mixed.toml"  # one per worker: no write race
-    target.write_text((TARGETS_DIR / "intel-cpu.toml").read_text().replace('name = "intel-cpu"', 'name = "cpu"')
-                      .replace(', "mixed"', ""))
-    edgec.tune(model, str(target), data, trials=trials, storage=storage, study_name=study, output_dir=out,
-               metric=slow_top1, profile_runs=5, max_accuracy_drop=50.0, progress=False)
+    main()

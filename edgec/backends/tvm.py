@@ -270,6 +270,7 @@ class TVMBackend:
         cfg = manifest["artifact"]["config"]
         about = [info["machine"]] if info.get("machine") else []
         about += [f"emulated {info['qemu_cpu']}"] if info.get("qemu_cpu") else []
+        about += [f"board {info['address']}"] if info.get("address") and address.kind == "tracker" else []
         label = f"{address.display} ({', '.join(about)})" if about else address.display
         layers = with_shares(_kernel_rows(manifest, result["kernels"])) if result["kernels"] else []
         return Profile(

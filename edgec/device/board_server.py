@@ -72,7 +72,7 @@ def _board_info() -> str:
     cpu = os.environ.get("QEMU_CPU")
     return json.dumps({"machine": platform.machine(), "python": platform.python_version(), "tvm": tvm.__version__,
                        "qemu_cpu": cpu, "emulated": bool(cpu or os.environ.get("QEMU_LD_PREFIX")),
-                       "crashes": _STATE["crashes"], "cpus": os.cpu_count()})
+                       "crashes": _STATE["crashes"], "cpus": os.cpu_count(), "address": _STATE.get("address")})
 
 
 @tvm.register_global_func("edgec.last_crash")
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
         tracker = (host, int(port))
     _server._popen_start_rpc_server(a.host, a.port, a.port_end or a.port + 1, tracker_addr=tracker, key=a.key,
                                     custom_addr=a.custom_addr)
+    _STATE["address"] = f"{a.host}:{getattr(_server.PopenRPCServerState.current, 'port', a.port)}"
     log.info("edgec board serving (machine %s, QEMU_CPU=%s, key %r)", platform.machine(),
              os.environ.get("QEMU_CPU"), a.key)
     _server.PopenRPCServerState.current.thread.join()
