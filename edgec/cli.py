@@ -92,6 +92,9 @@ def _add_compile_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--range-search", type=int, default=64, metavar="N",
                    help="int8: choose each activation range by the model's output error on N calibration samples "
                         "(default 64; 0 = off, faster)")
+    c.add_argument("--keep-float", action="append", default=[], metavar="NODE[,NODE...]",
+                   help="int8: keep these ONNX nodes of the quantization plan in float (repeatable; names from an "
+                        "int8 build's manifest.json or a mixed build's report.json mixed_precision.ranking)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                    help="mixed: accuracy budget in points of the --metric (against labels when given, else agreement "
                         "with fp32)")
@@ -206,7 +209,7 @@ def _compile(args: argparse.Namespace) -> int:
                     max_accuracy_drop=args.max_accuracy_drop, calibration_method=args.calib_method,
                     weight_rounding=args.weight_rounding, range_search=args.range_search, prune=args.prune,
                     profile_runs=args.runs, metric=metrics.parse_spec(args.metric), progress=not args.quiet,
-                    calibration_samples=args.calib_subset,
+                    calibration_samples=args.calib_subset, keep_float=parse_node_list(args.keep_float),
                     dla=args.dla, gpu_fallback=args.gpu_fallback, use_cache=not args.no_cache,
                     accept_inaccurate=args.accept_inaccurate)
     if args.json:
@@ -351,6 +354,11 @@ def _inspect(args: argparse.Namespace) -> int:
             print(f"{kind[:-1]:24} {s['name']} {s['dtype']}[{'x'.join(map(str, s['shape']))}]")
     print("ops".ljust(24), ", ".join(f"{k} {v}" for k, v in ops.most_common()))
     return EXIT_OK
+
+
+def parse_node_list(values: Sequence[str]) -> tuple[str, ...]:
+    """--keep-float's node names: comma lists, repeatable; blanks dropped, order kept, each name once."""
+    return tuple(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
 
 
 def _usage(msg: str) -> EdgecError:

@@ -83,7 +83,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
             max_accuracy_drop: float | None = None, calibration_method: str = "percentile",
             weight_rounding: str = "gptq", range_search: int = 64, prune: str | None = None,
             profile_runs: int = 100, metric: Any = None, calibration_samples: int | None = None,
-            dla: int | None = None, gpu_fallback: bool = False,
+            keep_float: Sequence[str] = (), dla: int | None = None, gpu_fallback: bool = False,
             progress: bool = True, use_cache: bool = True, accept_inaccurate: bool = False) -> Build:
     """Compile `model` (nn.Module, ExportedProgram, ModelProto or .onnx path) for `target`.
 
@@ -94,7 +94,9 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     (edgec/metrics.py): None (chosen per output from its shape and op), a name ("map50"), {output name: name},
     or a callable `metric(outputs, truth) -> points`, higher is better (truth: the labels, else the fp32
     outputs); it is the primary metric. `calibration_samples`: calibrate on a seeded subset of that many samples
-    of the calibration split, the validation samples unchanged (`edgec tune` varies it). `max_accuracy_drop` is
+    of the calibration split, the validation samples unchanged (`edgec tune` varies it). `keep_float` (int8
+    only): ONNX node names of the quantization plan (manifest.json's quantize-int8 pass lists them; report.json's
+    mixed_precision.ranking ranks them) that stay in float, besides any the int8 guard keeps. `max_accuracy_drop` is
     the budget for `mixed`, in points of the primary
     metric (against labels when given, else agreement with fp32). Writes `output_dir` atomically: on
     any failure or interrupt the previous folder (or nothing) remains. A build that fails its accuracy check
@@ -110,7 +112,7 @@ def compile(model: Any, target: str | Target = "intel-cpu", precision: str | Non
     backend = get_backend(tgt.backend)
     sdk = _sdk_versions(backend, tgt, precision)
     options = CompileOptions(tgt, precision, calib, calibration_method, weight_rounding, range_search,
-                             max_accuracy_drop, prune, profile_runs, metric, calibration_samples)
+                             max_accuracy_drop, prune, profile_runs, metric, calibration_samples, keep_float)
     steps = Steps(progress)
     with steps.step("loading the model"):
         model_in = to_model(model, example_inputs, input_shapes, input_values)
@@ -188,6 +190,18 @@ def _check_failure(accuracy: Mapping[str, Any], precision: str) -> str:
             f"{accuracy.get('data')})")
 
 
+def _check_keep_float(names: Sequence[str], calibrated: Calibrated) -> None:
+    """ConfigError (before any build) when keep_float names nodes the quantization plan does not hold."""
+    planned = calibrated.plan.nodes
+    unknown = sorted(set(names) - set(planned), key=list(names).index)
+    if unknown:
+        shown = ", ".join(planned[:8]) + (f", ... ({len(planned)} in all)" if len(planned) > 8 else "")
+        raise ConfigError(f"--keep-float names nodes that are not in this model's int8 quantization plan: "
+                          f"{', '.join(unknown)}. Quantized nodes here: {shown}. Take the names from an int8 "
+                          "build's manifest.json (the quantize-int8 pass: config.nodes) or, ranked by how much "
+                          "float helps, from a mixed build's report.json (mixed_precision.ranking).")
+
+
 class _Job:
     """One compile's state: runs passes, builds variants into folders, checks and profiles them."""
 
@@ -199,6 +213,7 @@ class _Job:
         self.pass_log: list[dict[str, Any]] = []
         self.mixed: dict[str, Any] | None = None
         self.int8_guard: dict[str, Any] | None = None
+        self.keep_float: dict[str, Any] | None = None  # the user's keep_float: requested and kept layers
         self._reference: tuple[Samples, list[Any]] | None = None
         self.judge: accuracy.Judge | None = None  # the metrics, chosen with the reference
         self._validation: Samples | None = None  # loaded before calibration when quantizing
@@ -230,6 +245,8 @@ class _Job:
             report["warnings"] = _speed_warnings(comparison, o.precision)
         if self.int8_guard is not None:
             report["int8_guard"] = self.int8_guard
+        if self.keep_float is not None:
+            report["keep_float"] = self.keep_float
         if self.mixed is not None:
             report["mixed_precision"] = self.mixed
             report["accuracy"].update(criterion=f"the mixed-precision budget: {self.mixed['metric']} at most "
@@ -308,16 +325,18 @@ class _Job:
         validation = self._validation = validation_samples(fp32, self.calib, calibration=None if subset else samples)
         single = len(fp32.proto.graph.output) == 1  # the statistics pass records the first output only
         calibrated = self._calibrate(fp32, samples, keep_outputs=validation is samples and single)
+        _check_keep_float(self.request.options.keep_float, calibrated)
         if calibrated.outputs is not None:  # the statistics pass ran the fp32 model on the validation samples
             self._reference = (validation, [accuracy.stacked(calibrated.outputs)])
         fp32_layers = None
         if self.backend.can_run_here(self.tgt):
             comparison["fp32"], fp32_layers = self.variant(fp32, fp32, "fp32", staging / ".fp32")
         int8 = calibrated.quantized()
-        self.pass_log.append({"name": "quantize-int8", "config": {"int8_nodes": len(calibrated.plan.nodes)},
+        self.pass_log.append({"name": "quantize-int8", "config": {"int8_nodes": len(calibrated.plan.nodes),
+                                                                  "nodes": list(calibrated.plan.nodes)},
                               "seconds": 0.0})
         if self.request.options.precision == "int8":
-            return calibrated.quantized(self._guard_int8(fp32, calibrated))
+            return calibrated.quantized(self._int8_float_layers(fp32, calibrated))
         gains = None
         if fp32_layers is not None:
             comparison["int8"], int8_layers = self.variant(int8, fp32, "int8", staging / ".int8")
@@ -356,6 +375,18 @@ class _Job:
             head, head_ref = _head((samples, reference), rank_samples)
             rank = accuracy.make_evaluator(head, head_ref, self.judge)
         return evaluate, rank, accuracy.reference_evaluation(reference, self.judge, samples.labels)
+
+    def _int8_float_layers(self, fp32: Model, calibrated: Calibrated) -> list[str]:
+        """The layers an int8 build keeps in float: the user's keep_float, then those the int8 guard adds."""
+        requested = list(self.request.options.keep_float)
+        guarded = self._guard_int8(fp32, calibrated)
+        keep = list(dict.fromkeys(requested + guarded))
+        if requested:
+            self.keep_float = {"requested": requested, "kept": keep,
+                               "added_by_int8_guard": [n for n in guarded if n not in requested]}
+            self.pass_log.append({"name": "keep-float", "config": {"requested": requested, "kept": keep},
+                                  "seconds": 0.0})
+        return keep
 
     def _guard_int8(self, fp32: Model, calibrated: Calibrated) -> list[str]:
         """Layers an int8 build keeps in float: none, unless int8 (run in ONNX Runtime on the validation samples)
@@ -418,7 +449,9 @@ class _Job:
                       "mixed": result.final_score, "standard_error_points": round(error, 3),
                       "float_layers": result.decisions,
                       "int8_layers": len(calibrated.plan.nodes) - len(result.keep_float),
-                      "evaluations": result.evaluations}
+                      "evaluations": result.evaluations,
+                      "ranking": [{k: r[k] for k in ("node", "error_recovered", "int8_gain_ms")}
+                                  for r in result.ranking]}
         _mixed_notes(result, max_drop, len(samples), error)
         return result.keep_float
 

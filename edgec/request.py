@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import cache
 from ._version import __version__
@@ -35,6 +35,7 @@ class CompileOptions:
     profile_runs: int = 100
     metric: Any = None  # metrics.for_model's spec: None, a name, {output: name} or a callable
     calibration_samples: int | None = None  # a seeded subset of the calibration split; validation unchanged
+    keep_float: Sequence[str] = ()  # int8: ONNX node names of the quantization plan that stay in float
 
     def __post_init__(self) -> None:
         tgt, precision = self.target, self.precision
@@ -59,7 +60,22 @@ class CompileOptions:
             raise ConfigError(f"calibration_samples must be a count >= 1, got {self.calibration_samples!r}.")
         if not isinstance(self.profile_runs, int) or self.profile_runs < 1:
             raise ConfigError(f"--runs must be at least 1 (got {self.profile_runs!r}).")
+        self._check_keep_float()
         self.sparsity  # parses --prune now: a bad spec fails before any work
+
+    def _check_keep_float(self) -> None:
+        """keep_float becomes a tuple of node names (a frozen dataclass: set through object.__setattr__)."""
+        names = (self.keep_float,) if isinstance(self.keep_float, str) else self.keep_float
+        try:
+            names = tuple(names)
+        except TypeError:
+            names = (names,)
+        if not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"keep_float must be ONNX node names (strings), got {self.keep_float!r}.")
+        if names and self.precision != "int8":
+            raise ConfigError(f"--keep-float is for --precision int8; mixed chooses its own float layers (got "
+                              f"--precision {self.precision}): drop --keep-float, or build int8.")
+        object.__setattr__(self, "keep_float", tuple(dict.fromkeys(names)))
 
     @cached_property
     def sparsity(self) -> WeightSparsityPass | None:
@@ -95,7 +111,8 @@ class CompileRequest:
                 "calibration": calibration, "calibration_method": o.calibration_method,
                 "weight_rounding": o.weight_rounding, "range_search": o.range_search,
                 "max_accuracy_drop": o.max_accuracy_drop, "prune": o.prune, "profile_runs": o.profile_runs,
-                "metric": o.metric, "calibration_samples": o.calibration_samples}
+                "metric": o.metric, "calibration_samples": o.calibration_samples,
+                "keep_float": sorted(o.keep_float)}
 
     @property
     def cache_key(self) -> str | None:

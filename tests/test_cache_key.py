@@ -81,6 +81,7 @@ CHANGES = {
     "profile_runs": lambda s, o: {"profile_runs": 50},
     "metric": lambda s, o: {"metric": "top5"},
     "calibration_samples": lambda s, o: {"calibration_samples": 3},
+    "keep_float": lambda s, o: {"keep_float": ["conv2"]},
 }
 MORE_CHANGES = {
     "recipe file contents": lambda s, o: _edit(s[2], "mean = [0.5]", "mean = [0.4]"),

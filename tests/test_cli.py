@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import edgec.target
+from edgec import cli
 from edgec.cli import main
+from edgec.errors import ConfigError
 from edgec.target import TARGETS_DIR
 
 
@@ -124,3 +126,28 @@ def test_compile_and_profile_json(capsys, tmp_path: Path, tiny_onnx: Path) -> No
     assert all(set(r) >= {"layer", "op", "exec", "precision", "time_ms", "share", "onnx_nodes", "module", "where"}
                for r in prof["layers"])
     assert all(r["module"] is None for r in prof["layers"])  # plain ONNX: no PyTorch source, and no guessing
+
+
+def test_keep_float_takes_comma_lists(capsys, monkeypatch, tiny_onnx: Path) -> None:
+    """--keep-float a,b --keep-float c reaches compile() as one tuple of names, blanks dropped."""
+    seen: dict = {}
+
+    def fake_compile(model, **kwargs):
+        seen.update(kwargs)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(cli, "compile", fake_compile)
+    code, _, err = _run(capsys, "compile", str(tiny_onnx), "-p", "int8", "--keep-float", "conv1, conv2,",
+                        "--keep-float", "fc")
+    assert code == 2 and "stop here" in err
+    assert seen["keep_float"] == ("conv1", "conv2", "fc")
+
+
+@pytest.mark.requires_openvino
+def test_keep_float_with_an_unknown_node_exits_2(capsys, tmp_path: Path, tiny_onnx: Path) -> None:
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, x=np.random.default_rng(0).random((8, 3, 16, 16), dtype=np.float32))
+    code, _, err = _run(capsys, "compile", str(tiny_onnx), "-p", "int8", "--calib", str(samples), "-o",
+                        str(tmp_path / "out"), "--range-search", "0", "--keep-float", "conv1,no_such_node")
+    assert code == 2 and "no_such_node" in err and "conv1" in err
+    assert _leftovers(tmp_path / "out") == []

@@ -23,6 +23,7 @@ from edgec.passes.mixed import budget, search_mixed
 from edgec.passes.ptq import calibrate
 from edgec.passes.qdq import WEIGHTED_OPS, Placement, WeightOnlyInt8Pass, plan_quantization
 from edgec.passes.qmath import activation_qparams, channel_activation_qparams, quantize_weight
+from edgec.request import CompileOptions
 from models import depthwise_onnx, lstm_onnx, tiny_conv_onnx, tiny_resnet_and_mobilenet
 
 
@@ -239,8 +240,12 @@ def test_mixed_precision_honours_the_budget() -> None:
     assert all("reason" in d for d in result.decisions)
     assert evaluate(calibrated.quantized(result.keep_float)).score == result.final_score
     assert standard_error_of_drop(judge.primary, reference, result.final.outputs) == 0.0  # met at 0: nothing flipped
+    ranking = [r["node"] for r in result.ranking]  # every planned node, in the order the search tried them
+    assert sorted(ranking) == sorted(calibrated.plan.nodes) and ranking[:len(result.keep_float)] == result.keep_float
+    assert all(set(r) == {"node", "error_recovered", "int8_gain_ms"} for r in result.ranking)
     generous = search_mixed(calibrated, evaluate, fp32, budget(fp32, 100.0))
     assert generous.keep_float == [] and generous.met and generous.evaluations == 1
+    assert generous.ranking == []  # plain int8 met the goal: no layer was scored
     agree = int8.outputs[0].argmax(1) == reference[0].argmax(1)
     error = standard_error_of_drop(judge.primary, reference, generous.final.outputs)
     assert error == pytest.approx(drop_standard_error(np.ones(len(agree), bool), agree)) and error > 0
@@ -320,6 +325,10 @@ def test_mixed_build_reports_float_layers(tmp_path: Path, monkeypatch) -> None:
     assert build.report["comparison"]["mixed"]["accuracy"]["top1_agreement"] == 1.0
     assert set(build.report["comparison"]) == {"fp32", "int8", "mixed"}
     assert build.manifest["quantization"]["float_nodes"] == [d["node"] for d in mixed["float_layers"]]
+    ranking = [r["node"] for r in mixed["ranking"]]
+    assert sorted(ranking) == ["add", "conv1", "conv2", "fc"]
+    assert ranking[:len(mixed["float_layers"])] == [d["node"] for d in mixed["float_layers"]]
+    assert all(isinstance(r["error_recovered"], float) for r in mixed["ranking"])
 
 
 def test_weight_only_int8_keeps_activations_float() -> None:
@@ -478,3 +487,49 @@ def test_openvino_int8_build_with_an_lstm_reports_it(tmp_path: Path) -> None:
     assert build.manifest["quantization"]["recurrent"][0]["int8"] == "none"
     assert any("LSTM node 'lstm' kept in float" in line for line in build.manifest["notes"])
     assert build.report["accuracy"]["cosine_min"] > 0.99
+
+
+def _produced_by(proto) -> dict[str, str]:
+    return {o: n.op_type for n in proto.graph.node for o in n.output}
+
+
+@pytest.mark.requires_openvino
+def test_keep_float_keeps_exactly_those_nodes_float(tmp_path: Path, tiny_onnx: Path) -> None:
+    build = edgec.compile(tiny_onnx, "intel-cpu", "int8", calibration=_samples(32), keep_float=["conv2"],
+                          output_dir=tmp_path / "o", profile_runs=5, progress=False, use_cache=False)
+    assert "int8_guard" not in build.report  # int8 broke nothing: conv2 is float only because it was asked
+    proto = onnx.load(str(tmp_path / "o" / "model.onnx"))
+    producers, inits = _produced_by(proto), {t.name: t for t in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    conv2 = nodes["conv2"]
+    assert not any(producers.get(i) == "DequantizeLinear" for i in conv2.input)  # float input and weights
+    assert inits[conv2.input[1]].data_type == onnx.TensorProto.FLOAT
+    for name in ("conv1", "fc"):  # the others still run int8
+        assert producers[nodes[name].input[0]] == "DequantizeLinear"
+        assert producers[nodes[name].input[1]] == "DequantizeLinear"
+    assert build.manifest["precision"] == "int8" and build.report["precision"] == "int8"
+    assert build.report["keep_float"] == {"requested": ["conv2"], "kept": ["conv2"], "added_by_int8_guard": []}
+    assert build.manifest["quantization"]["float_nodes"] == ["conv2"]
+    assert {"name": "keep-float", "config": {"requested": ["conv2"], "kept": ["conv2"]}, "seconds": 0.0} in \
+        build.manifest["passes"]
+
+
+@pytest.mark.requires_openvino
+def test_keep_float_refuses_names_not_in_the_plan(tmp_path: Path, tiny_onnx: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not in this model's int8 quantization plan: nope, relu1\. "
+                                          r"Quantized nodes here: .*conv1.*mixed_precision\.ranking"):
+        edgec.compile(tiny_onnx, "intel-cpu", "int8", calibration=_samples(16), keep_float=["conv1", "nope", "relu1"],
+                      output_dir=tmp_path / "o", range_search=0, progress=False, use_cache=False)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("precision", ["mixed", "fp32"])
+def test_keep_float_is_for_int8_only(precision: str) -> None:
+    with pytest.raises(ConfigError, match="--keep-float is for --precision int8; mixed chooses its own"):
+        CompileOptions(edgec.load_target("intel-cpu"), precision, CalibrationSet(_samples(8)),
+                       max_accuracy_drop=1.0, keep_float=("conv1",))
+    with pytest.raises(ConfigError, match="ONNX node names"):
+        CompileOptions(edgec.load_target("intel-cpu"), "int8", CalibrationSet(_samples(8)), keep_float=[1])
+    options = CompileOptions(edgec.load_target("intel-cpu"), "int8", CalibrationSet(_samples(8)),
+                             keep_float=["fc", "conv1", "fc"])
+    assert options.keep_float == ("fc", "conv1")

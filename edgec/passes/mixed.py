@@ -39,6 +39,10 @@ class MixedResult:
     final: Evaluation
     decisions: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
+    # every planned node, most useful to keep in float first (the order the greedy search tries them), with the
+    # share of int8's output error it removes alone and int8's gain on it (ms, None unmeasured); empty when plain
+    # int8 met the goal (no layer was scored)
+    ranking: list[dict[str, Any]] = field(default_factory=list)
 
 
 def budget(fp32: Evaluation, max_drop: float) -> Callable[[Evaluation], bool]:
@@ -71,17 +75,11 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
     if rank_evaluate is not None:
         int8_error = rank_evaluate(calibrated.quantized()).error
         count += 1
-    ranked = []
-    for i, node in enumerate(calibrated.plan.nodes, 1):
-        alone = rank(calibrated.quantized([node]))
-        count += 1
-        if progress is not None:
-            progress(i, len(calibrated.plan.nodes))
-        recovered = (int8_error - alone.error) / int8_error if int8_error > 0 else 0.0
-        gain = gains.get(node)
-        priority = recovered / max(gain, _MIN_GAIN_MS) if gain is not None else recovered
-        ranked.append((priority, node, recovered, gain))
-    ranked.sort(reverse=True)
+    ranked = _ranked(calibrated, rank, int8_error, gains, progress)
+    count += len(ranked)
+    result.ranking = [{"node": node, "error_recovered": round(recovered, 4),
+                       "int8_gain_ms": None if gain is None else round(gain, 5)}
+                      for _, node, recovered, gain in ranked]
     keep: list[str] = []
     final = int8
     for priority, node, recovered, gain in ranked:  # layers that do not help alone come last, still tried
@@ -104,6 +102,23 @@ def search_mixed(calibrated: Calibrated, evaluate: Callable[[Model], Evaluation]
     result.met = goal(final)
     result.evaluations = count
     return result
+
+
+def _ranked(calibrated: Calibrated, rank: Callable[[Model], Evaluation], int8_error: float,
+            gains: Mapping[str, float], progress: Callable[[int, int], None] | None) -> list[tuple]:
+    """(priority, node, error recovered, int8 gain ms or None) for every planned node, scored alone in float with
+    `rank`, highest priority first."""
+    ranked = []
+    for i, node in enumerate(calibrated.plan.nodes, 1):
+        alone = rank(calibrated.quantized([node]))
+        if progress is not None:
+            progress(i, len(calibrated.plan.nodes))
+        recovered = (int8_error - alone.error) / int8_error if int8_error > 0 else 0.0
+        gain = gains.get(node)
+        priority = recovered / max(gain, _MIN_GAIN_MS) if gain is not None else recovered
+        ranked.append((priority, node, recovered, gain))
+    ranked.sort(reverse=True)
+    return ranked
 
 
 def layer_times(layers: Sequence[Mapping[str, Any]], nodes: Sequence[str]) -> dict[str, float]:
