@@ -326,7 +326,7 @@ def test_mixed_build_reports_float_layers(tmp_path: Path, monkeypatch) -> None:
     assert set(build.report["comparison"]) == {"fp32", "int8", "mixed"}
     assert build.manifest["quantization"]["float_nodes"] == [d["node"] for d in mixed["float_layers"]]
     ranking = [r["node"] for r in mixed["ranking"]]
-    assert sorted(ranking) == ["add", "conv1", "conv2", "fc"]
+    assert sorted(ranking) == ["add", "conv1", "conv2", "node_Gemm_1"]
     assert ranking[:len(mixed["float_layers"])] == [d["node"] for d in mixed["float_layers"]]
     assert all(isinstance(r["error_recovered"], float) for r in mixed["ranking"])
 
@@ -504,7 +504,7 @@ def test_keep_float_keeps_exactly_those_nodes_float(tmp_path: Path, tiny_onnx: P
     conv2 = nodes["conv2"]
     assert not any(producers.get(i) == "DequantizeLinear" for i in conv2.input)  # float input and weights
     assert inits[conv2.input[1]].data_type == onnx.TensorProto.FLOAT
-    for name in ("conv1", "fc"):  # the others still run int8
+    for name in ("conv1", "node_Gemm_1"):  # the others still run int8
         assert producers[nodes[name].input[0]] == "DequantizeLinear"
         assert producers[nodes[name].input[1]] == "DequantizeLinear"
     assert build.manifest["precision"] == "int8" and build.report["precision"] == "int8"
