@@ -17,6 +17,7 @@ the `edgec compile` command that reproduces it.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shlex
@@ -48,6 +49,8 @@ SCHEMA = "edgec.tune/1"
 OBJECTIVES = ("latency_ms", "drop_points", "artifact_bytes")
 SAMPLE_COUNTS = (64, 128, 256, 512)
 RANGE_SEARCHES = (0, 16, 64)
+FLOAT_LAYERS = (0, 1, 2, 4, 8)  # int8 with the first k layers of the mixed search's sensitivity ranking in float
+RANKING_ATTR = "float_ranking"  # the study's ranking: from its first finished mixed trial
 REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed again, interleaved
 REMEASURE_ROUNDS = 5
 REMEASURE_AT_MOST = 6  # the fastest six of them: a slower one is not recommended
@@ -67,6 +70,8 @@ class TrialConfig:
     weight_rounding: str | None = None
     range_search: int | None = None
     budget: float | None = None  # mixed: the accuracy budget its search keeps layers float for
+    float_layers: int = 0  # int8: how many of the study's most sensitive layers stay float (`keep_float`)
+    keep_float: tuple[str, ...] = ()
     prune_ratio: float = 0.0  # PyTorch models: the share of channels pruned (tune_pruning.py), and its recovery
     recovery_epochs: int | None = None
     recovery_lr: float | None = None
@@ -81,6 +86,8 @@ class TrialConfig:
                            weight_rounding=self.weight_rounding, range_search=self.range_search)
         if self.precision == "mixed":
             options["max_accuracy_drop"] = self.budget
+        if self.keep_float:
+            options["keep_float"] = self.keep_float
         return options
 
     def label(self) -> str:
@@ -90,7 +97,8 @@ class TrialConfig:
             return self.precision + pruned
         parts = [self.precision, self.calibration_method, f"n{self.calibration_samples}", self.weight_rounding,
                  f"rs{self.range_search}"]
-        return " ".join(str(p) for p in parts) + (f" b{self.budget:g}" if self.precision == "mixed" else "") + pruned
+        extra = f" b{self.budget:g}" if self.precision == "mixed" else f" float{self.float_layers}" if self.float_layers else ""
+        return " ".join(str(p) for p in parts) + extra + pruned
 
     def command(self, model: str, target: str, calib: str | None, out: str) -> str:
         """The `edgec compile` line that builds this configuration from `model` (for a pruned configuration: the
@@ -103,6 +111,8 @@ class TrialConfig:
                       "--weight-rounding", str(self.weight_rounding), "--range-search", str(self.range_search)]
         if self.precision == "mixed":
             words += ["--max-accuracy-drop", f"{self.budget:g}"]
+        if self.keep_float:
+            words += ["--keep-float", ",".join(self.keep_float)]
         return " ".join(shlex.quote(w) for w in [*words, "-o", out])
 
 
@@ -116,6 +126,7 @@ class SearchSpace:
     weight_roundings: tuple[str, ...] = ()
     range_searches: tuple[int, ...] = ()
     budgets: tuple[float, ...] = ()
+    float_layers: tuple[int, ...] = ()  # int8: with the mixed search's most sensitive layers float (0: none)
     prune_ratios: tuple[float, ...] = ()  # besides 0 (not pruned)
     recovery_epochs: tuple[int, ...] = ()
     recovery_lrs: tuple[float, ...] = ()
@@ -132,7 +143,9 @@ class SearchSpace:
                 trial.suggest_categorical("calibration_samples", list(self.calibration_samples)),
                 trial.suggest_categorical("weight_rounding", list(self.weight_roundings)),
                 trial.suggest_categorical("range_search", list(self.range_searches)),
-                trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None)
+                trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None,
+                trial.suggest_categorical("float_layers", list(self.float_layers))
+                if precision == "int8" and self.float_layers else 0)
         ratio = trial.suggest_categorical("prune_ratio", [0.0, *self.prune_ratios]) if self.prune_ratios else 0.0
         if not ratio:
             return config
@@ -144,8 +157,8 @@ class SearchSpace:
         """How many distinct configurations the space holds."""
         quantized = (len(self.calibration_methods) * len(self.calibration_samples) * len(self.weight_roundings)
                      * len(self.range_searches))
-        precisions = sum(quantized * (len(self.budgets) if p == "mixed" else 1) if p in ("int8", "mixed") else 1
-                         for p in self.precisions)
+        per_precision = {"mixed": len(self.budgets), "int8": max(1, len(self.float_layers))}
+        precisions = sum(quantized * per_precision[p] if p in per_precision else 1 for p in self.precisions)
         return precisions * (1 + len(self.prune_ratios) * len(self.recovery_epochs) * len(self.recovery_lrs))
 
     def to_json(self) -> dict[str, Any]:
@@ -176,8 +189,10 @@ def search_space(target: Target, backend: Backend, calibration_count: int, max_a
     # mixed searches for the user's budget only: a tighter one is below what its 256 samples resolve (0.39 points
     # a sample), and its greedy search then keeps layer after layer float (12+ minutes on MobileNetV2 at 224)
     budgets = (max_accuracy_drop,)
+    # int8 with float layers from the ranking that mixed's search measures (so only with mixed in the space)
+    float_layers = FLOAT_LAYERS if {"int8", "mixed"} <= set(precisions) else ()
     return SearchSpace(tuple(precisions), tuple(OBSERVERS), counts[-4:], tuple(WEIGHT_ROUNDINGS), RANGE_SEARCHES,
-                       budgets if "mixed" in precisions else (), **pruned)
+                       budgets if "mixed" in precisions else (), float_layers, **pruned)
 
 
 def cpu_flags() -> frozenset[str]:
@@ -277,6 +292,7 @@ def _calibration_count(model: Any, calib: CalibrationSet | None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ storage
+ORPHAN_S = 30  # a running trial that names no worker this long after its start: its worker died at once
 HEARTBEAT_S, GRACE_S = 20, 90  # RDB storages: a worker silent for GRACE_S has died; its trial is retried
 _SCHEMA_RACE_ATTEMPTS = 4
 
@@ -347,20 +363,24 @@ def worker_id() -> str:
 
 def reclaim_dead_trials(optuna: Any, study: Any) -> list[int]:
     """Trials left RUNNING by a process of this machine that is gone (killed mid-trial): each is marked FAIL
-    and its configuration queued again, so a rerun retries it. Returns their numbers. (Other machines' dead
-    workers: the RDB storage's heartbeats.)"""
+    and its configuration queued again, so a rerun retries it; so is one that names no worker ORPHAN_S after its
+    start. Returns their numbers. (Other machines' dead workers: the RDB storage's heartbeats.)"""
     host = socket.gethostname()
     reclaimed = []
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or pid_alive(int(pid)):
+        # an orphan: its worker died between Optuna creating it and the objective's first line naming the worker
+        orphan = not worker and trial.datetime_start and (now - trial.datetime_start).total_seconds() > ORPHAN_S
+        if not orphan and (name != host or not pid.isdigit() or pid_alive(int(pid))):
             continue
         try:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         except (ValueError, RuntimeError):  # another worker reclaimed it first
             continue
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        params = trial.params or trial.system_attrs.get("fixed_params") or {}  # an orphan suggested nothing yet
+        study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         reclaimed.append(trial.number)
     return reclaimed
 
@@ -371,11 +391,17 @@ def _seed_defaults(study: Any, space: SearchSpace) -> None:
         return
     dense = {"prune_ratio": 0.0} if space.prune_ratios else {}  # an anchor is the model as given
     study.enqueue_trial({"precision": "fp32", **dense}, user_attrs={"anchor": "fp32"})
+    if not {"int8", "mixed"} & set(space.precisions):
+        return
+    defaults = {"calibration_method": "percentile", "calibration_samples": space.calibration_samples[-1],
+                "weight_rounding": "gptq", "range_search": 64 if 64 in space.range_searches else space.range_searches[-1],
+                **dense}
     if "int8" in space.precisions:
-        study.enqueue_trial({"precision": "int8", "calibration_method": "percentile",
-                             "calibration_samples": space.calibration_samples[-1], "weight_rounding": "gptq",
-                             "range_search": 64 if 64 in space.range_searches else space.range_searches[-1], **dense},
+        study.enqueue_trial({"precision": "int8", **defaults, **({"float_layers": 0} if space.float_layers else {})},
                             user_attrs={"anchor": "default int8"})
+    if "mixed" in space.precisions:  # it also measures the layers' sensitivity: the ranking float_layers takes
+        study.enqueue_trial({"precision": "mixed", **defaults, "budget": space.budgets[0]},
+                            user_attrs={"anchor": "default mixed"})
 
 
 # ------------------------------------------------------------------------------------------------- trials
@@ -393,10 +419,13 @@ class _Trials:
     def __call__(self, trial: Any) -> tuple[float, float, float]:
         import optuna
 
+        trial.set_user_attr("worker", worker_id())  # first: reclaim_dead_trials knows whose trial it is
         config = self.space.suggest(trial)
+        if config.float_layers:  # the ranking may hold fewer: then it is the same build as a smaller k
+            names = self._float_ranking(trial.study)[:config.float_layers]
+            config = replace(config, float_layers=len(names), keep_float=tuple(names))
         trial.set_user_attr("config", config.key())
         trial.set_user_attr("label", config.label())
-        trial.set_user_attr("worker", worker_id())
         if self.trials and not _room_for(trial.study, trial.number, self.trials):
             trial.set_user_attr("surplus", True)
             trial.study.stop()
@@ -415,13 +444,30 @@ class _Trials:
             trial.set_user_attr("error", f"{type(e).__name__}: {brief(e)}")
             raise
         trial.set_constraint("accuracy_budget", objectives["drop_points"] - self.budget)  # feasible at <= 0
+        if config.precision == "mixed" and RANKING_ATTR not in trial.study.user_attrs:
+            ranking = (build.report.get("mixed_precision") or {}).get("ranking") or []
+            trial.study.set_user_attr(RANKING_ATTR, [r["node"] for r in ranking])
         if config.prune_ratio:
             assert self.pruned is not None
             trial.set_user_attr("pruning", self.pruned.drop(self.source(config)))
+            trial.set_user_attr("model_file", str(self.source(config)))  # what the commands rebuild it from
         for name, value in {**objectives, "device": where, "build_key": build.cache_key, "cache_hit": build.cached,
                             "folder": str(build.output_dir), "accuracy_ok": build.report["accuracy"].get("ok")}.items():
             trial.set_user_attr(name, value)
         return tuple(objectives[k] for k in OBJECTIVES)  # type: ignore[return-value]
+
+    @staticmethod
+    def _float_ranking(study: Any, poll_s: float = 2.0) -> list[str]:
+        """The study's sensitivity ranking (most useful to keep float first), recorded by its first finished mixed
+        trial; waits while a mixed trial runs; empty when none did (then float_layers has nothing to keep)."""
+        while True:
+            ranking = study.user_attrs.get(RANKING_ATTR)
+            if ranking is not None:
+                return list(ranking)
+            if not any(t.state.name == "RUNNING" and t.params.get("precision") == "mixed"
+                       for t in study.get_trials(deepcopy=False)):
+                return []
+            time.sleep(poll_s)
 
     def build(self, config: TrialConfig, folder: Path) -> Build:
         """Compile `config` into `folder` (the build cache answers one built before); kept if inaccurate."""
@@ -430,9 +476,13 @@ class _Trials:
                        example_inputs=None if isinstance(source, Path) else self.example_inputs,
                        profile_runs=self.runs, progress=False, accept_inaccurate=True, **config.compile_options())
 
-    def command(self, config: TrialConfig, out: Path) -> str:
-        """The `edgec compile` line that builds `config` into `out`."""
-        model = str(self.source(config)) if config.prune_ratio else self.model_file
+    def command(self, config: TrialConfig, out: Path, model_file: str | None = None) -> str:
+        """The `edgec compile` line that builds `config` into `out`: from `model_file` (a trial's pruned model)
+        when it is on this machine, else from the user's model or its pruned copy here."""
+        if model_file and Path(model_file).is_file():
+            model = model_file
+        else:
+            model = str(self.source(config)) if config.prune_ratio else self.model_file
         return config.command(model, _target_word(self.target), _calib_source(self.calib), str(out))
 
     def source(self, config: TrialConfig) -> Any:
@@ -519,7 +569,8 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
                 if remeasured else feasible[0] if feasible else None)
     summary = {"schema": SCHEMA, "study": study.study_name, "storage": _redacted(storage) if storage else
                str(runner.out / "tune.journal"), "target": runner.target.name, "budget_points": runner.budget,
-               "space": runner.space.to_json(), "wall_s": round(seconds, 1), "trials": rows,
+               "space": runner.space.to_json(), "float_ranking": study.user_attrs.get(RANKING_ATTR),
+               "wall_s": round(seconds, 1), "trials": rows,
                "front": sorted(front), "remeasured_p50_ms": remeasured,
                "cache_hits": sum(1 for r in complete if r["cache_hit"]),
                "duplicates_pruned": sum(1 for r in rows if r.get("duplicate_of") is not None),
@@ -531,7 +582,8 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
     if best_row is not None:
         config = TrialConfig(**json.loads(best_row["config"]))
         best = _best_build(runner, best_row, config)
-        summary["recommended"] = {**best_row, "command": runner.command(config, runner.out / "best")}
+        summary["recommended"] = {**best_row, "command": runner.command(config, runner.out / "best",
+                                                                         best_row.get("model_file"))}
     summary["versus_default_int8"] = _versus_default(complete, best_row)
     write_results(runner.out, summary)
     if best_row is None:
@@ -560,7 +612,7 @@ def _trial_row(trial: Any) -> dict[str, Any]:
             "accuracy_ok": attrs.get("accuracy_ok"), "worker": attrs.get("worker"), "folder": attrs.get("folder"),
             "duplicate_of": attrs.get("duplicate_of"), "retry_of": attrs.get("retry_of"),
             "anchor": attrs.get("anchor"), "device": attrs.get("device"), "error": attrs.get("error"),
-            "pruning": attrs.get("pruning"),
+            "pruning": attrs.get("pruning"), "model_file": attrs.get("model_file"),
             "seconds": (trial.duration.total_seconds() if trial.duration else None)}
 
 

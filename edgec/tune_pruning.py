@@ -13,6 +13,7 @@ agreement add).
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,7 @@ def pruning_choices(model: Any, dense: Model, calib: CalibrationSet | None) -> P
     if calib is None or calib.load(dense.inputs, "validation", fixed_inputs(dense)) is None:
         return PruningChoices(absent="the data has no held-out split (val_x, val_y in the .npz): recovery "
                                      "trains on the calibration split, so its cost must be scored on other samples")
-    try:
-        import torch_pruning  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch_pruning") is None:
         return PruningChoices(absent="torch-pruning is not installed: pip install 'edgec[prune]'")
     return PruningChoices(PRUNE_RATIOS, RECOVERY_EPOCHS, RECOVERY_LRS)
 

@@ -2,6 +2,7 @@
 kill, two workers on one study (a journal file, and a real PostgreSQL on loopback), and its errors."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -55,7 +56,8 @@ def test_the_search_space_is_what_each_target_allows(tmp_path: Path) -> None:
     assert _space("jetson-nano").precisions == ("fp32", "fp16")
     space = _space("intel-cpu")
     assert space.calibration_samples == (64, 96) and space.budgets == (1.0,)
-    assert space.size() == 1 + 4 * 2 * 2 * 3 + 4 * 2 * 2 * 3
+    assert space.float_layers == (0, 1, 2, 4, 8)  # int8 with the mixed search's most sensitive layers float
+    assert space.size() == 1 + 4 * 2 * 2 * 3 * 5 + 4 * 2 * 2 * 3
     only_int8 = tmp_path / "int8-only.toml"
     only_int8.write_text('name = "int8-only"\nbackend = "openvino"\narch = "x86_64"\nprecisions = ["int8"]\n'
                          '[openvino]\ndevice = "CPU"\n')
@@ -148,7 +150,7 @@ def test_tune_writes_the_front_the_best_build_and_resumes(problem, tmp_path: Pat
     summary = json.loads((out / "tune.json").read_text())
     done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
     assert len(done) == 5 and len({t["config"] for t in done}) == 5
-    assert [t["anchor"] for t in done[:2]] == ["fp32", "default int8"]
+    assert [t["anchor"] for t in done[:3]] == ["fp32", "default int8", "default mixed"]
     assert all(set(t["objectives"]) == {"latency_ms", "drop_points", "artifact_bytes"} and t["build_key"] for t in done)
     assert summary["front"] and (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "data:image/png;base64," in (out / "report.html").read_text()
@@ -158,6 +160,29 @@ def test_tune_writes_the_front_the_best_build_and_resumes(problem, tmp_path: Pat
     assert main(args) == 0
     again = json.loads((out / "tune.json").read_text())
     assert [t for t in again["trials"] if t["state"] == "COMPLETE"] == done
+
+
+def test_int8_keeps_the_layers_mixed_found_most_sensitive_in_float(problem, tmp_path: Path) -> None:
+    """The study's first mixed trial records its sensitivity ranking; an int8 trial with float_layers k keeps the
+    first k layers of it in float (--keep-float in its command)."""
+    model, data = problem
+    out = tmp_path / "tune"
+    # judged by cosine (int8 always loses a little of it) with a 0-point budget: the mixed search ranks every layer
+    kwargs = dict(max_accuracy_drop=0.0, output_dir=out, profile_runs=5, progress=False, metric="cosine")
+    edgec.tune(model, "intel-cpu", str(data), trials=3, **kwargs)
+    summary = json.loads((out / "tune.json").read_text())
+    ranking = summary["float_ranking"]
+    assert summary["trials"][2]["anchor"] == "default mixed" and len(ranking) >= 2
+    study = _study(_journal(out / "tune.journal"), _study_name(out))
+    study.enqueue_trial({"precision": "int8", "calibration_method": "minmax", "calibration_samples": 64,
+                         "weight_rounding": "nearest", "range_search": 0, "float_layers": 2})
+    edgec.tune(model, "intel-cpu", str(data), trials=4, **kwargs)
+    trial = json.loads((out / "tune.json").read_text())["trials"][3]
+    config = json.loads(trial["config"])
+    assert config["float_layers"] == 2 and config["keep_float"] == ranking[:2] and trial["label"].endswith("float2")
+    report = json.loads((Path(trial["folder"]) / "report.json").read_text())
+    assert report["keep_float"]["requested"] == ranking[:2]
+    assert f"--keep-float {','.join(ranking[:2])}" in TrialConfig(**config).command("m.onnx", "intel-cpu", "d", "o")
 
 
 def _study(storage, name: str):
@@ -197,8 +222,9 @@ def test_a_killed_tune_resumes_without_losing_or_repeating_a_trial(problem, tmp_
         if (out / "tune.journal").is_file():
             study = study or _study(_journal(out / "tune.journal"), _study_name(out))
             states = _states(study)
-            if states.get("COMPLETE", 0) >= 1 and states.get("RUNNING", 0) == 1:
-                break
+            running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+            if states.get("COMPLETE", 0) >= 1 and len(running) == 1 and "config" in running[0].user_attrs:
+                break  # in the middle of its compile
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait(30)
@@ -212,6 +238,26 @@ def test_a_killed_tune_resumes_without_losing_or_repeating_a_trial(problem, tmp_
     assert [t.number for t in failed] == [killed.number]
     retry = next(t for t in complete if t.user_attrs.get("retry_of") == killed.number)
     assert retry.params == killed.params
+
+
+def test_a_trial_whose_worker_died_before_naming_itself_is_retried(tmp_path: Path, monkeypatch) -> None:
+    """A RUNNING trial that names no worker ORPHAN_S after its start (its process died between Optuna creating it
+    and the objective's first line) is failed and its enqueued configuration queued again; a live one is not."""
+    import optuna
+
+    tune_module = importlib.import_module("edgec.tune")  # the module (edgec.tune is also the function's name)
+    study = optuna.create_study(storage=_journal(tmp_path / "t.journal"), directions=["minimize"] * 3)
+    study.enqueue_trial({"precision": "fp32"})
+    orphan = study.ask()
+    live = study.ask()
+    live.set_user_attr("worker", tune_module.worker_id())
+    assert tune_module.reclaim_dead_trials(optuna, study) == []  # younger than ORPHAN_S
+    monkeypatch.setattr(tune_module, "ORPHAN_S", 0)
+    assert tune_module.reclaim_dead_trials(optuna, study) == [orphan.number]
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[orphan.number] == "FAIL" and states[live.number] == "RUNNING"
+    retry = study.get_trials(deepcopy=False)[-1]
+    assert retry.state.name == "WAITING" and retry.system_attrs["fixed_params"] == {"precision": "fp32"}
 
 
 def _study_name(out: Path) -> str:
@@ -239,6 +285,44 @@ def test_two_workers_share_one_study(kind: str, problem, tmp_path: Path, request
     complete = [t for t in _study(store, "shared").get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     assert len(complete) == 6 and len({t.user_attrs["config"] for t in complete}) == 6
     assert len({t.user_attrs["worker"] for t in complete}) == 2  # both worked
+
+
+@pytest.mark.requires_tvm
+@pytest.mark.requires_arm_board
+@pytest.mark.timeout(600)
+def test_two_workers_tune_on_two_emulated_boards_behind_a_tracker(pruning_problem, tmp_path: Path) -> None:
+    """Two workers share one study and take Raspberry Pi 4 boards (emulated) from a TVM RPC tracker by key: their
+    trials run at the same time, each configuration once (fp32 dense or pruned: TVM builds fp32), every build's
+    outputs checked on its board; tune.json says emulated latency is not the board's."""
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado: pip install tornado")
+    from edgec import board
+
+    _, _, data = pruning_problem
+    board.setup(quiet=True)
+    storage = str(tmp_path / "shared.journal")
+    with board.start_tracker(board.free_port()) as tracker, \
+            board.start_board(board.free_port(), cpu="cortex-a72", key="rpi4", tracker=tracker.address) as one, \
+            board.start_board(board.free_port(), cpu="cortex-a72", key="rpi4", tracker=tracker.address) as two:
+        workers = [_worker("prunable_cnn", data, tmp_path / f"w{i}", 4, "--storage", storage, "--study", "arm",
+                           "--target", "rpi4", "--device", f"tracker://{tracker.address}/rpi4") for i in range(2)]
+        for w in workers:
+            assert w.wait(540) == 0, w.stdout.read()
+    complete = [t for t in _study(_journal(Path(storage)), "arm").get_trials(deepcopy=False)
+                if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and len({t.user_attrs["config"] for t in complete}) == 4
+    assert any(t.params.get("prune_ratio") for t in complete)
+    by_worker: dict[str, list[Any]] = {}
+    for t in complete:
+        by_worker.setdefault(t.user_attrs["worker"], []).append(t)
+    assert len(by_worker) == 2
+    first, second = by_worker.values()
+    assert any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+               for a in first for b in second), "the two workers' trials never overlapped"
+    boards = {one.address, two.address}
+    assert all("emulated cortex-a72" in t.user_attrs["device"] and any(b in t.user_attrs["device"] for b in boards)
+               for t in complete)
+    summary = json.loads((tmp_path / "w0" / "tune.json").read_text())
+    assert "emulated boards" in summary["latency_note"] and summary["remeasured_p50_ms"] == {}
 
 
 def test_the_errors_say_what_to_do(problem, tmp_path: Path, capsys) -> None:
