@@ -1,12 +1,14 @@
 """`edgec tune`: search how to deploy a model on a target for the Pareto front of latency, accuracy and size.
 
 Each trial is one compile, chosen by Optuna (multi-objective TPE, constant liar for parallel workers, the
-accuracy budget as a constraint) from what the target allows (`search_space`): precision, and for int8 and
-mixed the calibration method, how many calibration samples, weight rounding, range-search size and the mixed
-budget. A trial is scored on the compile's held-out samples in the task's metric (its drop against fp32, in
-points), timed on the target (here, or on `device`) and weighed (artifact bytes). Identical configurations
-are built once: edgec's build cache answers a configuration built before, and a trial whose configuration
-another trial of the study already has (finished or running) is pruned as its duplicate.
+accuracy budget as a constraint) from what the target allows (`search_space`): precision; for int8 and mixed the
+calibration method, how many calibration samples, weight rounding, range-search size and the mixed budget; for
+int8, how many of the mixed search's most sensitive layers stay float (the ranking the study's first mixed trial
+records); for a PyTorch model, structured pruning and its recovery (tune_pruning.py). A trial is scored on the
+compile's held-out samples in the task's metric (its drop against the user's fp32 model, in points), timed on
+the target (here, or on `device`: a TVM tracker hands each trial a board by key) and weighed (artifact bytes).
+Identical configurations are built once: edgec's build cache answers a configuration built before, and a trial
+whose configuration another trial of the study already has (finished or running) is pruned as its duplicate.
 
 The study lives in Optuna storage: by default a journal file in OUT (`tune.journal`), so an interrupted
 tune resumes: the trials that finished are kept, the one that was running when its process died is retried
@@ -17,39 +19,31 @@ the `edgec compile` command that reproduces it.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import shlex
 import shutil
-import socket
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import accuracy
-from .backends import Backend, get_backend
+from .backends import get_backend
 from .calibration import CalibrationSet, fixed_inputs
 from .errors import AccuracyCheckFailed, BackendUnavailable, BuildError, ConfigError, PassError, brief
-from .fileio import pid_alive, staged_dir
+from .fileio import staged_dir
 from .frontend import to_model
 from .isolation import isolated
 from .model import Model
-from .passes.calibrate import OBSERVERS
-from .passes.ptq import MIN_CALIBRATION_SAMPLES, WEIGHT_ROUNDINGS
 from .pipeline import Build, compile, profile
 from .progress import Steps
 from .target import TARGETS_DIR, Target, load_target
-from .tune_pruning import PrunedModels, PruningChoices, pruning_choices
+from .tune_pruning import PrunedModels, pruning_choices
+from .tune_space import SearchSpace, TrialConfig, cpu_flags, search_space
+from .tune_storage import OBJECTIVES, open_study, reclaim_dead_trials, redacted, worker_id
 from .tune_report import write_results
 
 SCHEMA = "edgec.tune/1"
-OBJECTIVES = ("latency_ms", "drop_points", "artifact_bytes")
-SAMPLE_COUNTS = (64, 128, 256, 512)
-RANGE_SEARCHES = (0, 16, 64)
-FLOAT_LAYERS = (0, 1, 2, 4, 8)  # int8 with the first k layers of the mixed search's sensitivity ranking in float
 RANKING_ATTR = "float_ranking"  # the study's ranking: from its first finished mixed trial
 REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed again, interleaved
 REMEASURE_ROUNDS = 5
@@ -58,152 +52,6 @@ _DUPLICATES_BEFORE_STOP = 40
 # a trial's configuration can't be built, or its build disagrees with fp32 on the board: that trial fails, the
 # tune goes on (BackendUnavailable, a device or storage gone, stops it)
 TRIAL_ERRORS = (ConfigError, PassError, BuildError, AccuracyCheckFailed)  # the sampler keeps proposing evaluated configurations: the space is exhausted
-
-
-@dataclass(frozen=True)
-class TrialConfig:
-    """One point of the search space: what one compile is asked to do."""
-
-    precision: str
-    calibration_method: str | None = None
-    calibration_samples: int | None = None
-    weight_rounding: str | None = None
-    range_search: int | None = None
-    budget: float | None = None  # mixed: the accuracy budget its search keeps layers float for
-    float_layers: int = 0  # int8: how many of the study's most sensitive layers stay float (`keep_float`)
-    keep_float: tuple[str, ...] = ()
-    prune_ratio: float = 0.0  # PyTorch models: the share of channels pruned (tune_pruning.py), and its recovery
-    recovery_epochs: int | None = None
-    recovery_lr: float | None = None
-
-    def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def compile_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"precision": self.precision}
-        if self.precision in ("int8", "mixed"):
-            options.update(calibration_method=self.calibration_method, calibration_samples=self.calibration_samples,
-                           weight_rounding=self.weight_rounding, range_search=self.range_search)
-        if self.precision == "mixed":
-            options["max_accuracy_drop"] = self.budget
-        if self.keep_float:
-            options["keep_float"] = self.keep_float
-        return options
-
-    def label(self) -> str:
-        pruned = (f" pruned{self.prune_ratio:g} e{self.recovery_epochs} lr{self.recovery_lr:g}"
-                  if self.prune_ratio else "")
-        if self.precision not in ("int8", "mixed"):
-            return self.precision + pruned
-        parts = [self.precision, self.calibration_method, f"n{self.calibration_samples}", self.weight_rounding,
-                 f"rs{self.range_search}"]
-        extra = f" b{self.budget:g}" if self.precision == "mixed" else f" float{self.float_layers}" if self.float_layers else ""
-        return " ".join(str(p) for p in parts) + extra + pruned
-
-    def command(self, model: str, target: str, calib: str | None, out: str) -> str:
-        """The `edgec compile` line that builds this configuration from `model` (for a pruned configuration: the
-        pruned model, OUT/pruned/<key>.onnx)."""
-        words = ["edgec", "compile", model, "--target", target, "--precision", self.precision]
-        if calib:
-            words += ["--calib", calib]
-        if self.precision in ("int8", "mixed"):
-            words += ["--calib-method", str(self.calibration_method), "--calib-subset", str(self.calibration_samples),
-                      "--weight-rounding", str(self.weight_rounding), "--range-search", str(self.range_search)]
-        if self.precision == "mixed":
-            words += ["--max-accuracy-drop", f"{self.budget:g}"]
-        if self.keep_float:
-            words += ["--keep-float", ",".join(self.keep_float)]
-        return " ".join(shlex.quote(w) for w in [*words, "-o", out])
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """What a target allows: each tuple is one parameter's choices (empty: not searched)."""
-
-    precisions: tuple[str, ...]
-    calibration_methods: tuple[str, ...] = ()
-    calibration_samples: tuple[int, ...] = ()
-    weight_roundings: tuple[str, ...] = ()
-    range_searches: tuple[int, ...] = ()
-    budgets: tuple[float, ...] = ()
-    float_layers: tuple[int, ...] = ()  # int8: with the mixed search's most sensitive layers float (0: none)
-    prune_ratios: tuple[float, ...] = ()  # besides 0 (not pruned)
-    recovery_epochs: tuple[int, ...] = ()
-    recovery_lrs: tuple[float, ...] = ()
-    pruning_absent: str | None = None  # why pruning is not searched
-
-    def suggest(self, trial: Any) -> TrialConfig:
-        """The trial's configuration; int8 parameters only for int8 and mixed, recovery parameters only when
-        pruned (a conditional space)."""
-        precision = trial.suggest_categorical("precision", list(self.precisions))
-        config = TrialConfig(precision)
-        if precision in ("int8", "mixed"):
-            config = TrialConfig(
-                precision, trial.suggest_categorical("calibration_method", list(self.calibration_methods)),
-                trial.suggest_categorical("calibration_samples", list(self.calibration_samples)),
-                trial.suggest_categorical("weight_rounding", list(self.weight_roundings)),
-                trial.suggest_categorical("range_search", list(self.range_searches)),
-                trial.suggest_categorical("budget", list(self.budgets)) if precision == "mixed" else None,
-                trial.suggest_categorical("float_layers", list(self.float_layers))
-                if precision == "int8" and self.float_layers else 0)
-        ratio = trial.suggest_categorical("prune_ratio", [0.0, *self.prune_ratios]) if self.prune_ratios else 0.0
-        if not ratio:
-            return config
-        return replace(config, prune_ratio=ratio,
-                       recovery_epochs=trial.suggest_categorical("recovery_epochs", list(self.recovery_epochs)),
-                       recovery_lr=trial.suggest_categorical("recovery_lr", list(self.recovery_lrs)))
-
-    def size(self) -> int:
-        """How many distinct configurations the space holds."""
-        quantized = (len(self.calibration_methods) * len(self.calibration_samples) * len(self.weight_roundings)
-                     * len(self.range_searches))
-        per_precision = {"mixed": len(self.budgets), "int8": max(1, len(self.float_layers))}
-        precisions = sum(quantized * per_precision[p] if p in per_precision else 1 for p in self.precisions)
-        return precisions * (1 + len(self.prune_ratios) * len(self.recovery_epochs) * len(self.recovery_lrs))
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "configurations": self.size()}
-
-
-def search_space(target: Target, backend: Backend, calibration_count: int, max_accuracy_drop: float,
-                 cpu_flags: frozenset[str] = frozenset(), pruning: PruningChoices = PruningChoices()) -> SearchSpace:
-    """The configurations `target` allows: its precisions that its backend builds and its hardware computes
-    natively (bf16/fp16 on CPUs only with the instructions), int8 and mixed only with calibration data and a
-    Q/DQ placement; each of them dense or pruned as `pruning` allows. ConfigError when no precision is left."""
-    precisions = [p for p in ("fp32", "fp16", "bf16", "int8", "mixed")
-                  if p in target.precisions and p in backend.capabilities.precisions]
-    if backend.name == "openvino":  # without the instructions OpenVINO computes these in fp32 or bf16
-        precisions = [p for p in precisions if (p != "bf16" or {"avx512_bf16", "amx_bf16"} & cpu_flags)
-                      and (p != "fp16" or "avx512_fp16" in cpu_flags)]
-    if calibration_count < MIN_CALIBRATION_SAMPLES or backend.qdq_placement(target) is None:
-        precisions = [p for p in precisions if p not in ("int8", "mixed")]
-    if not precisions:
-        raise ConfigError(f"Nothing to search on {target.name}: none of its precisions ({', '.join(target.precisions)}) "
-                          f"is built by {backend.name} here; int8 and mixed need --calib with at least "
-                          f"{MIN_CALIBRATION_SAMPLES} samples.")
-    pruned = dict(prune_ratios=pruning.ratios, recovery_epochs=pruning.epochs, recovery_lrs=pruning.lrs,
-                  pruning_absent=pruning.absent)
-    if not {"int8", "mixed"} & set(precisions):
-        return SearchSpace(tuple(precisions), **pruned)
-    counts = tuple(n for n in SAMPLE_COUNTS if n < calibration_count) + (calibration_count,)
-    # mixed searches for the user's budget only: a tighter one is below what its 256 samples resolve (0.39 points
-    # a sample), and its greedy search then keeps layer after layer float (12+ minutes on MobileNetV2 at 224)
-    budgets = (max_accuracy_drop,)
-    # int8 with float layers from the ranking that mixed's search measures (so only with mixed in the space)
-    float_layers = FLOAT_LAYERS if {"int8", "mixed"} <= set(precisions) else ()
-    return SearchSpace(tuple(precisions), tuple(OBSERVERS), counts[-4:], tuple(WEIGHT_ROUNDINGS), RANGE_SEARCHES,
-                       budgets if "mixed" in precisions else (), float_layers, **pruned)
-
-
-def cpu_flags() -> frozenset[str]:
-    """This machine's CPU feature flags (Linux /proc/cpuinfo); empty where unreadable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 @dataclass
@@ -289,100 +137,6 @@ def _calibration_count(model: Any, calib: CalibrationSet | None) -> int:
         return 0
     samples = calib.load(model.inputs, "calibration", fixed_inputs(model))
     return len(samples) if samples is not None else 0
-
-
-# ------------------------------------------------------------------------------------------------ storage
-ORPHAN_S = 30  # a running trial that names no worker this long after its start: its worker died at once
-HEARTBEAT_S, GRACE_S = 20, 90  # RDB storages: a worker silent for GRACE_S has died; its trial is retried
-_SCHEMA_RACE_ATTEMPTS = 4
-
-
-def open_study(optuna: Any, storage: str | None, name: str, out: Path, seed: int) -> Any:
-    """The study `name` in `storage` (created or resumed): a journal file in OUT by default, a journal file at a
-    path, or an Optuna RDB URL (heartbeats: a dead worker's trial is retried by the others). BackendUnavailable
-    when the storage can't be reached."""
-    with warnings.catch_warnings():  # `group` (conditional spaces) and heartbeats are marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                             n_startup_trials=8)
-        return _create_study(optuna, storage, name, out, sampler)
-
-
-def _create_study(optuna: Any, storage: str | None, name: str, out: Path, sampler: Any) -> Any:
-    try:
-        store = _storage(optuna, storage, out)
-        return optuna.create_study(storage=store, study_name=name, directions=["minimize"] * len(OBJECTIVES),
-                                   sampler=sampler, load_if_exists=True)
-    except (ConfigError, BackendUnavailable):
-        raise
-    except Exception as e:  # SQLAlchemy/driver errors: unreachable server, bad credentials, missing driver
-        raise BackendUnavailable(f"The tuning storage {_redacted(storage)} can't be used: {brief(e)}. Check that the "
-                                 "server is up and the URL right, or leave --storage out for a study file in OUT.") from e
-
-
-def _storage(optuna: Any, storage: str | None, out: Path) -> Any:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    if storage is None or "://" not in storage:
-        path = Path(storage) if storage else out / "tune.journal"
-        if path.is_dir():
-            raise ConfigError(f"--storage {storage}: a folder; give a journal file path or an Optuna URL.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if not storage.startswith(("sqlite:", "postgresql", "mysql")):
-        raise ConfigError(f"--storage {storage}: give an Optuna URL (sqlite:///path.db, postgresql://user@host/db, "
-                          "mysql://...) or a journal file path.")
-    engine = {"connect_args": {"connect_timeout": 10}} if storage.startswith(("postgresql", "mysql")) else None
-    def open_rdb() -> Any:
-        return optuna.storages.RDBStorage(
-            storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
-
-    for attempt in range(_SCHEMA_RACE_ATTEMPTS - 1):
-        try:
-            return open_rdb()
-        except Exception as e:  # workers starting together on a new database race to create Optuna's tables
-            if type(e).__name__ not in ("IntegrityError", "ProgrammingError"):
-                raise
-            time.sleep(1.0 + attempt)
-    return open_rdb()
-
-
-def _redacted(storage: str | None) -> str:
-    """The URL without its password."""
-    if not storage or "@" not in storage or "://" not in storage:
-        return str(storage)
-    scheme, rest = storage.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else storage
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def reclaim_dead_trials(optuna: Any, study: Any) -> list[int]:
-    """Trials left RUNNING by a process of this machine that is gone (killed mid-trial): each is marked FAIL
-    and its configuration queued again, so a rerun retries it; so is one that names no worker ORPHAN_S after its
-    start. Returns their numbers. (Other machines' dead workers: the RDB storage's heartbeats.)"""
-    host = socket.gethostname()
-    reclaimed = []
-    now = datetime.datetime.now()
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = str(trial.user_attrs.get("worker", ""))
-        name, _, pid = worker.rpartition(":")
-        # an orphan: its worker died between Optuna creating it and the objective's first line naming the worker
-        orphan = not worker and trial.datetime_start and (now - trial.datetime_start).total_seconds() > ORPHAN_S
-        if not orphan and (name != host or not pid.isdigit() or pid_alive(int(pid))):
-            continue
-        try:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        except (ValueError, RuntimeError):  # another worker reclaimed it first
-            continue
-        params = trial.params or trial.system_attrs.get("fixed_params") or {}  # an orphan suggested nothing yet
-        study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        reclaimed.append(trial.number)
-    return reclaimed
 
 
 def _seed_defaults(study: Any, space: SearchSpace) -> None:
@@ -567,7 +321,7 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
     # the fastest feasible build; among the close calls, the fastest when they were timed again side by side
     best_row = (min((r for r in feasible if r["number"] in remeasured), key=lambda r: remeasured[r["number"]])
                 if remeasured else feasible[0] if feasible else None)
-    summary = {"schema": SCHEMA, "study": study.study_name, "storage": _redacted(storage) if storage else
+    summary = {"schema": SCHEMA, "study": study.study_name, "storage": redacted(storage) if storage else
                str(runner.out / "tune.journal"), "target": runner.target.name, "budget_points": runner.budget,
                "space": runner.space.to_json(), "float_ranking": study.user_attrs.get(RANKING_ATTR),
                "wall_s": round(seconds, 1), "trials": rows,

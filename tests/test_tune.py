@@ -2,7 +2,6 @@
 kill, two workers on one study (a journal file, and a real PostgreSQL on loopback), and its errors."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -21,7 +20,8 @@ from edgec import AccuracyCheckFailed, ConfigError
 from edgec.backends import get_backend
 from edgec.cli import main
 from edgec.target import TARGETS_DIR, load_target
-from edgec.tune import TrialConfig, search_space
+from edgec import tune_storage
+from edgec.tune_space import TrialConfig, search_space
 from models import tiny_conv_onnx
 
 pytestmark = [pytest.mark.requires_openvino, pytest.mark.timeout(180)]
@@ -245,15 +245,14 @@ def test_a_trial_whose_worker_died_before_naming_itself_is_retried(tmp_path: Pat
     and the objective's first line) is failed and its enqueued configuration queued again; a live one is not."""
     import optuna
 
-    tune_module = importlib.import_module("edgec.tune")  # the module (edgec.tune is also the function's name)
     study = optuna.create_study(storage=_journal(tmp_path / "t.journal"), directions=["minimize"] * 3)
     study.enqueue_trial({"precision": "fp32"})
     orphan = study.ask()
     live = study.ask()
-    live.set_user_attr("worker", tune_module.worker_id())
-    assert tune_module.reclaim_dead_trials(optuna, study) == []  # younger than ORPHAN_S
-    monkeypatch.setattr(tune_module, "ORPHAN_S", 0)
-    assert tune_module.reclaim_dead_trials(optuna, study) == [orphan.number]
+    live.set_user_attr("worker", tune_storage.worker_id())
+    assert tune_storage.reclaim_dead_trials(optuna, study) == []  # younger than ORPHAN_S
+    monkeypatch.setattr(tune_storage, "ORPHAN_S", 0)
+    assert tune_storage.reclaim_dead_trials(optuna, study) == [orphan.number]
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states[orphan.number] == "FAIL" and states[live.number] == "RUNNING"
     retry = study.get_trials(deepcopy=False)[-1]
