@@ -192,6 +192,8 @@ class _Trials:
         self.duplicates_in_a_row = 0
         try:
             with self.steps.step(f"trial {trial.number}: {config.label()}"):
+                if config.prune_ratio:
+                    self._refuse_hopeless(trial, config)
                 build = self.build(config, self.out / "trials" / f"{trial.number:04d}")
             objectives, where = self._objectives(build, config)
         except TRIAL_ERRORS as e:  # this configuration can't be built or disagrees on the board: the trial fails
@@ -209,6 +211,20 @@ class _Trials:
                             "folder": str(build.output_dir), "accuracy_ok": build.report["accuracy"].get("ok")}.items():
             trial.set_user_attr(name, value)
         return tuple(objectives[k] for k in OBJECTIVES)  # type: ignore[return-value]
+
+    def _refuse_hopeless(self, trial: Any, config: TrialConfig) -> None:
+        """Prune (Optuna's TrialPruned) a trial whose pruned model alone misses the budget by more than twice that
+        drop's standard error: no precision wins the accuracy back, so its compile is skipped."""
+        import optuna
+
+        assert self.pruned is not None
+        cost = self.pruned.drop(self.source(config))
+        margin = 2 * float((cost.get("labelled") or {}).get("standard_error_points") or 0.0)
+        if cost["drop_points"] - margin > self.budget:
+            trial.set_user_attr("pruning", cost)
+            trial.set_user_attr("hopeless", f"pruning alone dropped {cost['drop_points']:.2f} points "
+                                            f"(budget {self.budget:g}{f', margin {margin:.2f}' if margin else ''})")
+            raise optuna.TrialPruned(trial.user_attrs["hopeless"])
 
     @staticmethod
     def _float_ranking(study: Any, poll_s: float = 2.0) -> list[str]:
@@ -265,7 +281,7 @@ class _Trials:
 
     def stop_when_exhausted(self, study: Any, trial: Any) -> None:
         """Stop once every configuration of the space was evaluated, or the sampler keeps proposing old ones."""
-        done = {t.user_attrs.get("config") for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+        done = {t.user_attrs.get("config") for t in study.get_trials(deepcopy=False) if _evaluated(t)}
         if len(done) >= self.space.size() or self.duplicates_in_a_row >= _DUPLICATES_BEFORE_STOP:
             study.stop()
 
@@ -299,11 +315,16 @@ def _room_for(study: Any, number: int, total: int, poll_s: float = 1.0) -> bool:
         time.sleep(poll_s)
 
 
+def _evaluated(trial: Any) -> bool:
+    """Whether a trial settled its configuration: finished, or pruned as hopeless."""
+    return trial.state.name == "COMPLETE" or (trial.state.name == "PRUNED" and "hopeless" in trial.user_attrs)
+
+
 def _evaluated_twin(study: Any, key: str, number: int) -> int | None:
-    """The number of an earlier trial of the study with this configuration, finished or running (its twin)."""
+    """The number of an earlier trial of the study with this configuration, settled or running (its twin)."""
     for other in study.get_trials(deepcopy=False):
-        if other.number < number and other.user_attrs.get("config") == key and other.state.name in ("COMPLETE",
-                                                                                                  "RUNNING"):
+        if other.number < number and other.user_attrs.get("config") == key and (
+                _evaluated(other) or other.state.name == "RUNNING"):
             return other.number
     return None
 
@@ -328,6 +349,7 @@ def finish(study: Any, runner: _Trials, seconds: float, storage: str | None) -> 
                "front": sorted(front), "remeasured_p50_ms": remeasured,
                "cache_hits": sum(1 for r in complete if r["cache_hit"]),
                "duplicates_pruned": sum(1 for r in rows if r.get("duplicate_of") is not None),
+               "hopeless_pruned": sum(1 for r in rows if r.get("hopeless")),
                "workers": sorted({r["worker"] for r in complete if r["worker"]})}
     if any("emulated" in str(r["device"]) for r in complete):
         summary["latency_note"] = ("trials were timed on emulated boards (qemu-user): that latency is not the "
@@ -366,7 +388,7 @@ def _trial_row(trial: Any) -> dict[str, Any]:
             "accuracy_ok": attrs.get("accuracy_ok"), "worker": attrs.get("worker"), "folder": attrs.get("folder"),
             "duplicate_of": attrs.get("duplicate_of"), "retry_of": attrs.get("retry_of"),
             "anchor": attrs.get("anchor"), "device": attrs.get("device"), "error": attrs.get("error"),
-            "pruning": attrs.get("pruning"), "model_file": attrs.get("model_file"),
+            "pruning": attrs.get("pruning"), "model_file": attrs.get("model_file"), "hopeless": attrs.get("hopeless"),
             "seconds": (trial.duration.total_seconds() if trial.duration else None)}
 
 

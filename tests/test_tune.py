@@ -127,6 +127,24 @@ def test_a_pruned_trial_is_scored_against_the_dense_model(pruning_problem, tmp_p
     assert main([*command[1:-1], str(tmp_path / "again"), "-q"]) == 0
 
 
+def test_a_pruned_model_that_alone_misses_the_budget_is_not_compiled(pruning_problem, tmp_path: Path) -> None:
+    """Judged by cosine with a 0-point budget, every pruned model already misses it: those trials are pruned as
+    hopeless before their compile, each configuration once, and the tune stops when the space is settled."""
+    module, example, data = pruning_problem
+    target = tmp_path / "cpu-fp32.toml"
+    text = (TARGETS_DIR / "intel-cpu.toml").read_text().replace('name = "intel-cpu"', 'name = "cpu-fp32"')
+    target.write_text(re.sub(r"(?m)^precisions = .*$", 'precisions = ["fp32"]', text))
+    out = tmp_path / "tune"
+    summary = edgec.tune(module, str(target), str(data), trials=3, max_accuracy_drop=0.0, metric="cosine",
+                         output_dir=out, profile_runs=5, progress=False, example_inputs=example).summary
+    assert [t["label"] for t in summary["trials"] if t["state"] == "COMPLETE"] == ["fp32"]
+    hopeless = [t for t in summary["trials"] if t["hopeless"]]
+    assert len(hopeless) == 12 == len({t["config"] for t in hopeless}) == summary["hopeless_pruned"]
+    assert all(t["state"] == "PRUNED" and t["folder"] is None and "pruning alone dropped" in t["hopeless"]
+               for t in hopeless)
+    assert not (out / "trials").exists() or len(list((out / "trials").iterdir())) == 1
+
+
 def test_a_configuration_reproduces_as_one_command() -> None:
     """The recommended configuration's `edgec compile` line carries every searched option."""
     config = TrialConfig("mixed", "entropy", 256, "nearest", 16, 0.5)
