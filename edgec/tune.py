@@ -49,6 +49,7 @@ REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed aga
 REMEASURE_ROUNDS = 5
 REMEASURE_AT_MOST = 6  # the fastest six of them: a slower one is not recommended
 _DUPLICATES_BEFORE_STOP = 40
+_FAILURES_BEFORE_STOP = 3  # a worker whose first trials all fail: the cause is not the configuration (a bad --device)
 # a trial's configuration can't be built, or its build disagrees with fp32 on the board: that trial fails, the
 # tune goes on (BackendUnavailable, a device or storage gone, stops it)
 TRIAL_ERRORS = (ConfigError, PassError, BuildError, AccuracyCheckFailed)  # the sampler keeps proposing evaluated configurations: the space is exhausted
@@ -93,7 +94,7 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
     if device == "local" and not backend.can_run_here(tgt):
         raise ConfigError(f"Tuning times every build on the target: {tgt.name} ({backend.name}, {tgt.arch}) does not "
                           "run here. Give the board with --device (ssh://user@jetson for a Jetson).")
-    out = Path(output_dir) if output_dir else Path("edgec-out") / f"tune-{Path(str(model)).stem}-{tgt.name}"
+    out = Path(output_dir) if output_dir else Path("edgec-out") / f"tune-{_model_name(model, loaded)}-{tgt.name}"
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(optuna, storage, study_name or f"{loaded.sha256()[:12]}-{tgt.name}", out, seed)
     pruned = (PrunedModels(model, example_inputs or (), loaded, calib, tgt, metric, out / "pruned", seed)
@@ -106,6 +107,11 @@ def tune(model: Any, target: str | Target = "intel-cpu", calibration: Any = None
     callbacks = [optuna.study.MaxTrialsCallback(trials)] if trials else []
     study.optimize(trial_runner, timeout=time_budget, catch=TRIAL_ERRORS,
                    callbacks=[*callbacks, trial_runner.stop_when_exhausted], gc_after_trial=True)
+    if trial_runner.failing_alike():
+        error = trial_runner.last_error
+        assert error is not None
+        raise type(error)(f"The first {_FAILURES_BEFORE_STOP} trials of this worker all failed, the last with: "
+                          f"{error}") from error
     return finish(study, trial_runner, time.perf_counter() - t0, storage)
 
 
@@ -116,6 +122,13 @@ def _import_optuna() -> Any:
         raise BackendUnavailable("edgec tune needs Optuna: pip install 'edgec[tune]'") from e
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
+
+
+def _model_name(model: Any, loaded: Model) -> str:
+    """A short name for OUT: the file's stem, or the PyTorch module's class name."""
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).stem
+    return str(loaded.provenance.get("source") or "model").rsplit(".", 1)[-1].strip("<>") or "model"
 
 
 def _model_file(model: Any, loaded: Model, out: Path) -> str:
@@ -140,7 +153,8 @@ def _calibration_count(model: Any, calib: CalibrationSet | None) -> int:
 
 
 def _seed_defaults(study: Any, space: SearchSpace) -> None:
-    """A new study starts from the anchors: fp32, and int8 with edgec's defaults (the build to beat)."""
+    """A new study starts from the anchors, each of the model as given: fp32, int8 with edgec's defaults (the build
+    to beat) and mixed with them (its search records the sensitivity ranking float_layers takes)."""
     if study.get_trials(deepcopy=False):
         return
     dense = {"prune_ratio": 0.0} if space.prune_ratios else {}  # an anchor is the model as given
@@ -168,6 +182,7 @@ class _Trials:
         self.model, self.target, self.calib, self.space, self.out = model, target, calib, space, out
         self.device, self.metric, self.runs, self.budget, self.steps = device, metric, runs, budget, steps
         self.trials, self.duplicates_in_a_row = trials, 0
+        self.finished, self.failures_in_a_row, self.last_error = 0, 0, None
         self.example_inputs, self.pruned, self.model_file = example_inputs, pruned, model_file
 
     def __call__(self, trial: Any) -> tuple[float, float, float]:
@@ -198,7 +213,9 @@ class _Trials:
             objectives, where = self._objectives(build, config)
         except TRIAL_ERRORS as e:  # this configuration can't be built or disagrees on the board: the trial fails
             trial.set_user_attr("error", f"{type(e).__name__}: {brief(e)}")
+            self.failures_in_a_row, self.last_error = self.failures_in_a_row + 1, e
             raise
+        self.finished, self.failures_in_a_row = self.finished + 1, 0
         trial.set_constraint("accuracy_budget", objectives["drop_points"] - self.budget)  # feasible at <= 0
         if config.precision == "mixed" and RANKING_ATTR not in trial.study.user_attrs:
             ranking = (build.report.get("mixed_precision") or {}).get("ranking") or []
@@ -280,10 +297,16 @@ class _Trials:
         return {"latency_ms": latency, "drop_points": round(drop, 4), "artifact_bytes": float(size)}, where
 
     def stop_when_exhausted(self, study: Any, trial: Any) -> None:
-        """Stop once every configuration of the space was evaluated, or the sampler keeps proposing old ones."""
+        """Stop once every configuration of the space was evaluated, the sampler keeps proposing old ones, or the
+        worker's first trials all failed."""
         done = {t.user_attrs.get("config") for t in study.get_trials(deepcopy=False) if _evaluated(t)}
-        if len(done) >= self.space.size() or self.duplicates_in_a_row >= _DUPLICATES_BEFORE_STOP:
+        if (len(done) >= self.space.size() or self.duplicates_in_a_row >= _DUPLICATES_BEFORE_STOP
+                or self.failing_alike()):
             study.stop()
+
+    def failing_alike(self) -> bool:
+        """Whether this worker's first trials all failed: then the cause is not their configurations."""
+        return self.finished == 0 and self.failures_in_a_row >= _FAILURES_BEFORE_STOP
 
 
 def accuracy_drop(report: dict[str, Any]) -> float:

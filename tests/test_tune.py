@@ -344,8 +344,8 @@ def test_two_workers_tune_on_two_emulated_boards_behind_a_tracker(pruning_proble
 
 def test_the_errors_say_what_to_do(problem, tmp_path: Path, capsys) -> None:
     """A budget nothing meets (exit 4, the closest and by how much, results still written); a target with one
-    configuration, and one that does not run here without --device (exit 2); storage that can't be reached
-    (exit 3, fast)."""
+    configuration, one that does not run here without --device, a --device no trial can use (exit 2); storage
+    that can't be reached (exit 3, fast)."""
     model, data = problem
     with pytest.raises(AccuracyCheckFailed, match=r"No configuration met --max-accuracy-drop -1: the most accurate"):
         edgec.tune(model, "intel-cpu", str(data), trials=2, max_accuracy_drop=-1, output_dir=tmp_path / "a",
@@ -355,6 +355,10 @@ def test_the_errors_say_what_to_do(problem, tmp_path: Path, capsys) -> None:
     assert "Nothing to choose on rpi4: tvm builds only fp32 there" in capsys.readouterr().err
     assert main(["tune", str(model), "--target", "jetson", "--calib", str(data), "-o", str(tmp_path / "b"), "-q"]) == 2
     assert "Give the board with --device (ssh://user@jetson" in capsys.readouterr().err
+    assert main(["tune", str(model), "--calib", str(data), "--device", "rpc://127.0.0.1:1", "--runs", "3",
+                 "-o", str(tmp_path / "d"), "-q"]) == 2  # every trial fails alike: stopped after 3, not forever
+    err = capsys.readouterr().err
+    assert "The first 3 trials of this worker all failed, the last with: OpenVINO artifacts are profiled on" in err
     t0 = time.time()
     assert main(["tune", str(model), "--calib", str(data), "--storage", "postgresql+psycopg2://edgec@127.0.0.1:1/x",
                  "-o", str(tmp_path / "c"), "-q"]) == 3
