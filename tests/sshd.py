@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +143,13 @@ def ssh_env(sshd: LoopbackSshd, monkeypatch: pytest.MonkeyPatch) -> LoopbackSshd
     """The session's sshd with EDGEC_SSH_CONFIG pointing at its client config for this test."""
     monkeypatch.setenv("EDGEC_SSH_CONFIG", str(sshd.config_file))
     return sshd
+
+
+def fake_jetson_python(tmp_path: Path) -> Path:
+    """An executable standing in for a Jetson's python3 (for ?python= in an ssh:// device): the venv's Python
+    running tests/fake_jetson.py, with HOME in tmp_path so the device-side timing cache lands there."""
+    wrapper = tmp_path / "jetson-python3"
+    wrapper.write_text(f"#!/bin/sh\nexport HOME={tmp_path / 'home'}\n"
+                       f"exec {sys.executable} {Path(__file__).parent / 'fake_jetson.py'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper

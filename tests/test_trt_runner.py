@@ -19,6 +19,7 @@ from edgec import BackendUnavailable, ConfigError
 from edgec.cli import main
 from edgec.device import trt_runner
 from fake_tensorrt import FakeCudart, fake_tensorrt
+from sshd import fake_jetson_python
 
 GENERATIONS = {  # fake TensorRT release -> the shipped target made for its JetPack
     "8.2.1.8": "jetson-nano", "8.5.2.2": "jetson-xavier-nx", "10.3.0.30": "jetson-orin-nano", "11.4.0.106": None}
@@ -264,16 +265,6 @@ def test_without_tensorrt_here_the_host_commands_say_where_to_build(bundle, monk
 pytest_plugins = ["sshd"]
 
 
-def _fake_jetson_python(tmp_path: Path) -> Path:
-    """An executable standing in for a Jetson's python3: the venv's Python running tests/fake_jetson.py, with
-    HOME in tmp_path so the device-side timing cache lands there."""
-    wrapper = tmp_path / "jetson-python3"
-    wrapper.write_text(f"#!/bin/sh\nexport HOME={tmp_path / 'home'}\n"
-                       f"exec {sys.executable} {Path(__file__).parent / 'fake_jetson.py'} \"$@\"\n")
-    wrapper.chmod(0o755)
-    return wrapper
-
-
 @pytest.mark.timeout(120)
 def test_build_and_profile_over_ssh(ssh_env, bundle, tmp_path: Path, capsys) -> None:
     """`edgec build OUT --device ssh://...` copies the bundle over a real OpenSSH connection, runs edgec_trt.py
@@ -281,7 +272,7 @@ def test_build_and_profile_over_ssh(ssh_env, bundle, tmp_path: Path, capsys) -> 
     and the device's outputs back and judges them in the task metric here. (The device's TensorRT is the 10.3
     stand-in; the ssh transport, the remote command and the files are real.)"""
     out = bundle("10.3.0.30")
-    device = f"{ssh_env.url}/{tmp_path / 'remote'}?python={_fake_jetson_python(tmp_path)}"
+    device = f"{ssh_env.url}/{tmp_path / 'remote'}?python={fake_jetson_python(tmp_path)}"
     assert main(["build", str(out), "--device", device]) == 0, capsys.readouterr().err
     assert (out / "model.engine").is_file() and (tmp_path / "remote" / "model.engine").is_file()
     info = json.loads((out / "engine.json").read_text())

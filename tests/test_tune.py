@@ -25,7 +25,7 @@ from edgec.tune_space import TrialConfig, search_space
 from models import tiny_conv_onnx
 
 pytestmark = [pytest.mark.requires_openvino, pytest.mark.timeout(180)]
-pytest_plugins = ["postgres"]
+pytest_plugins = ["postgres", "sshd"]
 WORKER = Path(__file__).parent / "tune_worker.py"
 
 
@@ -340,6 +340,22 @@ def test_two_workers_tune_on_two_emulated_boards_behind_a_tracker(pruning_proble
                for t in complete)
     summary = json.loads((tmp_path / "w0" / "tune.json").read_text())
     assert "emulated boards" in summary["latency_note"] and summary["remeasured_p50_ms"] == {}
+
+
+def test_a_jetson_is_tuned_over_ssh(problem, ssh_env, tmp_path: Path) -> None:
+    """A Jetson target does not run here: with --device ssh://... each trial's bundle goes to the device, its engine
+    is built and profiled there and its outputs judged here. (The device's TensorRT is tests/fake_tensorrt.py's
+    10.3 stand-in, its latency made up; the ssh transport, the runner and the files are real.)"""
+    from sshd import fake_jetson_python
+
+    model, data = problem
+    device = f"{ssh_env.url}/{tmp_path / 'remote'}?python={fake_jetson_python(tmp_path)}"
+    summary = edgec.tune(model, "jetson", str(data), trials=3, max_accuracy_drop=50.0, device=device,
+                         output_dir=tmp_path / "tune", profile_runs=3, progress=False).summary
+    done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    assert [t["anchor"] for t in done] == ["fp32", "default int8", "default mixed"]
+    assert all(t["device"].startswith("Orin (fake) at ssh://root@127.0.0.1:") for t in done)
+    assert (tmp_path / "tune" / "best" / "model.engine").is_file()
 
 
 def test_the_errors_say_what_to_do(problem, tmp_path: Path, capsys) -> None:
