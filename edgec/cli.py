@@ -287,7 +287,10 @@ def _tune(args: argparse.Namespace) -> int:
         return EXIT_OK
     done = [t for t in s["trials"] if t["state"] == "COMPLETE"]
     print(f"{len(done)} trials finished in {s['wall_s']:.0f}s ({s['cache_hits']} from the build cache, "
-          f"{s['duplicates_pruned']} duplicates pruned); Pareto front: {', '.join(f'#{n}' for n in s['front'])}")
+          f"{s['duplicates_pruned']} duplicates and {s['hopeless_pruned']} hopeless prunings skipped); Pareto front: "
+          f"{', '.join(f'#{n}' for n in s['front'])}")
+    if s.get("latency_note"):
+        print(f"note: {s['latency_note']}")
     best = s["recommended"]
     print(f"recommended: #{best['number']} {best['label']}: {best['objectives']['latency_ms']:.3f} ms, drop "
           f"{best['objectives']['drop_points']:.2f} points -> {result.output_dir / 'best'}")

@@ -241,6 +241,7 @@ class _Trials:
             trial.set_user_attr("pruning", cost)
             trial.set_user_attr("hopeless", f"pruning alone dropped {cost['drop_points']:.2f} points "
                                             f"(budget {self.budget:g}{f', margin {margin:.2f}' if margin else ''})")
+            self.steps.note(f"trial {trial.number} skipped before its compile: {trial.user_attrs['hopeless']}")
             raise optuna.TrialPruned(trial.user_attrs["hopeless"])
 
     @staticmethod

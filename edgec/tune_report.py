@@ -39,15 +39,16 @@ def pareto_png(summary: Mapping[str, Any]) -> bytes | None:
                c="#b0b0b0", s=22, label="trials")
     ax.plot([t["objectives"]["latency_ms"] for t in front], [t["objectives"]["drop_points"] for t in front], "o-",
             c="#1f77b4", ms=6, label="Pareto front (latency, drop, size)")
-    for t in front:
+    for i, t in enumerate(front):  # neighbours on the front alternate above and below: close points stay legible
         ax.annotate(f"#{t['number']} {t['label']}", (t["objectives"]["latency_ms"], t["objectives"]["drop_points"]),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+                    fontsize=7, xytext=(4, 6 if i % 2 == 0 else -12), textcoords="offset points")
     best = summary.get("recommended")
     if best:
         ax.scatter([best["objectives"]["latency_ms"]], [best["objectives"]["drop_points"]], s=160,
                    facecolors="none", edgecolors="#d62728", linewidths=2, label="recommended")
     ax.axhline(summary["budget_points"], color="#d62728", ls="--", lw=1, label=f"budget {summary['budget_points']:g}")
-    ax.set_xlabel("latency p50 (ms) on " + str(summary["target"]))
+    emulated = " (emulated board: not the board's latency)" if summary.get("latency_note") else ""
+    ax.set_xlabel("latency p50 (ms) on " + str(summary["target"]) + emulated)
     ax.set_ylabel("accuracy drop vs fp32 (points)")
     ax.set_title(f"edgec tune: {summary['study']} ({len(done)} trials)")
     ax.legend(fontsize=8)
@@ -71,6 +72,11 @@ def render(summary: Mapping[str, Any], png: bytes | None) -> str:
                      f"{best['objectives']['drop_points']:.2f} points.</p><pre>{escape(best['command'])}</pre>")
     else:
         parts.append(f"<p><b>No configuration met the budget of {summary['budget_points']:g} points.</b></p>")
+    if summary.get("latency_note"):
+        parts.append(f"<p><b>Note:</b> {escape(str(summary['latency_note']))}.</p>")
+    space = summary.get("space") or {}
+    if space.get("pruning_absent"):
+        parts.append(f"<p>Structured pruning was not searched: {escape(str(space['pruning_absent']))}.</p>")
     if png is not None:
         parts.append(f"<img alt='Pareto front' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     parts.append(_trials_table(summary))
@@ -81,12 +87,22 @@ def render(summary: Mapping[str, Any], png: bytes | None) -> str:
 def _trials_table(summary: Mapping[str, Any]) -> str:
     front = set(summary["front"])
     rows = ["<table><tr><th>#</th><th>state</th><th>configuration</th><th>latency p50 ms</th><th>drop points</th>"
-            "<th>artifact MB</th><th>cache</th></tr>"]
+            "<th>artifact MB</th><th>cache</th><th>note</th></tr>"]
     for t in summary["trials"]:
         o = t["objectives"] or {}
         cells = [str(t["number"]), t["state"], str(t["label"] or ""),
                  f"{o['latency_ms']:.3f}" if o else "", f"{o['drop_points']:.2f}" if o else "",
-                 f"{o['artifact_bytes'] / 1e6:.2f}" if o else "", "hit" if t["cache_hit"] else ""]
+                 f"{o['artifact_bytes'] / 1e6:.2f}" if o else "", "hit" if t["cache_hit"] else "", _note(t)]
         cls = " class='front'" if t["number"] in front else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(rows) + "</table>"
+
+
+def _note(trial: Mapping[str, Any]) -> str:
+    """Why a trial has no result, or what its pruning cost alone."""
+    if trial.get("duplicate_of") is not None:
+        return f"duplicate of #{trial['duplicate_of']}"
+    if trial.get("hopeless") or trial.get("error"):
+        return str(trial.get("hopeless") or trial.get("error"))
+    pruning = trial.get("pruning")
+    return f"pruning alone: {pruning['drop_points']:.2f} points" if pruning else ""

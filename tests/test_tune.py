@@ -2,6 +2,7 @@
 kill, two workers on one study (a journal file, and a real PostgreSQL on loopback), and its errors."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -143,6 +144,7 @@ def test_a_pruned_model_that_alone_misses_the_budget_is_not_compiled(pruning_pro
     assert all(t["state"] == "PRUNED" and t["folder"] is None and "pruning alone dropped" in t["hopeless"]
                for t in hopeless)
     assert not (out / "trials").exists() or len(list((out / "trials").iterdir())) == 1
+    assert "pruning alone dropped" in (out / "report.html").read_text()
 
 
 def test_a_configuration_reproduces_as_one_command() -> None:
@@ -340,6 +342,7 @@ def test_two_workers_tune_on_two_emulated_boards_behind_a_tracker(pruning_proble
                for t in complete)
     summary = json.loads((tmp_path / "w0" / "tune.json").read_text())
     assert "emulated boards" in summary["latency_note"] and summary["remeasured_p50_ms"] == {}
+    assert html.escape(summary["latency_note"]) in (tmp_path / "w0" / "report.html").read_text()
 
 
 def test_a_jetson_is_tuned_over_ssh(problem, ssh_env, tmp_path: Path) -> None:
