@@ -207,10 +207,10 @@ class _Trials:
         self.duplicates_in_a_row = 0
         try:
             with self.steps.step(f"trial {trial.number}: {config.label()}"):
-                if config.prune_ratio:
-                    self._refuse_hopeless(trial, config)
-                build = self.build(config, self.out / "trials" / f"{trial.number:04d}")
-            objectives, where = self._objectives(build, config)
+                source = self.source(config)  # a pruned configuration is pruned here, once for the study's trials
+                cost = self._pruning_cost(trial, source) if config.prune_ratio else None
+                build = self.build(config, self.out / "trials" / f"{trial.number:04d}", source)
+            objectives, where = self._objectives(build, cost)
         except TRIAL_ERRORS as e:  # this configuration can't be built or disagrees on the board: the trial fails
             trial.set_user_attr("error", f"{type(e).__name__}: {brief(e)}")
             self.failures_in_a_row, self.last_error = self.failures_in_a_row + 1, e
@@ -220,29 +220,28 @@ class _Trials:
         if config.precision == "mixed" and RANKING_ATTR not in trial.study.user_attrs:
             ranking = (build.report.get("mixed_precision") or {}).get("ranking") or []
             trial.study.set_user_attr(RANKING_ATTR, [r["node"] for r in ranking])
-        if config.prune_ratio:
-            assert self.pruned is not None
-            trial.set_user_attr("pruning", self.pruned.drop(self.source(config)))
-            trial.set_user_attr("model_file", str(self.source(config)))  # what the commands rebuild it from
         for name, value in {**objectives, "device": where, "build_key": build.cache_key, "cache_hit": build.cached,
                             "folder": str(build.output_dir), "accuracy_ok": build.report["accuracy"].get("ok")}.items():
             trial.set_user_attr(name, value)
         return tuple(objectives[k] for k in OBJECTIVES)  # type: ignore[return-value]
 
-    def _refuse_hopeless(self, trial: Any, config: TrialConfig) -> None:
-        """Prune (Optuna's TrialPruned) a trial whose pruned model alone misses the budget by more than twice that
-        drop's standard error: no precision wins the accuracy back, so its compile is skipped."""
+    def _pruning_cost(self, trial: Any, pruned: Path) -> dict[str, Any]:
+        """What pruning alone cost (PrunedModels.drop), recorded on the trial with the pruned model's file (what
+        the commands rebuild it from). Prunes the trial (Optuna's TrialPruned) when that cost misses the budget by
+        more than twice its standard error: no precision wins the accuracy back, so its compile is skipped."""
         import optuna
 
         assert self.pruned is not None
-        cost = self.pruned.drop(self.source(config))
+        cost = self.pruned.drop(pruned)
+        trial.set_user_attr("pruning", cost)
+        trial.set_user_attr("model_file", str(pruned))
         margin = 2 * float((cost.get("labelled") or {}).get("standard_error_points") or 0.0)
         if cost["drop_points"] - margin > self.budget:
-            trial.set_user_attr("pruning", cost)
             trial.set_user_attr("hopeless", f"pruning alone dropped {cost['drop_points']:.2f} points "
                                             f"(budget {self.budget:g}{f', margin {margin:.2f}' if margin else ''})")
             self.steps.note(f"trial {trial.number} skipped before its compile: {trial.user_attrs['hopeless']}")
             raise optuna.TrialPruned(trial.user_attrs["hopeless"])
+        return cost
 
     @staticmethod
     def _float_ranking(study: Any, poll_s: float = 2.0) -> list[str]:
@@ -257,9 +256,10 @@ class _Trials:
                 return []
             time.sleep(poll_s)
 
-    def build(self, config: TrialConfig, folder: Path) -> Build:
-        """Compile `config` into `folder` (the build cache answers one built before); kept if inaccurate."""
-        source = self.source(config)
+    def build(self, config: TrialConfig, folder: Path, source: Any = None) -> Build:
+        """Compile `config` into `folder` from `source` (default `self.source(config)`; the build cache answers one
+        built before); kept if inaccurate."""
+        source = self.source(config) if source is None else source
         return compile(source, self.target, calibration=self.calib, output_dir=folder, metric=self.metric,
                        example_inputs=None if isinstance(source, Path) else self.example_inputs,
                        profile_runs=self.runs, progress=False, accept_inaccurate=True, **config.compile_options())
@@ -280,9 +280,9 @@ class _Trials:
         assert self.pruned is not None and config.recovery_epochs and config.recovery_lr
         return self.pruned.path(config.prune_ratio, config.recovery_epochs, config.recovery_lr)
 
-    def _objectives(self, build: Build, config: TrialConfig) -> tuple[dict[str, float], str]:
+    def _objectives(self, build: Build, pruning: dict[str, Any] | None) -> tuple[dict[str, float], str]:
         """p50 latency on the target (ms), the drop against the user's fp32 model in the task metric (points:
-        the build's against its fp32 model, plus pruning's), artifact bytes; and the device that timed it."""
+        the build's against its fp32 model, plus `pruning`'s), artifact bytes; and the device that timed it."""
         if self.device == "local":
             latency, where = float(build.report["profile"]["latency_ms"]["p50"]), build.report["profile"]["device"]
         else:  # AccuracyCheckFailed when the board's outputs disagree with ONNX Runtime's
@@ -290,9 +290,8 @@ class _Trials:
             latency, where = prof.latency_ms.p50, prof.device
         # a build checked on the board only (TVM): it computes what its model.onnx computes, fp32
         drop = 0.0 if "skipped" in build.report["accuracy"] and self.device != "local" else accuracy_drop(build.report)
-        if config.prune_ratio:
-            assert self.pruned is not None
-            drop += float(self.pruned.drop(self.source(config))["drop_points"])
+        if pruning is not None:
+            drop += float(pruning["drop_points"])
         files = set(build.manifest["artifact"]["files"]) | {"model.onnx"}
         size = sum(f["bytes"] for f in build.manifest["files"] if f["path"] in files)
         return {"latency_ms": latency, "drop_points": round(drop, 4), "artifact_bytes": float(size)}, where
