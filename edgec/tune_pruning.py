@@ -23,6 +23,7 @@ import numpy as np
 
 from . import accuracy
 from .calibration import CalibrationSet, fixed_inputs
+from .errors import EdgecError, PassError, brief
 from .fileio import write_json_atomic
 from .frontend import to_model
 from .model import Model
@@ -50,11 +51,12 @@ def pruning_choices(model: Any, dense: Model, calib: CalibrationSet | None) -> P
     if not _is_module(model):
         return PruningChoices(absent="channel pruning retrains the model: pass the PyTorch nn.Module (with "
                                      "example_inputs), not its ONNX export")
-    data_inputs = [s.name for s in dense.inputs if s.name not in fixed_inputs(dense)]
+    fixed = fixed_inputs(dense)
+    data_inputs = [s.name for s in dense.inputs if s.name not in fixed]
     if len(data_inputs) != 1:
         return PruningChoices(absent=f"pruning's recovery trains on one input tensor; the model has "
                                      f"{len(data_inputs)} data inputs")
-    if calib is None or calib.load(dense.inputs, "validation", fixed_inputs(dense)) is None:
+    if calib is None or calib.load(dense.inputs, "validation", fixed) is None:
         return PruningChoices(absent="the data has no held-out split (val_x, val_y in the .npz): recovery "
                                      "trains on the calibration split, so its cost must be scored on other samples")
     if importlib.util.find_spec("torch_pruning") is None:
@@ -99,8 +101,15 @@ class PrunedModels:
         import torch
 
         torch.manual_seed(self.seed)
-        result = prune(self.module, ratio, self.example_inputs, round_to=self.target.round_to, data=self._training(),
-                       epochs=epochs, lr=lr, measure=False, progress=False)
+        try:
+            result = prune(self.module, ratio, self.example_inputs, round_to=self.target.round_to,
+                           data=self._training(), epochs=epochs, lr=lr, measure=False, progress=False)
+        except EdgecError:
+            raise
+        except Exception as e:  # torch-pruning's dependency graph or the distillation loop can't handle the model
+            raise PassError(f"Pruning {type(self.module).__name__} ({pruning_key(ratio, epochs, lr)}) failed: "
+                            f"{brief(e)}. Channel pruning with distillation suits classifiers (logits [N, C], class "
+                            "labels); tune this model from its ONNX file to leave pruning out.") from e
         pruned = to_model(result.model, self.example_inputs)
         pruned.save(path)
         samples, reference, judge = self._dense_reference()
@@ -115,8 +124,9 @@ class PrunedModels:
         """The calibration split as (inputs[, class labels]) tensors: what the recovery trains on."""
         import torch
 
-        samples = self.calib.load(self.dense.inputs, "calibration", fixed_inputs(self.dense))
-        name = next(s.name for s in self.dense.inputs if s.name not in fixed_inputs(self.dense))
+        fixed = fixed_inputs(self.dense)
+        samples = self.calib.load(self.dense.inputs, "calibration", fixed)
+        name = next(s.name for s in self.dense.inputs if s.name not in fixed)
         inputs = torch.from_numpy(np.concatenate([np.asarray(f[name]) for f in samples.feeds]))
         labels = samples.labels
         if isinstance(labels, np.ndarray) and labels.ndim == 1 and len(labels) == len(inputs):

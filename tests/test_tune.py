@@ -18,6 +18,7 @@ import pytest
 
 import edgec
 from edgec import AccuracyCheckFailed, ConfigError
+from edgec.errors import PassError
 from edgec.backends import get_backend
 from edgec.cli import main
 from edgec.target import TARGETS_DIR, load_target
@@ -145,6 +146,22 @@ def test_a_pruned_model_that_alone_misses_the_budget_is_not_compiled(pruning_pro
                for t in hopeless)
     assert not (out / "trials").exists() or len(list((out / "trials").iterdir())) == 1
     assert "pruning alone dropped" in (out / "report.html").read_text()
+
+
+def test_a_model_pruning_cannot_handle_fails_its_trial_with_what_to_do(pruning_problem, tmp_path: Path) -> None:
+    """A model whose output is not class logits can't be distilled against class labels: PassError (exit 2, the
+    trial fails and the tune goes on), naming the model and the pruning, not a bare PyTorch error."""
+    import torch
+    from edgec.calibration import CalibrationSet
+    from edgec.frontend import to_model
+    from edgec.tune_pruning import PrunedModels
+
+    _, example, data = pruning_problem
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 4, 1))
+    pruned = PrunedModels(module, example, to_model(module, example), CalibrationSet(str(data)),
+                          load_target("intel-cpu"), None, tmp_path / "pruned", 0)
+    with pytest.raises(PassError, match=r"Pruning Sequential \(r0.25-e1-lr0.001\) failed: .*suits classifiers"):
+        pruned.path(0.25, 1, 1e-3)
 
 
 def test_a_configuration_reproduces_as_one_command() -> None:
