@@ -288,10 +288,11 @@ def test_openvino_fuses_residual_adds_into_int8_convolutions(tmp_path: Path, whi
                           progress=False, use_cache=False)
     layers = build.report["profile"]["layers"]
     float_layers = [(r["layer"], r["op"]) for r in layers if r["precision"] == "fp32"]
-    # Left in f32: quantizing the graph input and the global average pool. Every residual add is fused into an
-    # int8 convolution (with only the residual input quantized, each block kept an f32 add/FakeQuantize subgraph).
+    # Left in f32: the global average pool and, on some CPUs, quantizing the graph input (a Subgraph on AMD EPYC
+    # with AVX-512; fused away on the CI's CPU). Every residual add is fused into an int8 convolution (with only the
+    # residual input quantized, each block kept an f32 add/FakeQuantize Subgraph of its own).
     assert not any(op in ("Add", "Eltwise") for _, op in float_layers), float_layers
-    assert [op for _, op in float_layers if op == "Subgraph"] == ["Subgraph"], float_layers
+    assert sum(op == "Subgraph" for _, op in float_layers) <= 1, float_layers
     assert sum(r["op"] in ("Convolution", "GroupConvolution") and r["precision"] == "int8" for r in layers) >= 5
 
 
