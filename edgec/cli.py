@@ -360,8 +360,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def parse_node_list(values: Sequence[str]) -> tuple[str, ...]:
-    """--keep-float's node names: comma lists, repeatable; blanks dropped, order kept, each name once."""
-    return tuple(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+    """--keep-float's node names: comma lists, repeatable; blanks dropped, order kept (CompileOptions keeps each
+    name once)."""
+    return tuple(n.strip() for v in values for n in v.split(",") if n.strip())
 
 
 def _usage(msg: str) -> EdgecError:

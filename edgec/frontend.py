@@ -56,7 +56,7 @@ def to_model(source: Any, example_inputs: Sequence[Any] | None = None,
     elif type(source).__name__ == "ModelProto":
         check_model(source, "the given ModelProto")
         model = Model(source, {"source": "<ModelProto>", "kind": "onnx"})
-    elif _is_torch(source):
+    elif is_torch(source):
         model = export_torch(source, example_inputs)
     else:
         raise ConfigError(f"Can't compile a {type(source).__name__}: pass an .onnx path, an onnx.ModelProto, "
@@ -80,9 +80,9 @@ def parse_input_values(specs: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def _is_torch(obj: Any) -> bool:
-    return any(c.__module__.startswith("torch") and c.__name__ in ("Module", "ExportedProgram")
-               for c in type(obj).__mro__)
+def is_torch(obj: Any, kinds: tuple[str, ...] = ("Module", "ExportedProgram")) -> bool:
+    """Whether `obj` is one of PyTorch's `kinds` (nn.Module, ExportedProgram), without importing torch."""
+    return any(c.__module__.startswith("torch") and c.__name__ in kinds for c in type(obj).__mro__)
 
 
 def export_torch(module: Any, example_inputs: Sequence[Any] | None) -> Model:

@@ -48,11 +48,11 @@ RANKING_ATTR = "float_ranking"  # the study's ranking: from its first finished m
 REMEASURE_WITHIN = 0.10  # front members this close to the fastest are timed again, interleaved
 REMEASURE_ROUNDS = 5
 REMEASURE_AT_MOST = 6  # the fastest six of them: a slower one is not recommended
-_DUPLICATES_BEFORE_STOP = 40
+_DUPLICATES_BEFORE_STOP = 40  # the sampler keeps proposing evaluated configurations: the space is exhausted
 _FAILURES_BEFORE_STOP = 3  # a worker whose first trials all fail: the cause is not the configuration (a bad --device)
 # a trial's configuration can't be built, or its build disagrees with fp32 on the board: that trial fails, the
 # tune goes on (BackendUnavailable, a device or storage gone, stops it)
-TRIAL_ERRORS = (ConfigError, PassError, BuildError, AccuracyCheckFailed)  # the sampler keeps proposing evaluated configurations: the space is exhausted
+TRIAL_ERRORS = (ConfigError, PassError, BuildError, AccuracyCheckFailed)
 
 
 @dataclass

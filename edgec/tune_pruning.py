@@ -25,7 +25,7 @@ from . import accuracy
 from .calibration import CalibrationSet, fixed_inputs
 from .errors import EdgecError, PassError, brief
 from .fileio import write_json_atomic
-from .frontend import to_model
+from .frontend import is_torch, to_model
 from .model import Model
 from .pipeline import validation_samples
 from .prune import prune
@@ -48,7 +48,7 @@ class PruningChoices:
 
 def pruning_choices(model: Any, dense: Model, calib: CalibrationSet | None) -> PruningChoices:
     """Pruning is searched for a PyTorch nn.Module with one data input and data with a held-out split."""
-    if not _is_module(model):
+    if not is_torch(model, ("Module",)):
         return PruningChoices(absent="channel pruning retrains the model: pass the PyTorch nn.Module (with "
                                      "example_inputs), not its ONNX export")
     fixed = fixed_inputs(dense)
@@ -62,10 +62,6 @@ def pruning_choices(model: Any, dense: Model, calib: CalibrationSet | None) -> P
     if importlib.util.find_spec("torch_pruning") is None:
         return PruningChoices(absent="torch-pruning is not installed: pip install 'edgec[prune]'")
     return PruningChoices(PRUNE_RATIOS, RECOVERY_EPOCHS, RECOVERY_LRS)
-
-
-def _is_module(obj: Any) -> bool:
-    return any(c.__module__.startswith("torch") and c.__name__ == "Module" for c in type(obj).__mro__)
 
 
 def pruning_key(ratio: float, epochs: int, lr: float) -> str:
